@@ -1,0 +1,206 @@
+//! Is this key valid, and whose is it? Static consumers first, then the host's key cache, then
+//! the provider's auth API, whose verdicts go back into the cache.
+
+use crate::bindings::keygate::gateway::key_cache::{self, Consumer, Lookup, Verdict};
+use crate::config::Policy;
+use crate::credentials::{Credential, Location};
+use crate::errors::GatewayError;
+use crate::outbound;
+use crate::percent::percent_encode;
+use keygate_policy::errors::{AUTH_UNAVAILABLE, DUPLICATE_KEY, INVALID_KEY, NO_KEY};
+use keygate_policy::fingerprint::{fingerprint, redact};
+use keygate_policy::{GuestAuthApi, GuestConsumer, internal_headers};
+use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+
+/// An authenticated request: who sent it and where the key was (for `hide_credentials`).
+pub struct Identity {
+    pub consumer: Consumer,
+    pub location: Location,
+}
+
+/// The auth API's answer is at most this large; anything bigger is not a verdict.
+const AUTH_BODY_LIMIT: usize = 64 * 1024;
+
+pub fn authenticate(policy: &Policy, credential: Credential) -> Result<Identity, GatewayError> {
+    let (key, location) = match credential {
+        Credential::Found { key, location } => (key, location),
+        Credential::Missing => return Err(unauthorized(policy, NO_KEY)),
+        Credential::Duplicate => return Err(unauthorized(policy, DUPLICATE_KEY)),
+    };
+    let fp = fingerprint(&key);
+    if let Some(consumer) = policy.static_consumer(&fp) {
+        return Ok(Identity {
+            consumer: static_identity(consumer),
+            location,
+        });
+    }
+    let Some(api) = &policy.config.auth_api else {
+        return Err(unauthorized(policy, INVALID_KEY));
+    };
+    let verdict = match key_cache::get(&fp) {
+        Lookup::Fresh(verdict) => verdict,
+        lookup => match ask_auth_api(policy, api, &key) {
+            Ok((verdict, ttl)) => {
+                let stale = api.stale_if_error.map_or(0, |d| d.as_millis());
+                key_cache::put(&fp, &verdict, ttl, stale);
+                verdict
+            }
+            Err(reason) => {
+                key_cache::release(&fp);
+                eprintln!("auth API unavailable for key {}: {reason}", redact(&key));
+                match lookup {
+                    Lookup::Stale(verdict) => verdict,
+                    _ => return Err(GatewayError::new(503, AUTH_UNAVAILABLE)),
+                }
+            }
+        },
+    };
+    match verdict {
+        Verdict::Valid(consumer) => Ok(Identity { consumer, location }),
+        Verdict::Invalid => Err(unauthorized(policy, INVALID_KEY)),
+    }
+}
+
+/// Kong 3.7+: every key-auth 401 carries `WWW-Authenticate: Key` (with the realm if set).
+fn unauthorized(policy: &Policy, message: &'static str) -> GatewayError {
+    let challenge = match &policy.config.key_auth.realm {
+        Some(realm) => format!("Key realm=\"{realm}\""),
+        None => "Key".to_string(),
+    };
+    GatewayError::new(401, message).with_header("www-authenticate", challenge)
+}
+
+fn static_identity(consumer: &GuestConsumer) -> Consumer {
+    Consumer {
+        id: consumer.id.clone(),
+        username: consumer.username.clone(),
+        custom_id: consumer.custom_id.clone(),
+        credential_id: None,
+    }
+}
+
+/// One auth API call: the verdict and how long (ms) to trust it, or why there is none.
+fn ask_auth_api(policy: &Policy, api: &GuestAuthApi, key: &str) -> Result<(Verdict, u64), String> {
+    let url = api.url.replace("{key}", &percent_encode(key));
+    let (https, authority, path_with_query) =
+        split_url(&url).ok_or_else(|| format!("bad auth API URL {}", api.url))?;
+    let headers = Fields::new();
+    if policy.config.host_annotations {
+        let _ = headers.append(internal_headers::CALL, b"auth");
+    }
+    let request = OutgoingRequest::new(headers);
+    let _ = request.set_method(&Method::Get);
+    let _ = request.set_scheme(Some(if https { &Scheme::Https } else { &Scheme::Http }));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(&path_with_query));
+    let timeout = api.timeout.get();
+    let deadline = outbound::deadline_in(timeout);
+    let future = outbound::start(request, outbound::options(timeout, timeout, timeout))
+        .map_err(|err| err.to_string())?;
+    let response = outbound::wait(&future, Some(deadline)).map_err(|err| err.to_string())?;
+    let status = response.status();
+    match status {
+        200..=299 => {
+            let body = response.consume().map_err(|()| "no body".to_string())?;
+            let bytes = {
+                let stream = body.stream().map_err(|()| "no body stream".to_string())?;
+                outbound::read_to_end(&stream, AUTH_BODY_LIMIT, deadline)?
+            };
+            drop(body);
+            let answer = AuthAnswer::parse(&bytes);
+            let ttl = answer.ttl.map_or(api.cache_ttl.as_millis(), |secs| {
+                (secs.saturating_mul(1000)).min(api.cache_ttl.as_millis())
+            });
+            Ok((Verdict::Valid(answer.consumer()), ttl))
+        }
+        401 | 403 | 404 => Ok((Verdict::Invalid, api.negative_ttl.as_millis())),
+        other => Err(format!("auth API answered {other}")),
+    }
+}
+
+/// The optional JSON body of a 2xx auth API answer. Anything unparsable means "valid, anonymous".
+#[derive(Default, serde::Deserialize)]
+struct AuthAnswer {
+    #[serde(default)]
+    consumer: Option<AnswerConsumer>,
+    #[serde(default)]
+    credential_id: Option<String>,
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct AnswerConsumer {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    custom_id: Option<String>,
+}
+
+impl AuthAnswer {
+    fn parse(bytes: &[u8]) -> Self {
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
+    fn consumer(self) -> Consumer {
+        let consumer = self.consumer.unwrap_or_default();
+        Consumer {
+            id: consumer.id,
+            username: consumer.username,
+            custom_id: consumer.custom_id,
+            credential_id: self.credential_id,
+        }
+    }
+}
+
+/// `http[s]://authority/path?query` → (https, authority, path-with-query).
+pub fn split_url(url: &str) -> Option<(bool, &str, String)> {
+    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        (false, url.strip_prefix("http://")?)
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    Some((https, authority, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_urls_split_into_parts() {
+        assert_eq!(
+            split_url("http://127.0.0.1:9000/validate?apikey=k"),
+            Some((false, "127.0.0.1:9000", "/validate?apikey=k".to_string()))
+        );
+        assert_eq!(
+            split_url("https://auth?k=1"),
+            Some((true, "auth", "/?k=1".to_string()))
+        );
+        assert_eq!(split_url("ftp://x"), None);
+    }
+
+    #[test]
+    fn auth_answer_body_is_optional() {
+        let c = AuthAnswer::parse(b"not json").consumer();
+        assert_eq!(c.username, None);
+        let c = AuthAnswer::parse(
+            br#"{"consumer":{"id":"1","username":"ann"},"credential_id":"c9","ttl":5}"#,
+        );
+        assert_eq!(c.ttl, Some(5));
+        let c = c.consumer();
+        assert_eq!(
+            (c.id.as_deref(), c.credential_id.as_deref()),
+            (Some("1"), Some("c9"))
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Outgoing HTTP with deadlines, on plain `wasi:http`: the auth API call and the origin call
+//! share it.
+
+use wasip2::clocks::monotonic_clock;
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    ErrorCode, FutureIncomingResponse, IncomingResponse, OutgoingRequest, RequestOptions,
+};
+use wasip2::io::poll;
+use wasip2::io::streams::{InputStream, OutputStream, StreamError};
+
+/// Why an outgoing call produced no response.
+#[derive(Debug)]
+pub enum CallError {
+    /// Our deadline passed first.
+    Deadline,
+    /// The host or the network reported this.
+    Http(ErrorCode),
+}
+
+impl CallError {
+    /// Whether the failure is a timeout (504) rather than a broken or refused peer (502).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Self::Deadline
+                | Self::Http(
+                    ErrorCode::ConnectionTimeout
+                        | ErrorCode::ConnectionReadTimeout
+                        | ErrorCode::ConnectionWriteTimeout
+                        | ErrorCode::HttpResponseTimeout
+                        | ErrorCode::DnsTimeout
+                )
+        )
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Deadline => f.write_str("deadline exceeded"),
+            Self::Http(code) => write!(f, "{code:?}"),
+        }
+    }
+}
+
+/// Timeouts for one call, in the form `wasi:http` takes them.
+pub fn options(
+    connect: std::time::Duration,
+    first_byte: std::time::Duration,
+    between_bytes: std::time::Duration,
+) -> RequestOptions {
+    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let options = RequestOptions::new();
+    let _ = options.set_connect_timeout(Some(nanos(connect)));
+    let _ = options.set_first_byte_timeout(Some(nanos(first_byte)));
+    let _ = options.set_between_bytes_timeout(Some(nanos(between_bytes)));
+    options
+}
+
+/// Start a call; the response is awaited with [`wait`].
+pub fn start(
+    request: OutgoingRequest,
+    options: RequestOptions,
+) -> Result<FutureIncomingResponse, CallError> {
+    outgoing_handler::handle(request, Some(options)).map_err(CallError::Http)
+}
+
+/// Wait for the response head, at most until `deadline` (monotonic-clock nanoseconds) if given.
+pub fn wait(
+    future: &FutureIncomingResponse,
+    deadline: Option<u64>,
+) -> Result<IncomingResponse, CallError> {
+    loop {
+        if let Some(result) = future.get() {
+            return match result {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(code)) => Err(CallError::Http(code)),
+                Err(()) => Err(CallError::Http(ErrorCode::InternalError(Some(
+                    "response taken twice".into(),
+                )))),
+            };
+        }
+        let ready = future.subscribe();
+        match deadline {
+            Some(deadline) => {
+                let timer = monotonic_clock::subscribe_instant(deadline);
+                let fired = poll::poll(&[&ready, &timer]);
+                if !fired.contains(&0) && monotonic_clock::now() >= deadline {
+                    return Err(CallError::Deadline);
+                }
+            }
+            None => ready.block(),
+        }
+    }
+}
+
+/// A deadline `timeout` from now, in monotonic-clock nanoseconds.
+pub fn deadline_in(timeout: std::time::Duration) -> u64 {
+    monotonic_clock::now().saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Read a whole (small) body, refusing more than `limit` bytes or reading past `deadline`.
+pub fn read_to_end(stream: &InputStream, limit: usize, deadline: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        match stream.read(64 * 1024) {
+            Ok(chunk) if chunk.is_empty() => {
+                let ready = stream.subscribe();
+                let timer = monotonic_clock::subscribe_instant(deadline);
+                let fired = poll::poll(&[&ready, &timer]);
+                if !fired.contains(&0) && monotonic_clock::now() >= deadline {
+                    return Err("deadline exceeded while reading the body".into());
+                }
+            }
+            Ok(chunk) => {
+                out.extend_from_slice(&chunk);
+                if out.len() > limit {
+                    return Err(format!("body larger than {limit} bytes"));
+                }
+            }
+            Err(StreamError::Closed) => return Ok(out),
+            Err(StreamError::LastOperationFailed(err)) => return Err(err.to_debug_string()),
+        }
+    }
+}
+
+/// Move a body from one stream to another until the source ends, without copying it through
+/// guest memory (the host splices). Memory stays bounded by one chunk however large the body.
+pub fn pump(from: &InputStream, to: &OutputStream) -> Result<u64, String> {
+    let mut total = 0u64;
+    loop {
+        match to.blocking_splice(from, 1 << 20) {
+            Ok(n) => total += n,
+            Err(StreamError::Closed) => return Ok(total),
+            Err(StreamError::LastOperationFailed(err)) => return Err(err.to_debug_string()),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! What the guest knows about the client's request, read once from the incoming request.
+
+use wasip2::http::types::{IncomingRequest, Method, Scheme};
+
+pub struct RequestInfo {
+    /// 32 lowercase hex characters, as Kong's `$kong_request_id`.
+    pub id: String,
+    pub method: Method,
+    pub method_name: String,
+    pub method_is_head: bool,
+    /// Path as sent, without the query.
+    pub path: String,
+    /// Everything after the first `?`, verbatim; `Some("")` for a trailing bare `?`.
+    pub query: Option<String>,
+    pub scheme: Scheme,
+    /// `host[:port]` the client addressed.
+    pub authority: String,
+    /// Lower-case names, in arrival order, repeats kept.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub client_ip: Option<String>,
+}
+
+impl RequestInfo {
+    pub fn read(request: &IncomingRequest, client_addr_header: Option<&str>) -> Self {
+        let method = request.method();
+        let method_name = method_name(&method);
+        let (path, query) = match request.path_with_query() {
+            Some(pq) => match pq.split_once('?') {
+                Some((path, query)) => (path.to_string(), Some(query.to_string())),
+                None => (pq, None),
+            },
+            None => ("/".to_string(), None),
+        };
+        let headers = request.headers().entries();
+        let client_ip = client_addr_header.and_then(|name| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+        });
+        Self {
+            id: request_id(),
+            method_is_head: matches!(method, Method::Head),
+            method,
+            method_name,
+            path: if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            },
+            query,
+            scheme: request.scheme().unwrap_or(Scheme::Http),
+            authority: request.authority().unwrap_or_default(),
+            headers,
+            client_ip,
+        }
+    }
+
+    pub fn scheme_name(&self) -> &str {
+        match &self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::Other(other) => other,
+        }
+    }
+
+    /// The host the client addressed, lower case, without the port.
+    pub fn host(&self) -> String {
+        split_host_port(&self.authority).0.to_ascii_lowercase()
+    }
+
+    /// The port the client addressed: explicit in the authority, else the scheme's default.
+    pub fn port(&self) -> u16 {
+        split_host_port(&self.authority)
+            .1
+            .unwrap_or(if matches!(self.scheme, Scheme::Https) {
+                443
+            } else {
+                80
+            })
+    }
+}
+
+pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
+    // `[v6]:port`, `[v6]`, `name:port`, `name`
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => (host, port.parse().ok()),
+        _ => (authority, None),
+    }
+}
+
+pub fn method_name(method: &Method) -> String {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Connect => "CONNECT",
+        Method::Options => "OPTIONS",
+        Method::Trace => "TRACE",
+        Method::Patch => "PATCH",
+        Method::Other(other) => return other.clone(),
+    }
+    .to_string()
+}
+
+fn request_id() -> String {
+    let bytes = wasip2::random::random::get_random_bytes(16);
+    hex(&bytes)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_splits_into_host_and_port() {
+        assert_eq!(
+            split_host_port("api.example.com:8080"),
+            ("api.example.com", Some(8080))
+        );
+        assert_eq!(
+            split_host_port("api.example.com"),
+            ("api.example.com", None)
+        );
+        assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
+    }
+}

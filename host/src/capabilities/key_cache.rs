@@ -1,0 +1,365 @@
+//! The `keygate:gateway/key-cache` capability: one LRU of key verdicts with per-entry TTLs,
+//! shared by every request, with single-flight fills so a burst of requests carrying the same
+//! unseen key costs one auth-API call, not one per request.
+
+use crate::metrics::Metrics;
+use lru::LruCache;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use wasmtime::component::{HasData, Linker};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "keygate:gateway/capabilities",
+        imports: {
+            "keygate:gateway/key-cache.get": async,
+            default: tracing,
+        },
+    });
+}
+
+use bindings::keygate::gateway::key_cache::Host;
+pub use bindings::keygate::gateway::key_cache::{Consumer, Lookup, Verdict};
+
+/// The cache key: the 32 bytes of the SHA-256 fingerprint (half the memory of its hex form).
+type Fingerprint = [u8; 32];
+
+/// Shared by all requests (and across guest hot swaps).
+pub struct KeyCache {
+    state: Mutex<State>,
+    /// Longest a request waits for another request's fill before filling itself.
+    fill_wait: Duration,
+    metrics: Arc<Metrics>,
+}
+
+struct State {
+    entries: LruCache<Fingerprint, Entry>,
+    /// Fingerprints some request is filling now, and how to wake those waiting for it.
+    filling: HashMap<Fingerprint, Arc<Notify>>,
+}
+
+struct Entry {
+    verdict: Verdict,
+    fresh_until: Instant,
+    stale_until: Instant,
+}
+
+impl KeyCache {
+    pub fn new(capacity: usize, fill_wait: Duration, metrics: Arc<Metrics>) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            state: Mutex::new(State {
+                entries: LruCache::new(capacity),
+                filling: HashMap::new(),
+            }),
+            fill_wait,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the LRU half-updated in a way that
+        // matters more than losing the cache, so keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Look a fingerprint up; on `Stale`/`Miss` the caller is recorded as the filler.
+    pub async fn get(&self, fingerprint: Fingerprint) -> Lookup {
+        let mut waited = false;
+        loop {
+            // Both live past the lock: `notified()` is created under the lock, so a `put` that
+            // lands right after it is released still wakes this request.
+            let notify: Arc<Notify>;
+            let wakeup;
+            {
+                let mut state = self.lock();
+                let now = Instant::now();
+                let found = match state.entries.get(&fingerprint) {
+                    Some(entry) if now < entry.fresh_until => {
+                        self.metrics.key_cache_lookup("fresh");
+                        return Lookup::Fresh(entry.verdict.clone());
+                    }
+                    Some(entry) if now < entry.stale_until => Lookup::Stale(entry.verdict.clone()),
+                    _ => Lookup::Miss,
+                };
+                match state.filling.get(&fingerprint) {
+                    Some(filler) if !waited => {
+                        notify = Arc::clone(filler);
+                        wakeup = notify.notified();
+                    }
+                    // Nobody is filling, or the filler took longer than `fill_wait`: fill.
+                    _ => {
+                        state.filling.insert(fingerprint, Arc::new(Notify::new()));
+                        self.metrics.key_cache_lookup(match found {
+                            Lookup::Stale(_) => "stale",
+                            _ => "miss",
+                        });
+                        return found;
+                    }
+                }
+            }
+            self.metrics.key_cache_lookup("coalesced");
+            waited = tokio::time::timeout(self.fill_wait, wakeup).await.is_err();
+        }
+    }
+
+    pub fn put(&self, fingerprint: Fingerprint, verdict: Verdict, ttl: Duration, stale: Duration) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.entries.put(
+            fingerprint,
+            Entry {
+                verdict,
+                fresh_until: now + ttl,
+                stale_until: now + ttl + stale,
+            },
+        );
+        if let Some(notify) = state.filling.remove(&fingerprint) {
+            notify.notify_waiters();
+        }
+    }
+
+    pub fn release(&self, fingerprint: Fingerprint) {
+        if let Some(notify) = self.lock().filling.remove(&fingerprint) {
+            notify.notify_waiters();
+        }
+    }
+
+    pub fn invalidate(&self, fingerprint: Fingerprint) -> bool {
+        self.lock().entries.pop(&fingerprint).is_some()
+    }
+
+    pub fn clear(&self) {
+        self.lock().entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Parse a guest-supplied fingerprint. Anything but 64 hex characters is hashed, so a buggy
+/// or hostile guest still gets a well-formed, collision-free key and never a panic.
+pub fn parse_fingerprint(text: &str) -> Fingerprint {
+    let mut out = [0u8; 32];
+    let bytes = text.as_bytes();
+    let decoded = bytes.len() == 64
+        && bytes.chunks(2).zip(out.iter_mut()).all(|(pair, slot)| {
+            match (hex_digit(pair[0]), hex_digit(pair[1])) {
+                (Some(hi), Some(lo)) => {
+                    *slot = hi << 4 | lo;
+                    true
+                }
+                _ => false,
+            }
+        });
+    if decoded {
+        out
+    } else {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).into()
+    }
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One request's view: the shared cache plus the fills this request owes, which are released
+/// when the request ends (a guest that traps mid-fill must not stall others until timeout).
+pub struct KeyCacheView<'a> {
+    cache: &'a KeyCache,
+    fills: &'a mut Vec<Fingerprint>,
+}
+
+/// Per-request state the view borrows from.
+pub struct KeyCacheState {
+    cache: Arc<KeyCache>,
+    fills: Vec<Fingerprint>,
+}
+
+impl KeyCacheState {
+    pub fn new(cache: Arc<KeyCache>) -> Self {
+        Self {
+            cache,
+            fills: Vec::new(),
+        }
+    }
+
+    pub fn view(&mut self) -> KeyCacheView<'_> {
+        KeyCacheView {
+            cache: &self.cache,
+            fills: &mut self.fills,
+        }
+    }
+}
+
+impl Drop for KeyCacheState {
+    fn drop(&mut self) {
+        for fingerprint in self.fills.drain(..) {
+            self.cache.release(fingerprint);
+        }
+    }
+}
+
+impl KeyCacheView<'_> {
+    fn settled(&mut self, fingerprint: &Fingerprint) {
+        self.fills.retain(|f| f != fingerprint);
+    }
+}
+
+impl Host for KeyCacheView<'_> {
+    async fn get(&mut self, fingerprint: String) -> Lookup {
+        let fingerprint = parse_fingerprint(&fingerprint);
+        let lookup = self.cache.get(fingerprint).await;
+        if !matches!(lookup, Lookup::Fresh(_)) {
+            self.fills.push(fingerprint);
+        }
+        lookup
+    }
+
+    fn put(&mut self, fingerprint: String, verdict: Verdict, ttl_ms: u64, stale_ms: u64) {
+        let fingerprint = parse_fingerprint(&fingerprint);
+        self.cache.put(
+            fingerprint,
+            verdict,
+            Duration::from_millis(ttl_ms),
+            Duration::from_millis(stale_ms),
+        );
+        self.settled(&fingerprint);
+    }
+
+    fn release(&mut self, fingerprint: String) {
+        let fingerprint = parse_fingerprint(&fingerprint);
+        self.cache.release(fingerprint);
+        self.settled(&fingerprint);
+    }
+
+    fn invalidate(&mut self, fingerprint: String) {
+        self.cache.invalidate(parse_fingerprint(&fingerprint));
+    }
+}
+
+struct KeyCacheCapability;
+
+impl HasData for KeyCacheCapability {
+    type Data<'a> = KeyCacheView<'a>;
+}
+
+/// Link `keygate:gateway/key-cache` for stores whose data can produce a view.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> KeyCacheView<'_>,
+) -> wasmtime::Result<()> {
+    bindings::keygate::gateway::key_cache::add_to_linker::<T, KeyCacheCapability>(linker, view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> Arc<KeyCache> {
+        Arc::new(KeyCache::new(
+            2,
+            Duration::from_secs(5),
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    fn valid(name: &str) -> Verdict {
+        Verdict::Valid(Consumer {
+            id: None,
+            username: Some(name.into()),
+            custom_id: None,
+            credential_id: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn fresh_then_stale_then_gone() {
+        let cache = cache();
+        let fp = [1u8; 32];
+        assert!(matches!(cache.get(fp).await, Lookup::Miss));
+        cache.put(
+            fp,
+            valid("a"),
+            Duration::from_millis(0),
+            Duration::from_secs(60),
+        );
+        assert!(matches!(cache.get(fp).await, Lookup::Stale(_)));
+        cache.put(fp, valid("a"), Duration::from_secs(60), Duration::ZERO);
+        assert!(matches!(cache.get(fp).await, Lookup::Fresh(_)));
+        assert!(cache.invalidate(fp));
+        assert!(matches!(cache.get(fp).await, Lookup::Miss));
+    }
+
+    #[tokio::test]
+    async fn capacity_evicts_least_recently_used() {
+        let cache = cache();
+        for i in 0..3u8 {
+            cache.put(
+                [i; 32],
+                Verdict::Invalid,
+                Duration::from_secs(60),
+                Duration::ZERO,
+            );
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(matches!(cache.get([0; 32]).await, Lookup::Miss));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_wait_for_one_filler() {
+        let cache = cache();
+        let fp = [7u8; 32];
+        assert!(
+            matches!(cache.get(fp).await, Lookup::Miss),
+            "first caller fills"
+        );
+        let waiter = tokio::spawn({
+            let cache = Arc::clone(&cache);
+            async move { cache.get(fp).await }
+        });
+        tokio::task::yield_now().await;
+        cache.put(fp, valid("filled"), Duration::from_secs(60), Duration::ZERO);
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Lookup::Fresh(Verdict::Valid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_filler_releases_its_waiters() {
+        let cache = cache();
+        let fp = [9u8; 32];
+        {
+            let mut state = KeyCacheState::new(Arc::clone(&cache));
+            let lookup = Host::get(&mut state.view(), "09".repeat(32)).await;
+            assert!(matches!(lookup, Lookup::Miss));
+        }
+        // The filler's request ended without put/release: the next caller fills at once.
+        let next = tokio::time::timeout(Duration::from_secs(1), cache.get(fp)).await;
+        assert!(matches!(next, Ok(Lookup::Miss)));
+    }
+
+    #[test]
+    fn fingerprints_parse_from_hex_or_are_hashed() {
+        assert_eq!(parse_fingerprint(&"ab".repeat(32)), [0xab; 32]);
+        assert_ne!(parse_fingerprint("not hex"), [0; 32]);
+    }
+}

@@ -1,0 +1,5 @@
+//! What the host lends the guest beyond plain WASI: the shared key cache and pooled outgoing
+//! HTTP. Each capability holds its shared state and hands every request a view of it.
+
+pub mod key_cache;
+pub mod outgoing_http;

@@ -1,0 +1,238 @@
+//! Outgoing HTTP for the guest (`wasi:http/outgoing-handler`), through one shared pooled
+//! client: wasmtime's default opens a new TCP connection per request, which a gateway cannot
+//! afford. Calls may only reach the origins and auth API the config names.
+
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http::HeaderName;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use keygate_policy::internal_headers;
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use wasmtime_wasi_http::{
+    DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
+    WasiHttpHooks,
+};
+
+/// Shared by every request: the connection pool and the allow-list.
+#[derive(Clone)]
+pub struct OutgoingHttp {
+    client: Client<HttpConnector, WasiBody>,
+    /// `host:port` the guest may call.
+    allowed: Arc<HashSet<String>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Used when the guest gives no timeout (it always does; other guests might not).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl OutgoingHttp {
+    /// The same pool with another allow-list: what a config reload hands new requests.
+    pub fn with_allowed(&self, allowed: HashSet<String>) -> Self {
+        Self {
+            client: self.client.clone(),
+            allowed: Arc::new(allowed),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+
+    pub fn new(allowed: HashSet<String>, metrics: Arc<Metrics>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Self {
+            client,
+            allowed: Arc::new(allowed),
+            metrics,
+        }
+    }
+}
+
+/// Kong's Host rule needs the guest to set `Host` itself (service host, or the client's with
+/// `preserve_host`), so of wasmtime's forbidden headers only `Host` is allowed.
+fn is_forbidden(name: &HeaderName) -> bool {
+    name != http::header::HOST && DEFAULT_FORBIDDEN_HEADERS.contains(name)
+}
+
+impl WasiHttpHooks for OutgoingHttp {
+    fn is_forbidden_header(&mut self, name: &HeaderName) -> bool {
+        is_forbidden(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        Arc::new(is_forbidden)
+    }
+
+    fn set_host_header(&mut self) -> bool {
+        false
+    }
+
+    fn default_scheme(&mut self) -> Option<http::uri::Scheme> {
+        Some(http::uri::Scheme::HTTP)
+    }
+
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _response_errors: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), Error>> + Send>,
+                    ),
+                    Error,
+                >,
+            > + Send,
+    > {
+        let call = request
+            .headers_mut()
+            .remove(internal_headers::CALL)
+            .and_then(|v| v.to_str().ok().map(str::to_string))
+            .unwrap_or_else(|| "unlabeled".to_string());
+        let this = self.clone();
+        Box::new(async move {
+            let result = this.send(request, options, &call).await;
+            this.metrics
+                .outgoing(&call, result.as_ref().ok().map(|r| r.status().as_u16()));
+            let response = result?;
+            Ok((
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+impl OutgoingHttp {
+    async fn send(
+        &self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        call: &str,
+    ) -> Result<http::Response<WasiBody>, Error> {
+        let uri = request.uri();
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            tracing::warn!(%call, "refused outgoing call: only http:// origins are supported");
+            return Err(Error::HttpRequestDenied);
+        }
+        let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
+        let target = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        if !self.allowed.contains(&target) {
+            tracing::warn!(%call, %target, "refused outgoing call to a host the config does not name");
+            return Err(Error::HttpRequestDenied);
+        }
+        let options = options.unwrap_or_default();
+        let connect = options.connect_timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let first_byte = options.first_byte_timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let between_bytes = options.between_bytes_timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let response =
+            match tokio::time::timeout(connect + first_byte, self.client.request(request)).await {
+                Err(_) => return Err(Error::ConnectionReadTimeout),
+                Ok(Err(err)) => {
+                    tracing::debug!(%call, %target, "outgoing call failed: {err:?}");
+                    return Err(client_error(&err));
+                }
+                Ok(Ok(response)) => response,
+            };
+        Ok(response.map(|body| IdleTimeoutBody::new(body, between_bytes).boxed_unsync()))
+    }
+}
+
+/// What the guest is told when the pooled client fails: refused/unreachable (502) and
+/// timeouts (504) must stay distinguishable.
+fn client_error(err: &hyper_util::client::legacy::Error) -> Error {
+    use std::error::Error as _;
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
+                std::io::ErrorKind::TimedOut => Error::ConnectionTimeout,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                    Error::ConnectionTerminated
+                }
+                _ => Error::DestinationUnavailable,
+            };
+        }
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_closed() || hyper.is_canceled())
+        {
+            return Error::ConnectionTerminated;
+        }
+        source = cause.source();
+    }
+    if err.is_connect() {
+        Error::ConnectionRefused
+    } else {
+        Error::HttpProtocolError
+    }
+}
+
+/// A response body that fails when the origin goes quiet for longer than `idle`.
+struct IdleTimeoutBody {
+    inner: hyper::body::Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeoutBody {
+    fn new(inner: hyper::body::Incoming, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl Body for IdleTimeoutBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Error::from(err)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

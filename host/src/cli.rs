@@ -1,0 +1,121 @@
+//! Command line: `serve`, `check`, `demo`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "API-key gateway with a portable WASI policy component"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `keygate=debug`.
+    #[arg(long, global = true, env = "KEYGATE_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground; SIGINT/SIGTERM drain in-flight requests and exit.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and the component it names, then exit (non-zero if invalid).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the gateway with a sample origin and auth API on loopback, and print curl commands.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("keygate: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("keygate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => serve(config).await,
+        Command::Check { config } => check(config).await,
+        Command::Demo { listen } => crate::demo::run(listen).await,
+    }
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = crate::config::load(&path)?;
+    let running = crate::start(config).await?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = crate::config::load(&path)?;
+    let routes: usize = config.services.iter().map(|s| s.routes.len()).sum();
+    let summary = format!(
+        "{}: OK ({} services, {routes} routes, {} static consumers)",
+        path.display(),
+        config.services.len(),
+        config.consumers.len()
+    );
+    let guest = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        let engine = crate::runtime::engine::build_engine(&config.guest)?;
+        let linker = crate::runtime::engine::build_linker(&engine)?;
+        let guest = crate::runtime::CompiledGuest::load(
+            &engine,
+            &linker,
+            config.guest.component.as_deref(),
+        )?;
+        Ok(format!("{} (sha256 {})", guest.source, guest.sha256))
+    })
+    .await
+    .context("checking the component")??;
+    println!("{summary}\ncomponent: {guest}: OK");
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("listening for SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

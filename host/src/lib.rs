@@ -1,0 +1,121 @@
+//! keygate: an API-key gateway whose auth and routing policy is a portable WASI 0.2 component.
+//!
+//! The host (this crate) owns what outlives a request: listeners, the outgoing connection
+//! pool, the key cache, the compiled component, metrics. The guest owns every policy
+//! decision. See DESIGN.md in the repository's shared notes and the README.
+
+pub mod admin;
+pub mod capabilities;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+
+use anyhow::Context;
+use keygate_policy::Config;
+use runtime::Gateway;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A gateway serving on its listeners, until [`RunningGateway::shutdown`].
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub gateway: Arc<Gateway>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+    admin: Option<JoinHandle<()>>,
+}
+
+/// Bind the listeners, compile the component and start serving.
+pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    let admin_listener = match config.server.admin_listen {
+        Some(admin) => Some(
+            TcpListener::bind(admin)
+                .await
+                .with_context(|| format!("binding server.admin_listen {admin}"))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .context("reading the admin address")?;
+    let max_connections = config.server.max_connections;
+    let drain_timeout = config.server.drain_timeout.get();
+    let gateway = tokio::task::spawn_blocking(move || Gateway::new(config, addr.port()))
+        .await
+        .context("compiling the guest component")??;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(
+        listener,
+        Arc::clone(&gateway),
+        max_connections,
+        drain_timeout,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let admin =
+        admin_listener.map(|listener| tokio::spawn(admin::serve(listener, Arc::clone(&gateway))));
+    tracing::info!(%addr, admin = ?admin_addr, "keygate is serving");
+    Ok(RunningGateway {
+        addr,
+        admin_addr,
+        gateway,
+        stop,
+        server,
+        admin,
+    })
+}
+
+impl RunningGateway {
+    /// Stop accepting, let in-flight requests finish (up to `server.drain_timeout`).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+        if let Some(admin) = self.admin {
+            admin.abort();
+        }
+    }
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// A 32-hex-character id for a response the host makes itself.
+pub fn request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = [0u8; 16];
+    for half in id.chunks_mut(8) {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    hex(&id)
+}

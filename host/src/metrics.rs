@@ -1,0 +1,129 @@
+//! Prometheus metrics: what operators watch during a migration (calls per route and status,
+//! origin and auth-API status codes, cache behaviour, guest failures).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    upstream_responses: Family<Labels, Counter>,
+    auth_api_responses: Family<Labels, Counter>,
+    key_cache_lookups: Family<Labels, Counter>,
+    guest_failures: Family<Labels, Counter>,
+    key_cache_entries: Gauge,
+    in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("keygate");
+        let requests = Family::default();
+        let upstream_responses = Family::default();
+        let auth_api_responses = Family::default();
+        let key_cache_lookups = Family::default();
+        let guest_failures = Family::default();
+        let key_cache_entries = Gauge::default();
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests",
+            "Client requests answered, by route and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "upstream_responses",
+            "Origin answers by service and status code (code=\"error\": no answer)",
+            upstream_responses.clone(),
+        );
+        registry.register(
+            "auth_api_responses",
+            "Auth API answers by status code (code=\"error\": no answer)",
+            auth_api_responses.clone(),
+        );
+        registry.register(
+            "key_cache_lookups",
+            "Key cache lookups by result (fresh, stale, miss, coalesced)",
+            key_cache_lookups.clone(),
+        );
+        registry.register(
+            "guest_failures",
+            "Requests the guest failed (trap, busy timeout, instantiation)",
+            guest_failures.clone(),
+        );
+        registry.register(
+            "key_cache_entries",
+            "Verdicts held in the key cache",
+            key_cache_entries.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Client requests being handled now",
+            in_flight.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            upstream_responses,
+            auth_api_responses,
+            key_cache_lookups,
+            guest_failures,
+            key_cache_entries,
+            in_flight,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: &str, code: u16) {
+        self.requests
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+    }
+
+    /// An outgoing call finished; `call` is what the guest said it was for.
+    pub fn outgoing(&self, call: &str, code: Option<u16>) {
+        let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
+        if call == "auth" {
+            self.auth_api_responses
+                .get_or_create(&vec![("code", code)])
+                .inc();
+        } else {
+            self.upstream_responses
+                .get_or_create(&vec![("service", call.to_string()), ("code", code)])
+                .inc();
+        }
+    }
+
+    pub fn key_cache_lookup(&self, result: &'static str) {
+        self.key_cache_lookups
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn guest_failure(&self, reason: &'static str) {
+        self.guest_failures
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, key_cache_entries: usize) -> String {
+        self.key_cache_entries
+            .set(i64::try_from(key_cache_entries).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,68 @@
+//! The wasmtime engine and linker, configured once for the process.
+
+use super::state::RequestState;
+use crate::capabilities::key_cache;
+use anyhow::Context;
+use keygate_policy::Guest as GuestLimits;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances; the busy timeout is counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A pooling-allocator engine sized for `limits.max_instances` concurrent guest instances.
+pub fn build_engine(limits: &GuestLimits) -> anyhow::Result<Engine> {
+    let instances = limits.max_instances;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memory_size(usize::try_from(limits.memory_limit_mb).unwrap_or(usize::MAX) << 20)
+        // Keep a few MiB of each freed slot's memory mapped so the next instance in it starts
+        // without page faults for its hottest pages.
+        .linear_memory_keep_resident(1 << 20)
+        .table_keep_resident(1 << 16);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("creating the wasmtime engine (pooling allocator)")
+}
+
+/// Everything a request's store may use: WASI (the guest is a Rust std component, so it needs
+/// wasi:cli too), wasi:http, and the key cache.
+pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:http")?;
+    key_cache::add_to_linker(&mut linker, RequestState::key_cache)
+        .map_err(anyhow::Error::from)
+        .context("linking key-cache")?;
+    Ok(linker)
+}
+
+/// Advances the epoch for as long as the engine lives; stops with the last engine handle.
+pub fn start_epoch_ticker(engine: &Engine) {
+    let weak = Arc::new(engine.weak());
+    std::thread::Builder::new()
+        .name("keygate-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}

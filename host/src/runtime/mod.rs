@@ -1,0 +1,10 @@
+//! Running the policy component: the engine and linker (built once), the active component +
+//! configuration (swappable), and the per-request store.
+
+pub mod component;
+pub mod engine;
+pub mod invoke;
+pub mod state;
+
+pub use component::{CompiledGuest, GuestSource};
+pub use invoke::Gateway;

@@ -1,0 +1,532 @@
+//! `keygate.toml`: the schema, its defaults (Kong's where Kong has one) and its validation.
+
+use crate::{Duration, RoutePath, ServiceUrl};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A configuration the gateway refuses, with the field (and for TOML, the line) at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML or does not fit the schema; the message names line and field.
+    #[error("{0}")]
+    Parse(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole `keygate.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub guest: Guest,
+    #[serde(default)]
+    pub key_auth: KeyAuth,
+    pub auth_api: Option<AuthApi>,
+    #[serde(default)]
+    pub consumers: Vec<Consumer>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+/// Listeners and connection handling (host only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Metrics and status; off when absent.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long a shutdown waits for in-flight requests before closing them.
+    pub drain_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// The policy component and the limits each of its instances runs under (host only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Guest {
+    /// A `.wasm` component; absent = the component built into the keygate binary.
+    pub component: Option<PathBuf>,
+    /// Longest stretch the guest may compute without calling the host before its request is
+    /// ended with an error: catches runaway loops without limiting slow uploads or downloads.
+    pub busy_timeout: Duration,
+    /// Linear memory one guest instance may grow to, in MiB.
+    pub memory_limit_mb: u32,
+    /// Guest instances alive at once (the pooling allocator's size): requests beyond it get 503.
+    pub max_instances: u32,
+}
+
+impl Default for Guest {
+    fn default() -> Self {
+        Self {
+            component: None,
+            busy_timeout: Duration::from_secs(1),
+            memory_limit_mb: 64,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// Kong's key-auth plugin configuration, with Kong's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyAuth {
+    pub key_names: Vec<String>,
+    pub key_in_header: bool,
+    pub key_in_query: bool,
+    pub key_in_body: bool,
+    pub hide_credentials: bool,
+    pub run_on_preflight: bool,
+    pub realm: Option<String>,
+}
+
+impl Default for KeyAuth {
+    fn default() -> Self {
+        Self {
+            key_names: vec!["apikey".to_string()],
+            key_in_header: true,
+            key_in_query: true,
+            key_in_body: false,
+            hide_credentials: false,
+            run_on_preflight: true,
+            realm: None,
+        }
+    }
+}
+
+/// The provider's API that says whether a key is valid (contract in the README).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthApi {
+    /// URL template; `{key}` is replaced by the percent-encoded key.
+    pub url: String,
+    #[serde(default = "AuthApi::default_timeout")]
+    pub timeout: Duration,
+    /// How long a valid verdict is trusted.
+    #[serde(default = "AuthApi::default_cache_ttl")]
+    pub cache_ttl: Duration,
+    /// How long an invalid verdict is trusted.
+    #[serde(default = "AuthApi::default_negative_ttl")]
+    pub negative_ttl: Duration,
+    /// How long past its TTL a verdict may still be served while the auth API is down.
+    #[serde(default)]
+    pub stale_if_error: Option<Duration>,
+    /// Verdicts the host keeps (least recently used are dropped first). Host only.
+    #[serde(default = "AuthApi::default_cache_capacity")]
+    pub cache_capacity: usize,
+}
+
+impl AuthApi {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    fn default_cache_ttl() -> Duration {
+        Duration::from_secs(300)
+    }
+    fn default_negative_ttl() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_cache_capacity() -> usize {
+        1_000_000
+    }
+
+    /// The parsed URL with `{key}` replaced by a placeholder, for validation and allow-lists.
+    pub fn origin(&self) -> Result<ServiceUrl, String> {
+        let (base, _) = self.url.split_once('?').unwrap_or((&self.url, ""));
+        ServiceUrl::try_from(base.replace("{key}", "key"))
+    }
+}
+
+/// A consumer with keys written in the config: answered without asking the auth API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub id: Option<String>,
+    pub username: Option<String>,
+    pub custom_id: Option<String>,
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+/// An origin API (Kong's Service) and the routes that lead to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub url: ServiceUrl,
+    #[serde(default = "Service::default_timeout")]
+    pub connect_timeout: Duration,
+    #[serde(default = "Service::default_timeout")]
+    pub read_timeout: Duration,
+    #[serde(default = "Service::default_timeout")]
+    pub write_timeout: Duration,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+impl Service {
+    /// Kong's 60 000 ms.
+    fn default_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// Which requests go to a service (Kong's Route).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub paths: Vec<RoutePath>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default = "yes")]
+    pub strip_path: bool,
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// `false` forwards without a key: for routes being migrated that were public before.
+    #[serde(default = "yes")]
+    pub auth: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// Parse and validate a TOML document.
+    #[cfg(feature = "toml")]
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self =
+            toml::from_str(text).map_err(|err| ConfigError::Parse(err.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express: cross-field rules, names, uniqueness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.key_auth.validate()?;
+        if let Some(auth_api) = &self.auth_api {
+            auth_api.validate()?;
+        }
+        if self.guest.memory_limit_mb == 0 {
+            return Err(invalid("guest.memory_limit_mb", "must be at least 1"));
+        }
+        if self.guest.max_instances == 0 {
+            return Err(invalid("guest.max_instances", "must be at least 1"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        let mut keys = HashSet::new();
+        for (i, consumer) in self.consumers.iter().enumerate() {
+            let field = format!("consumers[{i}]");
+            if consumer.username.is_none() && consumer.custom_id.is_none() {
+                return Err(invalid(field, "needs a username or a custom_id"));
+            }
+            for (k, key) in consumer.keys.iter().enumerate() {
+                if key.is_empty() {
+                    return Err(invalid(
+                        format!("{field}.keys[{k}]"),
+                        "a key cannot be empty",
+                    ));
+                }
+                if !keys.insert(key.as_str()) {
+                    return Err(invalid(
+                        format!("{field}.keys[{k}]"),
+                        "this key already belongs to another consumer",
+                    ));
+                }
+            }
+        }
+        let mut service_names = HashSet::new();
+        let mut route_names = HashSet::new();
+        for (s, service) in self.services.iter().enumerate() {
+            let field = format!("services[{s}]");
+            if service.name.is_empty() {
+                return Err(invalid(format!("{field}.name"), "cannot be empty"));
+            }
+            if !service_names.insert(service.name.as_str()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("a service named {:?} already exists", service.name),
+                ));
+            }
+            for (r, route) in service.routes.iter().enumerate() {
+                let field = format!("{field}.routes[{r}]");
+                if let Some(name) = &route.name
+                    && !route_names.insert(name.as_str())
+                {
+                    return Err(invalid(
+                        format!("{field}.name"),
+                        format!("a route named {name:?} already exists"),
+                    ));
+                }
+                route.validate(&field)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the guest needs, with static keys already fingerprinted so raw keys never reach
+    /// the guest's environment (and from there an exported `spin.toml`).
+    pub fn guest_config(&self) -> GuestConfig {
+        GuestConfig {
+            client_addr_header: None,
+            listen_port: Some(self.server.listen.port()),
+            host_annotations: false,
+            key_auth: self.key_auth.clone(),
+            auth_api: self.auth_api.as_ref().map(|api| GuestAuthApi {
+                url: api.url.clone(),
+                timeout: api.timeout,
+                cache_ttl: api.cache_ttl,
+                negative_ttl: api.negative_ttl,
+                stale_if_error: api.stale_if_error,
+            }),
+            consumers: self
+                .consumers
+                .iter()
+                .map(|consumer| GuestConsumer {
+                    id: consumer.id.clone().or_else(|| {
+                        consumer
+                            .username
+                            .as_deref()
+                            .map(crate::fingerprint::consumer_uuid)
+                    }),
+                    username: consumer.username.clone(),
+                    custom_id: consumer.custom_id.clone(),
+                    key_fingerprints: consumer
+                        .keys
+                        .iter()
+                        .map(|key| crate::fingerprint::fingerprint(key))
+                        .collect(),
+                })
+                .collect(),
+            services: self.services.clone(),
+        }
+    }
+}
+
+impl KeyAuth {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.key_names.is_empty() {
+            return Err(invalid("key_auth.key_names", "needs at least one name"));
+        }
+        for (i, name) in self.key_names.iter().enumerate() {
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(invalid(
+                    format!("key_auth.key_names[{i}]"),
+                    format!("{name:?} is not a header name (letters, digits, '-' and '_')"),
+                ));
+            }
+        }
+        if !(self.key_in_header || self.key_in_query || self.key_in_body) {
+            return Err(invalid(
+                "key_auth",
+                "key_in_header, key_in_query and key_in_body are all false: no key could be found",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl AuthApi {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.url.contains("{key}") {
+            return Err(invalid(
+                "auth_api.url",
+                "must contain {key} where the key goes",
+            ));
+        }
+        self.origin().map_err(|err| invalid("auth_api.url", err))?;
+        if self.timeout.get().is_zero() {
+            return Err(invalid("auth_api.timeout", "must be longer than 0s"));
+        }
+        if self.cache_capacity == 0 {
+            return Err(invalid("auth_api.cache_capacity", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl Route {
+    fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if self.paths.is_empty() && self.methods.is_empty() && self.hosts.is_empty() {
+            return Err(invalid(
+                field,
+                "a route needs at least one of paths, methods or hosts",
+            ));
+        }
+        for (i, method) in self.methods.iter().enumerate() {
+            let ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+            if !ok {
+                return Err(invalid(
+                    format!("{field}.methods[{i}]"),
+                    format!("{method:?} is not an upper-case HTTP method"),
+                ));
+            }
+        }
+        for (i, host) in self.hosts.iter().enumerate() {
+            let name = host.rsplit_once(':').map_or(host.as_str(), |(name, port)| {
+                if port.parse::<u16>().is_ok() {
+                    name
+                } else {
+                    host
+                }
+            });
+            let wildcards = name.matches('*').count();
+            let ok = !name.is_empty()
+                && (wildcards == 0
+                    || (wildcards == 1 && (name.starts_with("*.") || name.ends_with(".*"))));
+            if !ok {
+                return Err(invalid(
+                    format!("{field}.hosts[{i}]"),
+                    format!(
+                        "{host:?}: a host is a name with at most one leading \"*.\" or trailing \".*\""
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The part of the configuration the guest acts on, passed as JSON in [`crate::GUEST_CONFIG_ENV`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestConfig {
+    /// A request header the host fills with the client's IP (and removes when clients send it):
+    /// `keygate-client-addr` on keygate, `spin-client-addr` on Spin, none on `wasmtime serve`.
+    pub client_addr_header: Option<String>,
+    /// The port clients connect to, for `X-Forwarded-Port` (else the port in `Host`).
+    pub listen_port: Option<u16>,
+    /// Tell the host which route answered and what each outgoing call is for, in
+    /// `keygate-route` / `keygate-call` headers the host strips: keygate's metrics labels.
+    #[serde(default)]
+    pub host_annotations: bool,
+    pub key_auth: KeyAuth,
+    pub auth_api: Option<GuestAuthApi>,
+    pub consumers: Vec<GuestConsumer>,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestAuthApi {
+    pub url: String,
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub stale_if_error: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestConsumer {
+    pub id: Option<String>,
+    pub username: Option<String>,
+    pub custom_id: Option<String>,
+    pub key_fingerprints: Vec<String>,
+}
+
+impl GuestConfig {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("the guest config is plain data")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|err| ConfigError::Parse(err.to_string()))
+    }
+}
+
+#[cfg(all(test, feature = "toml"))]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/keygate.toml");
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let config = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(
+            config.services[0].routes[0].paths,
+            vec![RoutePath::Prefix("/results".into())]
+        );
+        assert!(config.services[0].routes[0].strip_path, "Kong's default");
+        assert_eq!(config.key_auth.key_names, vec!["apikey"]);
+    }
+
+    #[test]
+    fn guest_config_round_trips_as_json_without_raw_keys() {
+        let config = Config::from_toml(EXAMPLE).unwrap();
+        let json = config.guest_config().to_json();
+        assert!(!json.contains("demo-key-1"), "raw key leaked: {json}");
+        assert_eq!(
+            GuestConfig::from_json(&json).unwrap(),
+            config.guest_config()
+        );
+    }
+
+    fn error_of(toml: &str) -> String {
+        Config::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_fields_name_the_field_and_line() {
+        let err = error_of("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert!(err.contains("line 3") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = error_of("[auth_api]\nurl = \"http://a/{key}\"\ntimeout = \"soon\"\n");
+        assert!(
+            err.contains("timeout") && err.contains("invalid duration"),
+            "{err}"
+        );
+        let err = error_of("[auth_api]\nurl = \"http://a/validate\"\n");
+        assert!(
+            err.contains("auth_api.url") && err.contains("{key}"),
+            "{err}"
+        );
+        let err = error_of("[[services]]\nname = \"a\"\nurl = \"ftp://a\"\n");
+        assert!(err.contains("line 3") && err.contains("not http"), "{err}");
+        let err = error_of(
+            "[[services]]\nname = \"a\"\nurl = \"http://a\"\n[[services.routes]]\npaths = [\"~/x(\"]\n",
+        );
+        assert!(
+            err.contains("line 5") && err.contains("invalid regex"),
+            "{err}"
+        );
+        let err = error_of(
+            "[[services]]\nname = \"a\"\nurl = \"http://a\"\n[[services.routes]]\nmethods = [\"get\"]\n",
+        );
+        assert!(err.contains("services[0].routes[0].methods[0]"), "{err}");
+    }
+}

@@ -1,0 +1,31 @@
+//! The policy model that the keygate host and guest share.
+//!
+//! The host reads `keygate.toml` into [`Config`], validates it (with errors that name the field
+//! and, for TOML, the line) and hands the guest a [`GuestConfig`] as JSON in one environment
+//! variable: the only configuration channel that works the same on keygate, `wasmtime serve`
+//! and Spin. Both sides use these types, so the two can never disagree on the format.
+
+pub mod config;
+pub mod duration;
+pub mod errors;
+pub mod fingerprint;
+pub mod route_path;
+pub mod service_url;
+
+pub use config::*;
+pub use duration::Duration;
+pub use route_path::RoutePath;
+pub use service_url::ServiceUrl;
+
+/// The environment variable that carries the [`GuestConfig`] JSON to the guest.
+pub const GUEST_CONFIG_ENV: &str = "KEYGATE_CONFIG";
+
+/// Headers only the keygate host and its guest exchange; the host strips them at the edge.
+pub mod internal_headers {
+    /// On incoming requests: the client's IP, set by the host (a client's copy is replaced).
+    pub const CLIENT_ADDR: &str = "keygate-client-addr";
+    /// On guest responses: the route that answered (metrics label).
+    pub const ROUTE: &str = "keygate-route";
+    /// On outgoing requests: `auth` or the service name (metrics label).
+    pub const CALL: &str = "keygate-call";
+}

@@ -1,0 +1,42 @@
+//! A guest that misbehaves on purpose, to prove the host contains it: `/trap` panics (a wasm
+//! trap), `/loop` spins forever, `/grow` allocates past any sane memory limit; anything else
+//! answers 200 `ok` so the test can show the next request is served normally.
+
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Misbehaving;
+
+impl wasip2::exports::http::incoming_handler::Guest for Misbehaving {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        match request.path_with_query().as_deref() {
+            Some("/trap") => panic!("trap requested"),
+            Some("/loop") => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            Some("/grow") => {
+                let mut hog: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hog.push(vec![1u8; 16 << 20]);
+                    std::hint::black_box(&hog);
+                }
+            }
+            _ => {
+                let response = OutgoingResponse::new(Fields::new());
+                let body = response.body().expect("fresh response has a body");
+                ResponseOutparam::set(out, Ok(response));
+                let stream = body.write().expect("fresh body has a stream");
+                stream.blocking_write_and_flush(b"ok").expect("write");
+                drop(stream);
+                OutgoingBody::finish(body, None).expect("finish");
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+wasip2::http::proxy::export!(Misbehaving);
