@@ -5,7 +5,7 @@ use crate::auth::Identity;
 use crate::config::Policy;
 use crate::credentials::Location;
 use crate::errors::GatewayError;
-use crate::outbound::{self, CallError};
+use crate::outbound::{self, BodyReader, CallError};
 use crate::request::RequestInfo;
 use crate::router::Match;
 use keygate_policy::errors::{BAD_GATEWAY, TIMEOUT};
@@ -60,10 +60,25 @@ pub fn forward(
         None
     };
     let headers = upstream_headers(policy, info, matched, identity, hidden);
-    let has_body = info
+    // Hosts hide `transfer-encoding` from guests, so without a length the body's first bytes
+    // tell whether there is one (GETs must not reach the origin with an empty chunked body).
+    let content_length = info
         .headers
         .iter()
-        .any(|(n, v)| n == "transfer-encoding" || (n == "content-length" && v.as_slice() != b"0"));
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.as_slice() != b"0");
+    let mut source = None;
+    let mut first_chunk = Vec::new();
+    let has_body = match content_length {
+        Some(has_body) => has_body,
+        None => {
+            source = incoming.consume().ok().and_then(BodyReader::open);
+            if let Some(reader) = &source {
+                first_chunk = outbound::read_some(&reader.stream);
+            }
+            !first_chunk.is_empty()
+        }
+    };
 
     let request = OutgoingRequest::new(headers);
     let _ = request.set_method(&info.method);
@@ -88,14 +103,12 @@ pub fn forward(
         }
     };
     if let Some(outgoing_body) = outgoing_body {
-        let sent = match (incoming.consume(), outgoing_body.write()) {
-            (Ok(incoming_body), Ok(sink)) => {
-                let result = incoming_body
-                    .stream()
-                    .map_err(|()| "request body already taken".to_string())
-                    .and_then(|source| outbound::pump(&source, &sink));
+        let source = source.or_else(|| incoming.consume().ok().and_then(BodyReader::open));
+        let sent = match (source, outgoing_body.write()) {
+            (Some(source), Ok(sink)) => {
+                let result = outbound::write_all(&sink, &first_chunk)
+                    .and_then(|()| outbound::pump(&source.stream, &sink));
                 drop(sink);
-                drop(incoming_body);
                 result
             }
             _ => Err("request body unavailable".to_string()),
@@ -135,14 +148,13 @@ pub fn forward(
         return;
     };
     ResponseOutparam::set(out, Ok(reply));
-    let copied = match (response.consume(), reply_body.write()) {
-        (Ok(origin_body), Ok(sink)) => {
-            let result = origin_body
-                .stream()
-                .map_err(|()| "response body already taken".to_string())
-                .and_then(|source| outbound::pump(&source, &sink));
+    let copied = match (
+        response.consume().ok().and_then(BodyReader::open),
+        reply_body.write(),
+    ) {
+        (Some(source), Ok(sink)) => {
+            let result = outbound::pump(&source.stream, &sink);
             drop(sink);
-            drop(origin_body);
             result
         }
         _ => Err("response body unavailable".to_string()),

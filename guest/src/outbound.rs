@@ -4,7 +4,8 @@
 use wasip2::clocks::monotonic_clock;
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, FutureIncomingResponse, IncomingResponse, OutgoingRequest, RequestOptions,
+    ErrorCode, FutureIncomingResponse, IncomingBody, IncomingResponse, OutgoingRequest,
+    RequestOptions,
 };
 use wasip2::io::poll;
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
@@ -123,6 +124,44 @@ pub fn read_to_end(stream: &InputStream, limit: usize, deadline: u64) -> Result<
             Err(StreamError::LastOperationFailed(err)) => return Err(err.to_debug_string()),
         }
     }
+}
+
+/// An incoming body with its stream. The stream is a child resource and must be dropped
+/// before the body, which the field order guarantees.
+pub struct BodyReader {
+    pub stream: InputStream,
+    _body: IncomingBody,
+}
+
+impl BodyReader {
+    pub fn open(body: IncomingBody) -> Option<Self> {
+        let stream = body.stream().ok()?;
+        Some(Self {
+            stream,
+            _body: body,
+        })
+    }
+}
+
+/// Wait for the first bytes of a stream; empty when it ends without any.
+pub fn read_some(stream: &InputStream) -> Vec<u8> {
+    stream.blocking_read(64 * 1024).unwrap_or_default()
+}
+
+/// Write all of `bytes`, as fast as the stream accepts them.
+pub fn write_all(stream: &OutputStream, mut bytes: &[u8]) -> Result<(), String> {
+    while !bytes.is_empty() {
+        // `blocking-write-and-flush` takes at most 4096 bytes per call.
+        let (chunk, rest) = bytes.split_at(bytes.len().min(4096));
+        stream
+            .blocking_write_and_flush(chunk)
+            .map_err(|err| match err {
+                StreamError::Closed => "stream closed".to_string(),
+                StreamError::LastOperationFailed(err) => err.to_debug_string(),
+            })?;
+        bytes = rest;
+    }
+    Ok(())
 }
 
 /// Move a body from one stream to another until the source ends, without copying it through

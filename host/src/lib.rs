@@ -92,6 +92,21 @@ impl RunningGateway {
     }
 }
 
+/// Headers named in `Connection` are hop-by-hop (RFC 9110 §7.6.1). wasi:http hides
+/// `Connection` from guests, so the host drops what it names, both ways.
+pub fn remove_connection_tokens(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| http::HeaderName::try_from(token.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -43,8 +43,9 @@ impl OutgoingHttp {
         }
     }
 
-    pub fn new(allowed: HashSet<String>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(connect_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
         connector.enforce_http(true);
@@ -55,7 +56,7 @@ impl OutgoingHttp {
             .build(connector);
         Self {
             client,
-            allowed: Arc::new(allowed),
+            allowed: Arc::default(),
             metrics,
         }
     }
@@ -142,18 +143,21 @@ impl OutgoingHttp {
             return Err(Error::HttpRequestDenied);
         }
         let options = options.unwrap_or_default();
-        let connect = options.connect_timeout.unwrap_or(DEFAULT_TIMEOUT);
+        // The pooled client connects inside `request`, under the connector's own timeout
+        // (the longest any config asks for); the head must then arrive within `first_byte`.
         let first_byte = options.first_byte_timeout.unwrap_or(DEFAULT_TIMEOUT);
         let between_bytes = options.between_bytes_timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let response =
-            match tokio::time::timeout(connect + first_byte, self.client.request(request)).await {
-                Err(_) => return Err(Error::ConnectionReadTimeout),
-                Ok(Err(err)) => {
-                    tracing::debug!(%call, %target, "outgoing call failed: {err:?}");
-                    return Err(client_error(&err));
-                }
-                Ok(Ok(response)) => response,
-            };
+        let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
+            Err(_) => return Err(Error::ConnectionReadTimeout),
+            Ok(Err(err)) => {
+                tracing::debug!(%call, %target, "outgoing call failed: {err:?}");
+                return Err(client_error(&err));
+            }
+            Ok(Ok(mut response)) => {
+                crate::remove_connection_tokens(response.headers_mut());
+                response
+            }
+        };
         Ok(response.map(|body| IdleTimeoutBody::new(body, between_bytes).boxed_unsync()))
     }
 }

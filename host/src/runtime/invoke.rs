@@ -67,7 +67,14 @@ impl Gateway {
             + Duration::from_millis(500);
         let capacity = config.auth_api.as_ref().map_or(1, |api| api.cache_capacity);
         let key_cache = Arc::new(KeyCache::new(capacity, fill_wait, Arc::clone(&metrics)));
-        let outgoing = OutgoingHttp::new(HashSet::new(), Arc::clone(&metrics));
+        let connect_timeout = config
+            .services
+            .iter()
+            .map(|service| service.connect_timeout.get())
+            .chain(config.auth_api.iter().map(|api| api.timeout.get()))
+            .max()
+            .unwrap_or(Duration::from_secs(60));
+        let outgoing = OutgoingHttp::new(connect_timeout, Arc::clone(&metrics));
         let busy_ticks =
             (config.guest.busy_timeout.get().as_millis() / EPOCH_TICK.as_millis()).max(1);
         let gateway = Self {
@@ -145,6 +152,7 @@ impl Gateway {
         client: SocketAddr,
     ) -> Result<hyper::Response<ResponseBody>, HostFailure> {
         let headers = request.headers_mut();
+        crate::remove_connection_tokens(headers);
         headers.remove(internal_headers::CLIENT_ADDR);
         if let Ok(ip) = client.ip().to_string().parse() {
             headers.insert(internal_headers::CLIENT_ADDR, ip);

@@ -1,0 +1,137 @@
+//! Scenarios: bodies stream both ways, origin failures become Kong's errors, connections are
+//! pooled.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use support::client::get;
+use support::servers::download_sum;
+use support::{AuthApi, Origin, basic_config, start_gateway};
+
+async fn setup() -> (Origin, keygate::RunningGateway) {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    let gateway = start_gateway(&basic_config(&origin, &auth)).await;
+    (origin, gateway)
+}
+
+const KEY: (&str, &str) = ("apikey", "static-key");
+
+#[tokio::test]
+async fn post_body_streams_to_origin() {
+    let (origin, gw) = setup().await;
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 256) as u8).collect();
+    let sum = body.iter().fold(0u64, |s, b| s + u64::from(*b));
+    let request = support::request("POST", gw.addr, "/api/upload")
+        .header(KEY.0, KEY.1)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let reply = support::send(gw.addr, request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["bytes"], 300_000);
+    assert_eq!(reply.json()["sum"], sum);
+    assert_eq!(origin.last().method, "POST");
+}
+
+#[tokio::test]
+async fn chunked_upload_without_length_streams_to_origin() {
+    let (_origin, gw) = setup().await;
+    let chunks = (0..64).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
+            1u8;
+            16 * 1024
+        ])))
+    });
+    let body = StreamBody::new(futures::stream::iter(chunks));
+    let request = support::request("PUT", gw.addr, "/api/upload")
+        .header(KEY.0, KEY.1)
+        .body(body)
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["bytes"], 64 * 16 * 1024);
+}
+
+#[tokio::test]
+async fn download_streams_back_whole() {
+    let (_origin, gw) = setup().await;
+    let n = 3_000_000u64;
+    let reply = get(gw.addr, &format!("/api/download/{n}"), &[KEY]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len() as u64, n);
+    let sum = reply
+        .body
+        .iter()
+        .fold(0u64, |s, b| s.wrapping_add(u64::from(*b)));
+    assert_eq!(sum, download_sum(n));
+}
+
+#[tokio::test]
+async fn origin_refusing_connections_gets_502() {
+    let auth = AuthApi::start().await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let origin = Origin::start("unused").await;
+    let config = basic_config(&origin, &auth).replace(&origin.addr.to_string(), &dead.to_string());
+    let gw = start_gateway(&config).await;
+    let reply = get(gw.addr, "/api/x", &[KEY]).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(
+        reply.json()["message"],
+        "An invalid response was received from the upstream server"
+    );
+}
+
+#[tokio::test]
+async fn origin_slower_than_read_timeout_gets_504() {
+    let origin = Origin::start("slow").await;
+    let auth = AuthApi::start().await;
+    let config = basic_config(&origin, &auth).replace(
+        &format!("url = \"http://{}/v1\"", origin.addr),
+        &format!(
+            "url = \"http://{}/v1\"\nread_timeout = \"200ms\"",
+            origin.addr
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let reply = get(gw.addr, "/api/x", &[KEY, ("x-test-delay-ms", "3000")]).await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.json()["message"], "The upstream server is timing out");
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_pooled_origin_connections() {
+    let (origin, gw) = setup().await;
+    for _ in 0..50 {
+        assert_eq!(get(gw.addr, "/api/x", &[KEY]).await.status, 200);
+    }
+    assert_eq!(origin.hits(), 50);
+    assert!(
+        origin.connections() <= 2,
+        "50 requests used {} origin connections",
+        origin.connections()
+    );
+}
+
+#[tokio::test]
+async fn origin_errors_pass_through_untouched() {
+    let (_origin, gw) = setup().await;
+    // The test origin answers 200 for everything but its own routes; a HEAD must carry no body.
+    let request = support::request("HEAD", gw.addr, "/api/x")
+        .header(KEY.0, KEY.1)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = support::send(gw.addr, request).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.is_empty());
+}

@@ -1,0 +1,254 @@
+//! Scenarios: who gets through, who does not, and how often the auth API is asked.
+
+mod support;
+
+use serde_json::json;
+use support::client::get;
+use support::{AuthApi, Origin, basic_config, start_gateway};
+
+async fn setup() -> (Origin, AuthApi, keygate::RunningGateway) {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.allow(
+        "good-key",
+        json!({"consumer": {"id": "c-1", "username": "ann", "custom_id": "cust-1"}, "credential_id": "cred-1"}),
+    );
+    let gateway = start_gateway(&basic_config(&origin, &auth)).await;
+    (origin, auth, gateway)
+}
+
+#[tokio::test]
+async fn missing_key_gets_401_and_never_reaches_origin() {
+    let (origin, _auth, gw) = setup().await;
+    let reply = get(gw.addr, "/api/x", &[]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["message"], "No API key found in request");
+    assert_eq!(reply.header("www-authenticate"), Some("Key"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let id = reply.json()["request_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    assert_eq!(reply.header("x-request-id"), Some(id.as_str()));
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn invalid_key_never_reaches_origin() {
+    let (origin, auth, gw) = setup().await;
+    let reply = get(gw.addr, "/api/x", &[("apikey", "bad-key")]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["message"], "Unauthorized");
+    assert_eq!(
+        auth.calls(),
+        1,
+        "an unknown key is checked with the auth API"
+    );
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn empty_key_counts_as_missing() {
+    let (origin, auth, gw) = setup().await;
+    let reply = get(gw.addr, "/api/x?apikey=", &[]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["message"], "No API key found in request");
+    assert_eq!((auth.calls(), origin.hits()), (0, 0));
+}
+
+#[tokio::test]
+async fn duplicate_key_is_refused() {
+    let (origin, _auth, gw) = setup().await;
+    let reply = get(gw.addr, "/api/x?apikey=good-key&apikey=good-key", &[]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["message"], "Duplicate API key found");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn valid_key_in_header_reaches_origin_with_consumer_headers() {
+    let (origin, _auth, gw) = setup().await;
+    let reply = get(gw.addr, "/api/x", &[("apikey", "good-key")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = origin.last();
+    assert_eq!(seen.header("x-consumer-id"), Some("c-1"));
+    assert_eq!(seen.header("x-consumer-username"), Some("ann"));
+    assert_eq!(seen.header("x-consumer-custom-id"), Some("cust-1"));
+    assert_eq!(seen.header("x-credential-identifier"), Some("cred-1"));
+}
+
+#[tokio::test]
+async fn valid_key_in_query_string_is_accepted() {
+    let (origin, _auth, gw) = setup().await;
+    let reply = get(gw.addr, "/api/x?apikey=good-key&page=2", &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        origin.last().uri,
+        "/v1/x?apikey=good-key&page=2",
+        "query passed verbatim"
+    );
+}
+
+#[tokio::test]
+async fn header_key_names_match_case_insensitively() {
+    let (_origin, _auth, gw) = setup().await;
+    assert_eq!(
+        get(gw.addr, "/api/x", &[("APIKEY", "good-key")])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn static_consumer_key_needs_no_auth_api() {
+    let (origin, auth, gw) = setup().await;
+    let reply = get(gw.addr, "/api/x", &[("apikey", "static-key")]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(auth.calls(), 0);
+    let seen = origin.last();
+    assert_eq!(seen.header("x-consumer-username"), Some("static-user"));
+    assert_eq!(seen.header("x-consumer-custom-id"), Some("static-custom"));
+    // Kong DB-less derives the id from the username (UUIDv5), so origins keep seeing it.
+    assert_eq!(seen.header("x-consumer-id").map(str::len), Some(36));
+}
+
+#[tokio::test]
+async fn client_sent_consumer_headers_are_replaced() {
+    let (origin, _auth, gw) = setup().await;
+    let forged = [
+        ("apikey", "good-key"),
+        ("x-consumer-username", "admin"),
+        ("x-consumer-id", "forged"),
+        ("x-anonymous-consumer", "true"),
+    ];
+    assert_eq!(get(gw.addr, "/api/x", &forged).await.status, 200);
+    let seen = origin.last();
+    assert_eq!(seen.header_all("x-consumer-username"), vec!["ann"]);
+    assert_eq!(seen.header_all("x-consumer-id"), vec!["c-1"]);
+    assert_eq!(seen.header("x-anonymous-consumer"), None);
+}
+
+#[tokio::test]
+async fn second_request_with_same_key_does_not_call_auth_api() {
+    let (origin, auth, gw) = setup().await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(gw.addr, "/api/x", &[("apikey", "good-key")])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(auth.calls(), 1);
+    assert_eq!(origin.hits(), 5);
+}
+
+#[tokio::test]
+async fn invalid_verdict_is_cached_too() {
+    let (_origin, auth, gw) = setup().await;
+    for _ in 0..5 {
+        assert_eq!(
+            get(gw.addr, "/api/x", &[("apikey", "bad-key")])
+                .await
+                .status,
+            401
+        );
+    }
+    assert_eq!(
+        auth.calls(),
+        1,
+        "the negative cache answers repeated invalid keys"
+    );
+}
+
+#[tokio::test]
+async fn auth_api_down_without_cached_verdict_gets_503_and_never_reaches_origin() {
+    let (origin, auth, gw) = setup().await;
+    auth.set_down(true);
+    let reply = get(gw.addr, "/api/x", &[("apikey", "good-key")]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        reply.json()["message"],
+        "The authentication service is currently unavailable"
+    );
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn auth_api_unreachable_gets_503() {
+    let origin = Origin::start("origin").await;
+    // An auth API address nobody listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let auth = AuthApi::start().await;
+    let config = basic_config(&origin, &auth).replace(&auth.addr.to_string(), &dead.to_string());
+    let gw = start_gateway(&config).await;
+    let reply = get(gw.addr, "/api/x", &[("apikey", "good-key")]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn auth_api_down_serves_cached_key() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.allow("good-key", json!({}));
+    // Verdicts go stale at once but may be served for an hour while the auth API is down.
+    let config = basic_config(&origin, &auth).replace(
+        "cache_ttl = \"5m\"",
+        "cache_ttl = \"0s\"\nstale_if_error = \"1h\"",
+    );
+    let gw = start_gateway(&config).await;
+    assert_eq!(
+        get(gw.addr, "/api/x", &[("apikey", "good-key")])
+            .await
+            .status,
+        200
+    );
+    auth.set_down(true);
+    let reply = get(gw.addr, "/api/x", &[("apikey", "good-key")]).await;
+    assert_eq!(reply.status, 200, "stale verdict served: {}", reply.text());
+    assert_eq!(auth.calls(), 2, "the stale verdict was refreshed first");
+    // A key never seen cannot be vouched for.
+    assert_eq!(
+        get(gw.addr, "/api/x", &[("apikey", "other-key")])
+            .await
+            .status,
+        503
+    );
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_key_call_auth_api_once() {
+    let (origin, auth, gw) = setup().await;
+    auth.set_delay(std::time::Duration::from_millis(200));
+    let requests = (0..50).map(|_| {
+        let addr = gw.addr;
+        tokio::spawn(async move { get(addr, "/api/x", &[("apikey", "good-key")]).await.status })
+    });
+    for status in futures::future::join_all(requests).await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(
+        auth.calls(),
+        1,
+        "single-flight: one auth call for 50 concurrent misses"
+    );
+    assert_eq!(origin.hits(), 50);
+}
+
+#[tokio::test]
+async fn keys_are_never_logged_in_metrics() {
+    let (_origin, _auth, gw) = setup().await;
+    get(gw.addr, "/api/x", &[("apikey", "good-key")]).await;
+    let metrics = gw.gateway.metrics.render(0);
+    assert!(!metrics.contains("good-key"));
+    assert!(
+        metrics.contains("keygate_auth_api_responses_total{code=\"200\"} 1"),
+        "{metrics}"
+    );
+}

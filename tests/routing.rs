@@ -1,0 +1,215 @@
+//! Scenarios: which origin a request reaches, at which path, with which headers.
+
+mod support;
+
+use support::client::get;
+use support::{AuthApi, Origin, start_gateway};
+
+/// Two origins: `/orders` → orders (strip_path), `/users` → users (no strip), a public
+/// `/status` route without auth, and a GET-only regex route.
+async fn two_origins() -> (Origin, Origin, keygate::RunningGateway) {
+    let orders = Origin::start("orders").await;
+    let users = Origin::start("users").await;
+    let auth = AuthApi::start().await;
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[auth_api]
+url = "http://{auth}/validate?apikey={{key}}"
+
+[[consumers]]
+username = "tester"
+keys = ["k"]
+
+[[services]]
+name = "orders"
+url = "http://{orders}/v1"
+
+[[services.routes]]
+name = "orders"
+paths = ["/orders"]
+methods = ["GET", "POST"]
+
+[[services.routes]]
+name = "order-by-id"
+paths = ["~/orders/\\d+$"]
+methods = ["GET"]
+strip_path = false
+
+[[services]]
+name = "users"
+url = "http://{users}"
+
+[[services.routes]]
+name = "users"
+paths = ["/users"]
+strip_path = false
+
+[[services.routes]]
+name = "status"
+paths = ["/status"]
+auth = false
+"#,
+        auth = auth.addr,
+        orders = orders.addr,
+        users = users.addr,
+    );
+    let gateway = start_gateway(&config).await;
+    (orders, users, gateway)
+}
+
+const KEY: &[(&str, &str)] = &[("apikey", "k")];
+
+#[tokio::test]
+async fn route_picks_the_right_origin() {
+    let (orders, users, gw) = two_origins().await;
+    let reply = get(gw.addr, "/orders/list", KEY).await;
+    assert_eq!(reply.header("x-origin"), Some("orders"));
+    let reply = get(gw.addr, "/users/7", KEY).await;
+    assert_eq!(reply.header("x-origin"), Some("users"));
+    assert_eq!((orders.hits(), users.hits()), (1, 1));
+}
+
+#[tokio::test]
+async fn strip_path_joins_the_service_path() {
+    let (orders, users, gw) = two_origins().await;
+    get(gw.addr, "/orders/list?x=1&y=%20", KEY).await;
+    assert_eq!(orders.last().uri, "/v1/list?x=1&y=%20");
+    get(gw.addr, "/orders", KEY).await;
+    assert_eq!(orders.last().uri, "/v1");
+    get(gw.addr, "/users/7", KEY).await;
+    assert_eq!(
+        users.last().uri,
+        "/users/7",
+        "strip_path = false keeps the path"
+    );
+}
+
+#[tokio::test]
+async fn regex_route_outranks_prefix_route() {
+    let (orders, _users, gw) = two_origins().await;
+    get(gw.addr, "/orders/42", KEY).await;
+    assert_eq!(
+        orders.last().uri,
+        "/v1/orders/42",
+        "the regex route (strip_path=false) won"
+    );
+    get(gw.addr, "/orders/42/items", KEY).await;
+    assert_eq!(
+        orders.last().uri,
+        "/v1/42/items",
+        "regex is anchored at the end here: prefix route"
+    );
+}
+
+#[tokio::test]
+async fn unmatched_path_gets_404_and_reaches_no_origin() {
+    let (orders, users, gw) = two_origins().await;
+    let reply = get(gw.addr, "/elsewhere", KEY).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.json()["message"],
+        "no Route matched with those values"
+    );
+    assert_eq!(orders.hits() + users.hits(), 0);
+}
+
+#[tokio::test]
+async fn method_outside_the_route_gets_404() {
+    let (orders, _users, gw) = two_origins().await;
+    let mut builder = support::request("DELETE", gw.addr, "/orders/1");
+    builder = builder.header("apikey", "k");
+    let reply = support::send(gw.addr, builder.body(Default::default()).unwrap()).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(orders.hits(), 0);
+}
+
+#[tokio::test]
+async fn path_is_normalized_before_matching() {
+    let (orders, _users, gw) = two_origins().await;
+    let reply = get(gw.addr, "/x/../%6Frders/./list", KEY).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(orders.last().uri, "/v1/list");
+}
+
+#[tokio::test]
+async fn route_without_auth_passes_without_key() {
+    let (_orders, users, gw) = two_origins().await;
+    let reply = get(gw.addr, "/status", &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(users.last().header("x-consumer-id"), None);
+}
+
+#[tokio::test]
+async fn forwarded_headers_describe_the_client() {
+    let (orders, _users, gw) = two_origins().await;
+    let headers = [
+        ("apikey", "k"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-host", "forged.example"),
+        ("x-real-ip", "6.6.6.6"),
+    ];
+    get(gw.addr, "/orders/list?q=1", &headers).await;
+    let seen = orders.last();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("10.0.0.1, 127.0.0.1"),
+        "appended"
+    );
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some("127.0.0.1"),
+        "client value overridden"
+    );
+    assert_eq!(
+        seen.header("x-forwarded-port"),
+        Some(gw.addr.port().to_string().as_str())
+    );
+    assert_eq!(seen.header("x-forwarded-path"), Some("/orders/list"));
+    assert_eq!(seen.header("x-forwarded-prefix"), Some("/orders"));
+    assert_eq!(
+        seen.header("host"),
+        Some(orders.addr.to_string().as_str()),
+        "service host, not the client's"
+    );
+    assert_eq!(
+        seen.header("apikey"),
+        Some("k"),
+        "hide_credentials is off by default"
+    );
+    assert_eq!(
+        seen.header("keygate-client-addr"),
+        None,
+        "host-internal header never leaves"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped() {
+    let (orders, _users, gw) = two_origins().await;
+    let headers = [
+        ("apikey", "k"),
+        ("connection", "keep-alive, x-private"),
+        ("x-private", "secret"),
+        ("te", "trailers"),
+        ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+        ("x-kept", "yes"),
+    ];
+    get(gw.addr, "/orders/list", &headers).await;
+    let seen = orders.last();
+    assert_eq!(seen.header("x-private"), None, "named in Connection");
+    assert_eq!(seen.header("te"), None);
+    assert_eq!(seen.header("proxy-authorization"), None);
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+}
+
+#[tokio::test]
+async fn key_auth_keygate_headers_are_stripped_from_responses() {
+    let (_orders, _users, gw) = two_origins().await;
+    let reply = get(gw.addr, "/orders/list", KEY).await;
+    assert_eq!(reply.header("keygate-route"), None);
+}

@@ -1,0 +1,64 @@
+//! Real servers and clients on 127.0.0.1 for the scenario tests: an origin API and an auth API
+//! that record what reached them, a gateway started from a TOML config, and a small client.
+
+#![allow(dead_code)] // each test file uses a different part
+
+pub mod client;
+pub mod servers;
+
+pub use client::{request, send};
+pub use servers::{AuthApi, Origin};
+
+use std::sync::Once;
+
+/// Start keygate in this process from a config; `{origin:NAME}`-style placeholders are the
+/// callers' business (they format the TOML with the servers' addresses).
+pub async fn start_gateway(toml: &str) -> keygate::RunningGateway {
+    init_logging();
+    let config = keygate::config::parse(toml, None).expect("test config is valid");
+    keygate::start(config).await.expect("gateway starts")
+}
+
+pub fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("KEYGATE_TEST_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A config with one service on `origin` (route `/api`, strip_path) and the auth API.
+pub fn basic_config(origin: &Origin, auth: &AuthApi) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[auth_api]
+url = "http://{auth}/validate?apikey={{key}}"
+timeout = "2s"
+cache_ttl = "5m"
+negative_ttl = "30s"
+
+[[consumers]]
+username = "static-user"
+custom_id = "static-custom"
+keys = ["static-key"]
+
+[[services]]
+name = "api"
+url = "http://{origin}/v1"
+
+[[services.routes]]
+name = "api-route"
+paths = ["/api"]
+"#,
+        auth = auth.addr,
+        origin = origin.addr,
+    )
+}
