@@ -82,7 +82,7 @@ impl RouteTable {
             }
         }
         // Stable: equal priorities keep config order.
-        entries.sort_by(|a, b| b.priority.cmp(&a.priority));
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.priority));
         Ok(Self { entries })
     }
 
@@ -91,8 +91,7 @@ impl RouteTable {
         let host = request.host();
         let port = request.port();
         for entry in &self.entries {
-            if !entry.methods.is_empty() && !entry.methods.iter().any(|m| *m == request.method_name)
-            {
+            if !entry.methods.is_empty() && !entry.methods.contains(&request.method_name) {
                 continue;
             }
             if !entry.hosts.is_empty() && !entry.hosts.iter().any(|h| h.matches(&host, port)) {

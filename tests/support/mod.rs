@@ -1,9 +1,10 @@
 //! Real servers and clients on 127.0.0.1 for the scenario tests: an origin API and an auth API
 //! that record what reached them, a gateway started from a TOML config, and a small client.
 
-#![allow(dead_code)] // each test file uses a different part
+#![allow(dead_code, unused_imports)] // each test file uses a different part
 
 pub mod client;
+pub mod process;
 pub mod servers;
 
 pub use client::{request, send};

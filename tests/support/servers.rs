@@ -236,7 +236,7 @@ impl AuthApi {
             .unwrap_or("")
             .split('&')
             .find_map(|pair| pair.strip_prefix("apikey="))
-            .map(|k| percent_decode(k))
+            .map(percent_decode)
             .unwrap_or_default();
         match self.keys.lock().unwrap().get(&key) {
             Some(answer) => reply(200, answer.to_string()),
@@ -250,12 +250,13 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
