@@ -213,3 +213,57 @@ async fn key_auth_keygate_headers_are_stripped_from_responses() {
     let reply = get(gw.addr, "/orders/list", KEY).await;
     assert_eq!(reply.header("keygate-route"), None);
 }
+
+#[tokio::test]
+async fn hosts_and_hidden_credentials() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[key_auth]
+hide_credentials = true
+
+[auth_api]
+url = "http://{auth}/validate?apikey={{key}}"
+
+[[consumers]]
+username = "tester"
+keys = ["k"]
+
+[[services]]
+name = "tenant"
+url = "http://{origin}"
+
+[[services.routes]]
+name = "wildcard"
+hosts = ["*.example.com"]
+"#,
+        auth = auth.addr,
+        origin = origin.addr,
+    );
+    let gw = start_gateway(&config).await;
+    let reply = get(gw.addr, "/a?x=1&apikey=k", &[("host", "acme.example.com")]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        origin.last().uri,
+        "/a?x=1",
+        "the key's query argument is hidden"
+    );
+    let reply = get(
+        gw.addr,
+        "/a",
+        &[("host", "acme.example.com"), ("apikey", "k")],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        origin.last().header("apikey"),
+        None,
+        "the key header is hidden"
+    );
+    let reply = get(gw.addr, "/a", &[("host", "example.org"), ("apikey", "k")]).await;
+    assert_eq!(reply.status, 404, "host outside the wildcard");
+}

@@ -78,8 +78,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = crate::config::load(&path)?;
+    // Listen for signals before serving, so a SIGTERM right after start still drains.
+    let stop = shutdown_signal()?;
     let running = crate::start(config).await?;
-    shutdown_signal().await?;
+    stop.await?;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
@@ -110,13 +112,16 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-pub async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("listening for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("listening for SIGINT")?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+/// Resolves on SIGINT or SIGTERM; the handlers are installed when this is called.
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        Ok(())
+    })
 }

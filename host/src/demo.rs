@@ -29,6 +29,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .replace("http://127.0.0.1:9000", &format!("http://{auth}"))
         .replace("http://127.0.0.1:9001", &format!("http://{origin}"));
     let config = crate::config::parse(&config_text, None).context("the demo config")?;
+    let stop = crate::cli::shutdown_signal()?;
     let running = crate::start(config).await?;
     let gw = running.addr;
     let admin = running
@@ -52,7 +53,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
          \n\
          Ctrl-C stops it."
     );
-    crate::cli::shutdown_signal().await?;
+    stop.await?;
     running.shutdown().await;
     Ok(())
 }

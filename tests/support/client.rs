@@ -56,9 +56,17 @@ pub async fn send(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Repl
 
 /// `GET path` with optional headers.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut builder = request("GET", addr, path);
+    let mut request = request("GET", addr, path)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     for (name, value) in headers {
-        builder = builder.header(*name, *value);
+        let name = http::HeaderName::try_from(*name).unwrap();
+        let value = http::HeaderValue::try_from(*value).unwrap();
+        if name == http::header::HOST {
+            request.headers_mut().insert(name, value);
+        } else {
+            request.headers_mut().append(name, value);
+        }
     }
-    send(addr, builder.body(Full::new(Bytes::new())).unwrap()).await
+    send(addr, request).await
 }
