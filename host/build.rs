@@ -13,6 +13,11 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "keygate_test_misbehaving_guest.wasm",
         "KEYGATE_TEST_MISBEHAVING_WASM",
     ),
+    (
+        "keygate-test-tagged-guest",
+        "keygate_test_tagged_guest.wasm",
+        "KEYGATE_TEST_TAGGED_WASM",
+    ),
 ];
 
 fn main() {

@@ -231,3 +231,32 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
     println!("keygate peak RSS after 200 MiB up + 200 MiB down: {peak_mib} MiB");
     assert!(peak_mib < 100, "gateway peak RSS {peak_mib} MiB");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_without_restarting() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    let config = basic_config(&origin, &auth).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+    );
+    let file = write_config(&config);
+    let served = Served::start(file.path());
+    let admin = served.admin.unwrap();
+    served.signal(libc::SIGHUP);
+    for _ in 0..1000 {
+        let status = get(admin, "/admin/status", &[]).await.json();
+        if status["reload"]["last_trigger"] == "SIGHUP" {
+            assert_eq!(status["reload"]["reloads"], 1, "{status}");
+            assert_eq!(
+                get(served.addr, "/api/x", &[("apikey", "static-key")])
+                    .await
+                    .status,
+                200
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("SIGHUP did not reload");
+}

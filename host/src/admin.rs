@@ -1,25 +1,35 @@
-//! The operator's listener: Prometheus metrics and the running component/config status.
+//! The operator's listener: metrics, status, reload and key revocation. It binds loopback
+//! unless configured otherwise, and then requires `Authorization: Bearer <server.admin_token>`.
 
+use crate::capabilities::key_cache::parse_fingerprint;
 use crate::runtime::Gateway;
 use crate::runtime::invoke::{ResponseBody, error_response, full_body};
+use crate::runtime::reload::Reloader;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use keygate_policy::fingerprint::fingerprint;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use tokio::net::TcpListener;
 
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+pub struct Admin {
+    pub gateway: Arc<Gateway>,
+    pub reloader: Arc<Reloader>,
+    pub token: Option<String>,
+}
+
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let gateway = Arc::clone(&gateway);
+        let admin = Arc::clone(&admin);
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let gateway = Arc::clone(&gateway);
-                async move { Ok::<_, Infallible>(route(&gateway, &request)) }
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(admin.route(&request).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -28,31 +38,124 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
     }
 }
 
-fn route<B>(gateway: &Gateway, request: &hyper::Request<B>) -> hyper::Response<ResponseBody> {
-    match (request.method().as_str(), request.uri().path()) {
-        ("GET", "/metrics") => hyper::Response::builder()
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-            .body(full_body(gateway.metrics.render(gateway.key_cache().len())))
-            .expect("static parts form a valid response"),
-        ("GET", "/admin/status") => {
-            let active = gateway.active();
-            let status = serde_json::json!({
-                "component": {
-                    "source": active.guest.source.to_string(),
-                    "sha256": active.guest.sha256,
-                    "loaded_at_unix": active.guest.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-                },
-                "services": active.config.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
-                "key_cache_entries": gateway.key_cache().len(),
-            });
-            hyper::Response::builder()
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(full_body(status.to_string()))
-                .expect("static parts form a valid response")
+impl Admin {
+    async fn route<B>(&self, request: &hyper::Request<B>) -> hyper::Response<ResponseBody> {
+        if !self.authorized(request) {
+            let mut response = error_response(401, "Unauthorized");
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
         }
-        _ => error_response(404, "Not found"),
+        let path = request.uri().path();
+        match (request.method().as_str(), path) {
+            ("GET", "/metrics") => hyper::Response::builder()
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+                .body(full_body(
+                    self.gateway.metrics.render(self.gateway.key_cache().len()),
+                ))
+                .expect("static parts form a valid response"),
+            ("GET", "/admin/status") => json(200, &self.status()),
+            ("POST", "/admin/reload") => match self.reloader.reload("admin API").await {
+                Ok(report) => json(200, &serde_json::json!({"reloaded": report})),
+                Err(err) => json(422, &serde_json::json!({"error": format!("{err:#}")})),
+            },
+            ("DELETE", "/admin/keys") => {
+                let removed = self.gateway.key_cache().len();
+                self.gateway.key_cache().clear();
+                json(200, &serde_json::json!({"removed": removed}))
+            }
+            ("DELETE", _) if path.starts_with("/admin/keys/") => {
+                let key = percent_decode(&path["/admin/keys/".len()..]);
+                let removed = self
+                    .gateway
+                    .key_cache()
+                    .invalidate(parse_fingerprint(&fingerprint(&key)));
+                json(200, &serde_json::json!({"removed": removed}))
+            }
+            _ => error_response(404, "Not found"),
+        }
+    }
+
+    fn authorized<B>(&self, request: &hyper::Request<B>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.as_bytes())
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let active = self.gateway.active();
+        serde_json::json!({
+            "component": {
+                "source": active.guest.source.to_string(),
+                "sha256": active.guest.sha256,
+                "loaded_at_unix": active.guest.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            },
+            "config": {
+                "revision": active.revision,
+                "file": self.reloader.config_path().map(|p| p.display().to_string()),
+                "services": active.config.services.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            },
+            "reload": self.reloader.status(),
+            "key_cache_entries": self.gateway.key_cache().len(),
+        })
+    }
+}
+
+fn json(status: u16, value: &serde_json::Value) -> hyper::Response<ResponseBody> {
+    hyper::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full_body(value.to_string()))
+        .expect("static parts form a valid response")
+}
+
+/// Comparing tokens must not leak how much of a guess was right through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_in_admin_paths_are_percent_decoded() {
+        assert_eq!(super::percent_decode("a%2Fb%20c%zz"), "a/b c%zz");
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(super::constant_time_eq(b"secret", b"secret"));
+        assert!(!super::constant_time_eq(b"secret", b"secreT"));
+        assert!(!super::constant_time_eq(b"secret", b"secret2"));
     }
 }

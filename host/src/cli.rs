@@ -22,7 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway in the foreground; SIGINT/SIGTERM drain in-flight requests and exit.
+    /// Run the gateway in the foreground. Reloads (no restart, no failed request) when the
+    /// config or component file changes, on SIGHUP and on `POST /admin/reload`;
+    /// SIGINT/SIGTERM drain in-flight requests and exit.
     Serve {
         #[arg(long, short)]
         config: PathBuf,
@@ -77,11 +79,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = crate::config::load(&path)?;
     // Listen for signals before serving, so a SIGTERM right after start still drains.
     let stop = shutdown_signal()?;
-    let running = crate::start(config).await?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
+    let running = crate::start_from_file(&path).await?;
+    let reloader = std::sync::Arc::clone(&running.reloader);
+    let reloads = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            // Failures are logged and reported in /admin/status; the old version keeps serving.
+            let _ = reloader.reload("SIGHUP").await;
+        }
+    });
     stop.await?;
+    reloads.abort();
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())
@@ -99,11 +110,10 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     let guest = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
         let engine = crate::runtime::engine::build_engine(&config.guest)?;
         let linker = crate::runtime::engine::build_linker(&engine)?;
-        let guest = crate::runtime::CompiledGuest::load(
-            &engine,
-            &linker,
-            config.guest.component.as_deref(),
-        )?;
+        let source = crate::runtime::GuestSource::from_config(config.guest.component.as_deref());
+        let bytes = source.read()?;
+        // No precompiled cache: checking has no side effects.
+        let guest = crate::runtime::CompiledGuest::compile(&engine, &linker, &bytes, source, None)?;
         Ok(format!("{} (sha256 {})", guest.source, guest.sha256))
     })
     .await

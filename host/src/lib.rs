@@ -12,11 +12,14 @@ pub mod demo;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
+pub mod watch;
 
 use anyhow::Context;
 use keygate_policy::Config;
 use runtime::Gateway;
+use runtime::reload::Reloader;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -27,13 +30,28 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
+    pub reloader: Arc<Reloader>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
+    _watch: Option<watch::FileWatch>,
 }
 
-/// Bind the listeners, compile the component and start serving.
+/// Serve a configuration given in memory (reloads re-read only the component file).
 pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
+    start_with(config, None).await
+}
+
+/// Serve the configuration in `path`, reloading when it or the component file changes.
+pub async fn start_from_file(path: &Path) -> anyhow::Result<RunningGateway> {
+    let config = config::load(path)?;
+    start_with(config, Some(path.to_path_buf())).await
+}
+
+async fn start_with(
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<RunningGateway> {
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -55,9 +73,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         .context("reading the admin address")?;
     let max_connections = config.server.max_connections;
     let drain_timeout = config.server.drain_timeout.get();
+    let admin_token = config.server.admin_token.clone();
+    let watched: Vec<PathBuf> = config_path
+        .iter()
+        .cloned()
+        .chain(config.guest.component.clone())
+        .collect();
     let gateway = tokio::task::spawn_blocking(move || Gateway::new(config, addr.port()))
         .await
         .context("compiling the guest component")??;
+    let reloader = Arc::new(Reloader::new(Arc::clone(&gateway), config_path));
+    let watch = if watched.is_empty() {
+        None
+    } else {
+        Some(watch::watch(Arc::clone(&reloader), &watched)?)
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(
         listener,
@@ -68,16 +98,24 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
             let _ = stopped.await;
         },
     ));
-    let admin =
-        admin_listener.map(|listener| tokio::spawn(admin::serve(listener, Arc::clone(&gateway))));
+    let admin = admin_listener.map(|listener| {
+        let admin = Arc::new(admin::Admin {
+            gateway: Arc::clone(&gateway),
+            reloader: Arc::clone(&reloader),
+            token: admin_token,
+        });
+        tokio::spawn(admin::serve(listener, admin))
+    });
     tracing::info!(%addr, admin = ?admin_addr, "keygate is serving");
     Ok(RunningGateway {
         addr,
         admin_addr,
         gateway,
+        reloader,
         stop,
         server,
         admin,
+        _watch: watch,
     })
 }
 

@@ -51,6 +51,8 @@ pub struct Server {
     pub drain_timeout: Duration,
     /// Connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Bearer token for the admin listener; required when it binds a non-loopback address.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Server {
@@ -60,6 +62,7 @@ impl Default for Server {
             admin_listen: None,
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            admin_token: None,
         }
     }
 }
@@ -75,8 +78,13 @@ pub struct Guest {
     pub busy_timeout: Duration,
     /// Linear memory one guest instance may grow to, in MiB.
     pub memory_limit_mb: u32,
-    /// Guest instances alive at once (the pooling allocator's size): requests beyond it get 503.
+    /// Guest instances alive at once (the pooling allocator's size); more requests wait.
     pub max_instances: u32,
+    /// Keep compiled components on disk so restarts and swaps back are fast.
+    pub precompiled_cache: bool,
+    /// Where; absent = `$XDG_CACHE_HOME/keygate` or `~/.cache/keygate`. Must be owned by the
+    /// user keygate runs as and writable by nobody else, or the cache is not used.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for Guest {
@@ -86,6 +94,8 @@ impl Default for Guest {
             busy_timeout: Duration::from_secs(1),
             memory_limit_mb: 64,
             max_instances: 1000,
+            precompiled_cache: true,
+            cache_dir: None,
         }
     }
 }
@@ -242,6 +252,15 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if let Some(admin) = self.server.admin_listen
+            && !admin.ip().is_loopback()
+            && self.server.admin_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid(
+                "server.admin_token",
+                format!("required when admin_listen ({admin}) is not a loopback address"),
+            ));
         }
         let mut keys = HashSet::new();
         for (i, consumer) in self.consumers.iter().enumerate() {

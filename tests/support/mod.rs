@@ -16,8 +16,20 @@ use std::sync::Once;
 /// callers' business (they format the TOML with the servers' addresses).
 pub async fn start_gateway(toml: &str) -> keygate::RunningGateway {
     init_logging();
-    let config = keygate::config::parse(toml, None).expect("test config is valid");
+    let mut config = keygate::config::parse(toml, None).expect("test config is valid");
+    if config.guest.cache_dir.is_none() {
+        config.guest.cache_dir = Some(cache_dir());
+    }
     keygate::start(config).await.expect("gateway starts")
+}
+
+/// One precompiled-component cache per test binary: each component compiles once, and the
+/// user's own cache is left alone.
+pub fn cache_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+        .join("precompiled")
 }
 
 pub fn init_logging() {

@@ -202,6 +202,11 @@ impl AuthApi {
         self
     }
 
+    /// Stop accepting `key`.
+    pub fn deny(&self, key: &str) {
+        self.keys.lock().unwrap().remove(key);
+    }
+
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }

@@ -1,9 +1,10 @@
 //! Turning component bytes into something requests can instantiate: compile, link-check.
 
+use super::precompiled::PrecompiledCache;
 use super::state::RequestState;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
@@ -36,35 +37,52 @@ pub struct CompiledGuest {
     pub loaded_at: SystemTime,
 }
 
-impl CompiledGuest {
-    /// Read the component named by the config (or the embedded one).
-    pub fn load(
-        engine: &Engine,
-        linker: &Linker<RequestState>,
-        path: Option<&std::path::Path>,
-    ) -> anyhow::Result<Self> {
-        let (bytes, source) = match path {
-            Some(path) => (
-                std::fs::read(path)
-                    .with_context(|| format!("reading component {}", path.display()))?,
-                GuestSource::File(path.to_path_buf()),
-            ),
-            None => (EMBEDDED_GUEST.to_vec(), GuestSource::Embedded),
-        };
-        Self::from_bytes(engine, linker, &bytes, source)
+impl GuestSource {
+    /// The component named by the config, or the embedded one.
+    pub fn from_config(path: Option<&Path>) -> Self {
+        path.map_or(Self::Embedded, |path| Self::File(path.to_path_buf()))
     }
 
-    /// Compile and link-check: a component that imports something the host does not provide,
-    /// or does not export `wasi:http/incoming-handler`, fails here, never on a request.
-    pub fn from_bytes(
+    pub fn read(&self) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Self::Embedded => Ok(EMBEDDED_GUEST.to_vec()),
+            Self::File(path) => {
+                std::fs::read(path).with_context(|| format!("reading component {}", path.display()))
+            }
+        }
+    }
+}
+
+/// SHA-256 hex of component bytes: how status reports and the cache name a component.
+pub fn wasm_sha256(bytes: &[u8]) -> String {
+    crate::hex(&Sha256::digest(bytes))
+}
+
+impl CompiledGuest {
+    /// Compile (or load from the precompiled cache) and link-check: a component that imports
+    /// something the host does not provide, or does not export `wasi:http/incoming-handler`,
+    /// fails here, never on a request.
+    pub fn compile(
         engine: &Engine,
         linker: &Linker<RequestState>,
         bytes: &[u8],
         source: GuestSource,
+        cache: Option<&PrecompiledCache>,
     ) -> anyhow::Result<Self> {
-        let component = Component::from_binary(engine, bytes)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("{source} is not a valid WebAssembly component"))?;
+        let sha256 = wasm_sha256(bytes);
+        if !looks_like_component(bytes) {
+            anyhow::bail!("{source} is not a valid WebAssembly component (bad header)");
+        }
+        let component = match cache {
+            Some(cache) => cache
+                .component(engine, bytes, &sha256)
+                .map(|(component, hit)| {
+                    tracing::debug!(%source, hit, "precompiled cache");
+                    component
+                }),
+            None => Component::from_binary(engine, bytes).map_err(anyhow::Error::from),
+        }
+        .with_context(|| format!("{source} is not a valid WebAssembly component"))?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
@@ -75,8 +93,14 @@ impl CompiledGuest {
         Ok(Self {
             pre,
             source,
-            sha256: crate::hex(&Sha256::digest(bytes)),
+            sha256,
             loaded_at: SystemTime::now(),
         })
     }
+}
+
+/// Components start with `\0asm` and a layer-1 version field; anything else (a core module,
+/// a precompiled `.cwasm`, a text file) is refused before it reaches the compiler.
+fn looks_like_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }

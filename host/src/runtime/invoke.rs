@@ -1,18 +1,20 @@
 //! One request through the guest: a fresh store, an instance from the pool, the call, and a
 //! well-formed answer whatever the guest does (traps, loops, exhausts memory or never answers).
 
-use super::component::CompiledGuest;
+use super::component::{CompiledGuest, GuestSource};
 use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
+use super::precompiled::PrecompiledCache;
 use super::state::RequestState;
 use crate::capabilities::key_cache::KeyCache;
 use crate::capabilities::outgoing_http::OutgoingHttp;
 use crate::metrics::Metrics;
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use keygate_policy::errors::{INTERNAL, JSON_CONTENT_TYPE, OVERLOADED, json_body};
 use keygate_policy::{Config, GUEST_CONFIG_ENV, internal_headers};
+use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub type ResponseBody = HyperOutgoingBody;
 pub struct Active {
     pub guest: Arc<CompiledGuest>,
     pub config: Arc<Config>,
+    /// SHA-256 of the configuration's canonical JSON: changes only when the meaning does.
+    pub revision: String,
     /// The [`keygate_policy::GuestConfig`] JSON the guest reads from its environment.
     guest_env: String,
     outgoing: OutgoingHttp,
@@ -42,6 +46,7 @@ pub struct Active {
 pub struct Gateway {
     engine: Engine,
     linker: Linker<RequestState>,
+    cache: Option<PrecompiledCache>,
     active: ArcSwap<Active>,
     key_cache: Arc<KeyCache>,
     outgoing: OutgoingHttp,
@@ -58,7 +63,10 @@ impl Gateway {
         let engine = build_engine(&config.guest)?;
         start_epoch_ticker(&engine);
         let linker = build_linker(&engine)?;
-        let guest = CompiledGuest::load(&engine, &linker, config.guest.component.as_deref())?;
+        let cache = open_cache(&config, &engine);
+        let source = GuestSource::from_config(config.guest.component.as_deref());
+        let guest =
+            CompiledGuest::compile(&engine, &linker, &source.read()?, source, cache.as_ref())?;
         let metrics = Arc::new(Metrics::default());
         let fill_wait = config
             .auth_api
@@ -89,6 +97,7 @@ impl Gateway {
             )),
             engine,
             linker,
+            cache,
             key_cache,
             outgoing,
             metrics,
@@ -105,12 +114,15 @@ impl Gateway {
         &self.key_cache
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    pub fn linker(&self) -> &Linker<RequestState> {
-        &self.linker
+    /// Compile a component for this gateway (blocking: run it off the request path).
+    pub fn compile(&self, bytes: &[u8], source: GuestSource) -> anyhow::Result<CompiledGuest> {
+        CompiledGuest::compile(
+            &self.engine,
+            &self.linker,
+            bytes,
+            source,
+            self.cache.as_ref(),
+        )
     }
 
     /// Make `guest` + `config` what new requests run; in-flight ones finish on what they had.
@@ -123,14 +135,51 @@ impl Gateway {
         )));
     }
 
+    /// Run one synthetic request through `guest` + `config` before they take traffic: proves
+    /// the component instantiates under the pool's limits and answers without trapping. It
+    /// uses a throwaway key cache and may not call out, so it changes nothing anywhere.
+    pub async fn trial(
+        &self,
+        guest: Arc<CompiledGuest>,
+        config: Arc<Config>,
+    ) -> anyhow::Result<u16> {
+        let mut active = Active::new(guest, config, &self.outgoing, self.listen_port);
+        active.outgoing = self.outgoing.with_allowed(HashSet::new());
+        let scratch_cache = Arc::new(KeyCache::new(
+            16,
+            Duration::from_millis(100),
+            Arc::new(Metrics::default()),
+        ));
+        let request = hyper::Request::get("/.well-known/keygate-trial")
+            .header(http::header::HOST, "keygate-trial.invalid")
+            .body(Full::new(Bytes::new()))
+            .expect("static parts form a valid request");
+        let client = SocketAddr::from(([127, 0, 0, 1], 0));
+        let response = self
+            .run_guest(&active, scratch_cache, request, client)
+            .await
+            .map_err(|failure| {
+                anyhow::anyhow!("the trial request failed: {}", failure.describe())
+            })?;
+        let status = response.status().as_u16();
+        tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+            .await
+            .context("the trial response body did not finish within 5s")?
+            .map_err(|err| anyhow::anyhow!("the trial response body failed: {err}"))?;
+        Ok(status)
+    }
+
     /// Answer one client request.
     pub async fn handle(
         &self,
-        request: hyper::Request<Incoming>,
+        request: hyper::Request<hyper::body::Incoming>,
         client: SocketAddr,
     ) -> hyper::Response<ResponseBody> {
         self.metrics.in_flight().inc();
-        let response = self.run_guest(request, client).await;
+        let active = self.active();
+        let response = self
+            .run_guest(&active, Arc::clone(&self.key_cache), request, client)
+            .await;
         self.metrics.in_flight().dec();
         let response = match response {
             Ok(response) => response,
@@ -146,18 +195,23 @@ impl Gateway {
         hyper::Response::from_parts(parts, body)
     }
 
-    async fn run_guest(
+    async fn run_guest<B>(
         &self,
-        mut request: hyper::Request<Incoming>,
+        active: &Active,
+        key_cache: Arc<KeyCache>,
+        mut request: hyper::Request<B>,
         client: SocketAddr,
-    ) -> Result<hyper::Response<ResponseBody>, HostFailure> {
+    ) -> Result<hyper::Response<ResponseBody>, HostFailure>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let headers = request.headers_mut();
         crate::remove_connection_tokens(headers);
         headers.remove(internal_headers::CLIENT_ADDR);
         if let Ok(ip) = client.ip().to_string().parse() {
             headers.insert(internal_headers::CLIENT_ADDR, ip);
         }
-        let active = self.active();
         let permit = Arc::clone(&self.instances)
             .acquire_owned()
             .await
@@ -171,12 +225,7 @@ impl Gateway {
             .memory_size(self.memory_limit)
             .trap_on_grow_failure(true)
             .build();
-        let state = RequestState::new(
-            wasi,
-            active.outgoing.clone(),
-            Arc::clone(&self.key_cache),
-            limits,
-        );
+        let state = RequestState::new(wasi, active.outgoing.clone(), key_cache, limits);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // The busy timeout restarts whenever the guest comes back from the host, so it bounds
@@ -221,12 +270,14 @@ impl Gateway {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(code)) => {
                 tracing::warn!("guest answered with an error code instead of a response: {code:?}");
-                Err(HostFailure::GuestFailed)
+                Err(HostFailure::GuestFailed(
+                    "error code instead of a response".into(),
+                ))
             }
             Err(_) => match task.await {
                 Ok(Ok(())) => {
                     tracing::warn!("guest returned without sending a response");
-                    Err(HostFailure::GuestFailed)
+                    Err(HostFailure::GuestFailed("no response".into()))
                 }
                 Ok(Err(GuestError::Instantiate(err))) => {
                     self.metrics.guest_failure("instantiate");
@@ -240,14 +291,32 @@ impl Gateway {
                     };
                     self.metrics.guest_failure(reason);
                     tracing::warn!(reason, "guest failed the request: {err:?}");
-                    Err(HostFailure::GuestFailed)
+                    Err(HostFailure::GuestFailed(format!("{reason}: {err:#}")))
                 }
                 Err(join) => {
                     self.metrics.guest_failure("panic");
                     tracing::error!("guest task panicked: {join}");
-                    Err(HostFailure::GuestFailed)
+                    Err(HostFailure::GuestFailed("panic".into()))
                 }
             },
+        }
+    }
+}
+
+fn open_cache(config: &Config, engine: &Engine) -> Option<PrecompiledCache> {
+    if !config.guest.precompiled_cache {
+        return None;
+    }
+    let dir = config
+        .guest
+        .cache_dir
+        .clone()
+        .or_else(PrecompiledCache::default_dir)?;
+    match PrecompiledCache::open(&dir, engine) {
+        Ok(cache) => Some(cache),
+        Err(err) => {
+            tracing::warn!("precompiled component cache disabled: {err:#}");
+            None
         }
     }
 }
@@ -264,8 +333,10 @@ impl Active {
         guest_config.listen_port = Some(listen_port);
         guest_config.host_annotations = true;
         let outgoing = outgoing.with_allowed(allowed_targets(&config));
+        let canonical = serde_json::to_string(&*config).expect("the config is plain data");
         Self {
             guest,
+            revision: crate::hex(&Sha256::digest(canonical.as_bytes())),
             guest_env: guest_config.to_json(),
             config,
             outgoing,
@@ -296,11 +367,20 @@ enum GuestError {
 enum HostFailure {
     BadRequest(String),
     Overloaded,
-    GuestFailed,
+    GuestFailed(String),
     Internal(String),
 }
 
 impl HostFailure {
+    fn describe(&self) -> String {
+        match self {
+            Self::BadRequest(reason) => format!("bad request: {reason}"),
+            Self::Overloaded => "no guest instance available".into(),
+            Self::GuestFailed(reason) => format!("guest failed: {reason}"),
+            Self::Internal(reason) => format!("internal error: {reason}"),
+        }
+    }
+
     fn into_response(self) -> hyper::Response<ResponseBody> {
         let (status, message) = match self {
             Self::BadRequest(reason) => {
@@ -308,7 +388,7 @@ impl HostFailure {
                 (400, "Bad request")
             }
             Self::Overloaded => (503, OVERLOADED),
-            Self::GuestFailed => (500, INTERNAL),
+            Self::GuestFailed(_) => (500, INTERNAL),
             Self::Internal(reason) => {
                 tracing::error!("internal error: {reason}");
                 (500, INTERNAL)

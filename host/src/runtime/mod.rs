@@ -4,6 +4,8 @@
 pub mod component;
 pub mod engine;
 pub mod invoke;
+pub mod precompiled;
+pub mod reload;
 pub mod state;
 
 pub use component::{CompiledGuest, GuestSource};

@@ -1,0 +1,534 @@
+//! Scenarios: the component and the config change while traffic flows; no request fails.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::client::get;
+use support::{AuthApi, Origin, basic_config};
+
+const TAGGED: &str = env!("KEYGATE_TEST_TAGGED_WASM");
+
+/// The tagged test component, answering with `x-guest-version: {version}`.
+fn tagged(version: &str) -> Vec<u8> {
+    let wasm = std::fs::read(TAGGED).unwrap();
+    let (from, to) = (
+        b"keygate-test-version=v1",
+        format!("keygate-test-version={version}"),
+    );
+    let at = wasm
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("marker in the component");
+    let mut patched = wasm.clone();
+    patched[at..at + from.len()].copy_from_slice(to.as_bytes());
+    patched
+}
+
+/// Replace a file atomically, as deploy tools do.
+fn replace(path: &Path, bytes: &[u8]) {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+struct Deployment {
+    dir: tempfile::TempDir,
+    gateway: keygate::RunningGateway,
+}
+
+impl Deployment {
+    async fn start(config: &str, component: Option<&[u8]>) -> Self {
+        support::init_logging();
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(bytes) = component {
+            std::fs::write(dir.path().join("component.wasm"), bytes).unwrap();
+        }
+        let config = format!(
+            "{config}\n[guest]\ncache_dir = \"{}\"\n{}",
+            support::cache_dir().display(),
+            if component.is_some() {
+                "component = \"component.wasm\"\n"
+            } else {
+                ""
+            }
+        );
+        std::fs::write(dir.path().join("keygate.toml"), config).unwrap();
+        let gateway = keygate::start_from_file(&dir.path().join("keygate.toml"))
+            .await
+            .expect("gateway starts");
+        Self { dir, gateway }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        get(self.gateway.admin_addr.unwrap(), "/admin/status", &[])
+            .await
+            .json()
+    }
+
+    /// Poll the status until `done` holds (a readiness check; fails after 20 s).
+    async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.status().await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+const ADMIN: &str = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
+
+/// One answered request: when it started, its status and the header that tells versions apart.
+struct Answer {
+    started: Instant,
+    status: u16,
+    tag: Option<String>,
+}
+
+/// `clients` keep-alive clients sending `path` until `stop`, then everything they saw.
+async fn load(
+    addr: SocketAddr,
+    clients: usize,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    tag: &'static str,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+) -> Vec<Answer> {
+    let tasks = (0..clients).map(|_| {
+        let stop = Arc::clone(&stop);
+        let count = Arc::clone(&count);
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            while !stop.load(Ordering::SeqCst) {
+                let mut request = hyper::Request::get(path).header("host", addr.to_string());
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                let started = Instant::now();
+                let (status, tag) = match sender
+                    .send_request(request.body(Empty::<Bytes>::new()).unwrap())
+                    .await
+                {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let tag = response
+                            .headers()
+                            .get(tag)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        let ok = response.into_body().collect().await.is_ok();
+                        (if ok { status } else { 0 }, tag)
+                    }
+                    Err(_) => (0, None),
+                };
+                answers.push(Answer {
+                    started,
+                    status,
+                    tag,
+                });
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            answers
+        })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect()
+}
+
+async fn wait_for_count(count: &AtomicUsize, at_least: usize) {
+    while count.load(Ordering::SeqCst) < at_least {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn component_swap_under_load_fails_no_request() {
+    let deployment = Deployment::start(ADMIN, Some(&tagged("v1"))).await;
+    let v2 = tagged("v2");
+    let v2_sha = keygate::hex(&<sha2::Sha256 as sha2::Digest>::digest(&v2));
+    let (stop, count) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let traffic = tokio::spawn(load(
+        deployment.gateway.addr,
+        32,
+        "/x",
+        &[],
+        "x-guest-version",
+        Arc::clone(&stop),
+        Arc::clone(&count),
+    ));
+
+    wait_for_count(&count, 1000).await;
+    let replaced = Instant::now();
+    replace(&deployment.path("component.wasm"), &v2);
+    deployment
+        .wait_until("v2 to serve", |s| {
+            s["component"]["sha256"] == v2_sha.as_str()
+        })
+        .await;
+    let swapped = Instant::now();
+    let swap_latency = swapped - replaced;
+    let before = count.load(Ordering::SeqCst);
+    wait_for_count(&count, before + 2000).await;
+    stop.store(true, Ordering::SeqCst);
+    let answers = traffic.await.unwrap();
+
+    let failed = answers.iter().filter(|a| a.status != 200).count();
+    let v1 = answers
+        .iter()
+        .filter(|a| a.tag.as_deref() == Some("v1"))
+        .count();
+    let v2 = answers
+        .iter()
+        .filter(|a| a.tag.as_deref() == Some("v2"))
+        .count();
+    println!(
+        "component swap: {} requests, {failed} failed, {v1} by v1, {v2} by v2, file change -> v2 serving in {swap_latency:?}",
+        answers.len()
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(v1 + v2, answers.len(), "every request answered by v1 or v2");
+    assert!(v1 > 0 && v2 > 0);
+    let late_v1 = answers
+        .iter()
+        .filter(|a| a.started > swapped && a.tag.as_deref() != Some("v2"))
+        .count();
+    assert_eq!(
+        late_v1, 0,
+        "requests started after the swap completed all saw v2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_components_are_rejected_while_the_old_one_serves() {
+    let deployment = Deployment::start(ADMIN, Some(&tagged("v1"))).await;
+    let (stop, count) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let traffic = tokio::spawn(load(
+        deployment.gateway.addr,
+        32,
+        "/x",
+        &[],
+        "x-guest-version",
+        Arc::clone(&stop),
+        Arc::clone(&count),
+    ));
+    wait_for_count(&count, 300).await;
+
+    replace(
+        &deployment.path("component.wasm"),
+        b"\0asm\x0d\0\x01\0 truncated garbage",
+    );
+    let status = deployment
+        .wait_until("the corrupt file to be rejected", |s| {
+            s["reload"]["rejected"] == 1
+        })
+        .await;
+    let error = status["reload"]["last_error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("not a valid WebAssembly component"),
+        "{error}"
+    );
+
+    let wrong_import = wat::parse_str(
+        r#"(component (import "acme:missing/thing@1.0.0" (instance (export "f" (func)))))"#,
+    )
+    .unwrap();
+    replace(&deployment.path("component.wasm"), &wrong_import);
+    let status = deployment
+        .wait_until("the unlinkable component to be rejected", |s| {
+            s["reload"]["rejected"] == 2
+        })
+        .await;
+    let error = status["reload"]["last_error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("cannot be linked") && error.contains("acme:missing/thing"),
+        "{error}"
+    );
+
+    let before = count.load(Ordering::SeqCst);
+    wait_for_count(&count, before + 300).await;
+    stop.store(true, Ordering::SeqCst);
+    let answers = traffic.await.unwrap();
+    assert_eq!(answers.iter().filter(|a| a.status != 200).count(), 0);
+    assert!(
+        answers.iter().all(|a| a.tag.as_deref() == Some("v1")),
+        "the old component kept serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_swap_moves_a_route_to_another_origin() {
+    let old = Origin::start("old").await;
+    let new = Origin::start("new").await;
+    let auth = AuthApi::start().await;
+    let config = basic_config(&old, &auth).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+    );
+    let deployment = Deployment::start(&config, None).await;
+    let first = deployment.status().await["config"]["revision"].clone();
+    let (stop, count) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let headers: &'static [(&str, &str)] = &[("apikey", "static-key")];
+    let traffic = tokio::spawn(load(
+        deployment.gateway.addr,
+        32,
+        "/api/x",
+        headers,
+        "x-origin",
+        Arc::clone(&stop),
+        Arc::clone(&count),
+    ));
+    wait_for_count(&count, 500).await;
+
+    let text = std::fs::read_to_string(deployment.path("keygate.toml")).unwrap();
+    replace(
+        &deployment.path("keygate.toml"),
+        text.replace(&old.addr.to_string(), &new.addr.to_string())
+            .as_bytes(),
+    );
+    deployment
+        .wait_until("the new config", |s| s["config"]["revision"] != first)
+        .await;
+    let swapped = Instant::now();
+    let before = count.load(Ordering::SeqCst);
+    wait_for_count(&count, before + 1000).await;
+    stop.store(true, Ordering::SeqCst);
+    let answers = traffic.await.unwrap();
+
+    assert_eq!(answers.iter().filter(|a| a.status != 200).count(), 0);
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.started > swapped)
+            .all(|a| a.tag.as_deref() == Some("new"))
+    );
+    assert!(old.hits() > 0 && new.hits() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_config_is_rejected_and_the_old_one_serves() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    let config = basic_config(&origin, &auth).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+    );
+    let deployment = Deployment::start(&config, None).await;
+    let text = std::fs::read_to_string(deployment.path("keygate.toml")).unwrap();
+    replace(
+        &deployment.path("keygate.toml"),
+        text.replace("paths = [\"/api\"]", "paths = [\"api\"]")
+            .as_bytes(),
+    );
+    let status = deployment
+        .wait_until("the bad config to be rejected", |s| {
+            s["reload"]["rejected"] == 1
+        })
+        .await;
+    assert!(
+        status["reload"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("must start with \"/\""),
+        "{status}"
+    );
+    assert_eq!(
+        get(
+            deployment.gateway.addr,
+            "/api/x",
+            &[("apikey", "static-key")]
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn admin_reload_and_key_cache_rules() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.allow("good-key", json!({}));
+    let config = basic_config(&origin, &auth).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+    );
+    let deployment = Deployment::start(&config, None).await;
+    let gw = deployment.gateway.addr;
+    let admin = deployment.gateway.admin_addr.unwrap();
+    assert_eq!(
+        get(gw, "/api/x", &[("apikey", "good-key")]).await.status,
+        200
+    );
+
+    // A reload that changes neither auth rule keeps the cache: no new auth call.
+    let reply = support::send(
+        admin,
+        support::request("POST", admin, "/admin/reload")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["reloaded"]["key_cache_flushed"], false);
+    assert_eq!(
+        get(gw, "/api/x", &[("apikey", "good-key")]).await.status,
+        200
+    );
+    assert_eq!(auth.calls(), 1);
+
+    // Changing [auth_api] flushes it.
+    let text = std::fs::read_to_string(deployment.path("keygate.toml")).unwrap();
+    std::fs::write(
+        deployment.path("keygate.toml"),
+        text.replace("negative_ttl = \"30s\"", "negative_ttl = \"10s\""),
+    )
+    .unwrap();
+    let reply = support::send(
+        admin,
+        support::request("POST", admin, "/admin/reload")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        reply.json()["reloaded"]["key_cache_flushed"],
+        true,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        get(gw, "/api/x", &[("apikey", "good-key")]).await.status,
+        200
+    );
+    assert_eq!(auth.calls(), 2);
+}
+
+#[tokio::test]
+async fn revoked_key_gets_401_on_the_next_request() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.allow("key/with space", json!({}));
+    let config = basic_config(&origin, &auth).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+    );
+    let deployment = Deployment::start(&config, None).await;
+    let (gw, admin) = (
+        deployment.gateway.addr,
+        deployment.gateway.admin_addr.unwrap(),
+    );
+    let key = [("apikey", "key/with space")];
+    assert_eq!(get(gw, "/api/x", &key).await.status, 200);
+    auth.deny("key/with space");
+    assert_eq!(
+        get(gw, "/api/x", &key).await.status,
+        200,
+        "still cached as valid"
+    );
+
+    let revoke = support::request("DELETE", admin, "/admin/keys/key%2Fwith%20space")
+        .body(Default::default())
+        .unwrap();
+    let reply = support::send(admin, revoke).await;
+    assert_eq!(reply.json()["removed"], true, "{}", reply.text());
+    assert_eq!(get(gw, "/api/x", &key).await.status, 401);
+
+    let purge = support::request("DELETE", admin, "/admin/keys")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(support::send(admin, purge).await.status, 200);
+    assert_eq!(deployment.status().await["key_cache_entries"], 0);
+}
+
+#[tokio::test]
+async fn admin_token_is_required_when_configured() {
+    let config = format!("{ADMIN}admin_token = \"s3cret\"\n");
+    let deployment = Deployment::start(&config, Some(&tagged("v1"))).await;
+    let admin = deployment.gateway.admin_addr.unwrap();
+    assert_eq!(get(admin, "/admin/status", &[]).await.status, 401);
+    assert_eq!(
+        get(admin, "/admin/status", &[("authorization", "Bearer nope")])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(
+            admin,
+            "/admin/status",
+            &[("authorization", "Bearer s3cret")]
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[test]
+fn admin_off_loopback_without_token_is_refused() {
+    let err =
+        keygate::config::parse("[server]\nadmin_listen = \"0.0.0.0:8081\"\n", None).unwrap_err();
+    assert!(format!("{err:#}").contains("server.admin_token"), "{err:#}");
+}
+
+#[tokio::test]
+async fn restarts_load_the_precompiled_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[guest]\ncache_dir = \"{}\"\n",
+        dir.path().display()
+    );
+    let first = Instant::now();
+    let gw = support::start_gateway(&config).await;
+    let cold = first.elapsed();
+    gw.shutdown().await;
+    let cached: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(cached.len(), 1, "one compiled component in the cache");
+    let second = Instant::now();
+    let gw = support::start_gateway(&config).await;
+    let warm = second.elapsed();
+    println!("start with compile: {cold:?}; start from the precompiled cache: {warm:?}");
+    assert_eq!(get(gw.addr, "/nowhere", &[]).await.status, 404);
+}
