@@ -147,6 +147,10 @@ pub struct AuthApi {
     /// Verdicts the host keeps (least recently used are dropped first). Host only.
     #[serde(default = "AuthApi::default_cache_capacity")]
     pub cache_capacity: usize,
+    /// Auth calls in flight at once; a miss beyond it gets an immediate 503 instead of
+    /// queueing (a flood of random keys must not pile up on the auth API). Host only.
+    #[serde(default = "AuthApi::default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl AuthApi {
@@ -161,6 +165,9 @@ impl AuthApi {
     }
     fn default_cache_capacity() -> usize {
         1_000_000
+    }
+    fn default_max_in_flight() -> usize {
+        256
     }
 
     /// The parsed URL with `{key}` replaced by a placeholder, for validation and allow-lists.
@@ -392,6 +399,9 @@ impl AuthApi {
         }
         if self.cache_capacity == 0 {
             return Err(invalid("auth_api.cache_capacity", "must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(invalid("auth_api.max_in_flight", "must be at least 1"));
         }
         Ok(())
     }
