@@ -6,6 +6,10 @@ use support::client::get;
 use support::start_gateway;
 
 async fn misbehaving_gateway() -> keygate::RunningGateway {
+    misbehaving_gateway_reusing(1000).await
+}
+
+async fn misbehaving_gateway_reusing(reuse: u32) -> keygate::RunningGateway {
     let config = format!(
         r#"
 [server]
@@ -15,6 +19,7 @@ listen = "127.0.0.1:0"
 component = "{}"
 busy_timeout = "200ms"
 memory_limit_mb = 32
+instance_reuse = {reuse}
 "#,
         env!("KEYGATE_TEST_MISBEHAVING_WASM")
     );
@@ -60,5 +65,25 @@ async fn many_concurrent_requests_share_the_instance_pool() {
     });
     for status in futures::future::join_all(requests).await {
         assert_eq!(status.unwrap(), 200);
+    }
+}
+
+#[tokio::test]
+async fn instances_are_reused_and_a_trap_retires_one() {
+    let gw = misbehaving_gateway().await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(get(gw.addr, "/count", &[]).await.text());
+    }
+    assert_eq!(seen, ["1", "2", "3"], "one instance served the sequential requests");
+    assert_eq!(get(gw.addr, "/trap", &[]).await.status, 500);
+    assert_eq!(get(gw.addr, "/count", &[]).await.text(), "1", "a fresh instance after the trap");
+}
+
+#[tokio::test]
+async fn instance_reuse_of_one_means_a_fresh_instance_per_request() {
+    let gw = misbehaving_gateway_reusing(1).await;
+    for _ in 0..3 {
+        assert_eq!(get(gw.addr, "/count", &[]).await.text(), "1");
     }
 }

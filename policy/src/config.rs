@@ -1,8 +1,8 @@
 //! `keygate.toml`: the schema, its defaults (Kong's where Kong has one) and its validation.
 
-use crate::{Duration, RoutePath, ServiceUrl};
+use crate::{ByteSize, Compat, Duration, IpNet, RoutePath, ServiceUrl};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -38,6 +38,19 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     #[serde(default)]
     pub services: Vec<Service>,
+    #[serde(default)]
+    pub proxy: Proxy,
+    #[serde(default)]
+    pub compat: Compat,
+}
+
+/// How the gateway treats what clients say about themselves (Kong's `trusted_ips`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy {
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-*` and `X-Real-IP` headers are
+    /// passed on instead of replaced. None by default: every client's values are replaced.
+    pub trusted_ips: Vec<IpNet>,
 }
 
 /// Listeners and connection handling (host only).
@@ -80,6 +93,9 @@ pub struct Guest {
     pub memory_limit_mb: u32,
     /// Guest instances alive at once (the pooling allocator's size); more requests wait.
     pub max_instances: u32,
+    /// Requests one guest instance serves, one after another, before it is replaced by a
+    /// fresh one (1 = a fresh instance per request). A trap always retires the instance.
+    pub instance_reuse: u32,
     /// Keep compiled components on disk so restarts and swaps back are fast.
     pub precompiled_cache: bool,
     /// Where; absent = `$XDG_CACHE_HOME/keygate` or `~/.cache/keygate`. Must be owned by the
@@ -94,6 +110,7 @@ impl Default for Guest {
             busy_timeout: Duration::from_secs(1),
             memory_limit_mb: 64,
             max_instances: 1000,
+            instance_reuse: 1000,
             precompiled_cache: true,
             cache_dir: None,
         }
@@ -111,6 +128,12 @@ pub struct KeyAuth {
     pub hide_credentials: bool,
     pub run_on_preflight: bool,
     pub realm: Option<String>,
+    /// Username or id of a `[[consumers]]` entry: requests without a valid key are forwarded
+    /// as this consumer (with `X-Anonymous-Consumer: true`) instead of getting a 401.
+    pub anonymous: Option<String>,
+    /// The largest request body `key_in_body` reads (Kong's `client_body_buffer_size`, 8k):
+    /// a larger body holds no key and is forwarded untouched.
+    pub body_buffer_size: ByteSize,
 }
 
 impl Default for KeyAuth {
@@ -123,6 +146,8 @@ impl Default for KeyAuth {
             hide_credentials: false,
             run_on_preflight: true,
             realm: None,
+            anonymous: None,
+            body_buffer_size: ByteSize(8 * 1024),
         }
     }
 }
@@ -222,6 +247,14 @@ pub struct Route {
     pub methods: Vec<String>,
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Header name → accepted values (any one); every named header must match. Names are
+    /// case-insensitive with `_` ≡ `-`; values case-insensitive, or a case-insensitive regex
+    /// when written `~*regex`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Orders regex-path routes of otherwise equal priority (higher first), as Kong's.
+    #[serde(default)]
+    pub regex_priority: i64,
     #[serde(default = "yes")]
     pub strip_path: bool,
     #[serde(default)]
@@ -248,6 +281,14 @@ impl Config {
     /// Checks that serde cannot express: cross-field rules, names, uniqueness.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.key_auth.validate()?;
+        if let Some(anonymous) = &self.key_auth.anonymous
+            && self.anonymous_consumer(anonymous).is_none()
+        {
+            return Err(invalid(
+                "key_auth.anonymous",
+                format!("{anonymous:?} is not the username or id of any [[consumers]] entry"),
+            ));
+        }
         if let Some(auth_api) = &self.auth_api {
             auth_api.validate()?;
         }
@@ -256,6 +297,9 @@ impl Config {
         }
         if self.guest.max_instances == 0 {
             return Err(invalid("guest.max_instances", "must be at least 1"));
+        }
+        if self.guest.instance_reuse == 0 {
+            return Err(invalid("guest.instance_reuse", "must be at least 1"));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
@@ -326,6 +370,8 @@ impl Config {
             client_addr_header: None,
             listen_port: Some(self.server.listen.port()),
             host_annotations: false,
+            trusted_ips: self.proxy.trusted_ips.clone(),
+            compat: self.compat.clone(),
             key_auth: self.key_auth.clone(),
             auth_api: self.auth_api.as_ref().map(|api| GuestAuthApi {
                 url: api.url.clone(),
@@ -338,12 +384,7 @@ impl Config {
                 .consumers
                 .iter()
                 .map(|consumer| GuestConsumer {
-                    id: consumer.id.clone().or_else(|| {
-                        consumer
-                            .username
-                            .as_deref()
-                            .map(crate::fingerprint::consumer_uuid)
-                    }),
+                    id: consumer.effective_id(),
                     username: consumer.username.clone(),
                     custom_id: consumer.custom_id.clone(),
                     key_fingerprints: consumer
@@ -355,6 +396,31 @@ impl Config {
                 .collect(),
             services: self.services.clone(),
         }
+    }
+
+    /// The consumer `key_auth.anonymous` names: by id (explicit or Kong's derived one), else
+    /// by username, as Kong looks it up.
+    pub fn anonymous_consumer(&self, name: &str) -> Option<&Consumer> {
+        self.consumers
+            .iter()
+            .find(|c| c.effective_id().as_deref() == Some(name))
+            .or_else(|| {
+                self.consumers
+                    .iter()
+                    .find(|c| c.username.as_deref() == Some(name))
+            })
+    }
+}
+
+impl Consumer {
+    /// The id origins see in `X-Consumer-ID`: the configured one, else Kong DB-less's UUIDv5
+    /// of the username.
+    pub fn effective_id(&self) -> Option<String> {
+        self.id.clone().or_else(|| {
+            self.username
+                .as_deref()
+                .map(crate::fingerprint::consumer_uuid)
+        })
     }
 }
 
@@ -374,6 +440,18 @@ impl KeyAuth {
                     format!("{name:?} is not a header name (letters, digits, '-' and '_')"),
                 ));
             }
+        }
+        if self.anonymous.as_deref() == Some("") {
+            return Err(invalid(
+                "key_auth.anonymous",
+                "cannot be empty (leave it out to refuse requests without a valid key)",
+            ));
+        }
+        if self.body_buffer_size.bytes() == 0 || self.body_buffer_size.bytes() > 16 << 20 {
+            return Err(invalid(
+                "key_auth.body_buffer_size",
+                "must be between 1 byte and 16m",
+            ));
         }
         if !(self.key_in_header || self.key_in_query || self.key_in_body) {
             return Err(invalid(
@@ -409,11 +487,41 @@ impl AuthApi {
 
 impl Route {
     fn validate(&self, field: &str) -> Result<(), ConfigError> {
-        if self.paths.is_empty() && self.methods.is_empty() && self.hosts.is_empty() {
+        if self.paths.is_empty()
+            && self.methods.is_empty()
+            && self.hosts.is_empty()
+            && self.headers.is_empty()
+        {
             return Err(invalid(
                 field,
-                "a route needs at least one of paths, methods or hosts",
+                "a route needs at least one of paths, methods, hosts or headers",
             ));
+        }
+        for (name, values) in &self.headers {
+            let field = format!("{field}.headers.{name}");
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+            if !token {
+                return Err(invalid(field, format!("{name:?} is not a header name")));
+            }
+            if name.eq_ignore_ascii_case("host") {
+                return Err(invalid(field, "match the Host header with hosts, not headers"));
+            }
+            if values.is_empty() {
+                return Err(invalid(field, "needs at least one value"));
+            }
+            for (i, value) in values.iter().enumerate() {
+                if let Some(pattern) = value.strip_prefix("~*") {
+                    regex_lite::Regex::new(&format!("(?i){pattern}")).map_err(|err| {
+                        invalid(
+                            format!("{field}[{i}]"),
+                            format!("invalid regex {value:?}: {err}"),
+                        )
+                    })?;
+                }
+            }
         }
         for (i, method) in self.methods.iter().enumerate() {
             let ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
@@ -461,6 +569,11 @@ pub struct GuestConfig {
     /// `keygate-route` / `keygate-call` headers the host strips: keygate's metrics labels.
     #[serde(default)]
     pub host_annotations: bool,
+    /// `proxy.trusted_ips`.
+    #[serde(default)]
+    pub trusted_ips: Vec<IpNet>,
+    #[serde(default)]
+    pub compat: Compat,
     pub key_auth: KeyAuth,
     pub auth_api: Option<GuestAuthApi>,
     pub consumers: Vec<GuestConsumer>,
@@ -557,5 +670,55 @@ mod tests {
             "[[services]]\nname = \"a\"\nurl = \"http://a\"\n[[services.routes]]\nmethods = [\"get\"]\n",
         );
         assert!(err.contains("services[0].routes[0].methods[0]"), "{err}");
+    }
+
+    #[test]
+    fn anonymous_must_name_a_consumer() {
+        let base = "[[consumers]]\nusername = \"guest\"\n";
+        for name in ["guest", &crate::fingerprint::consumer_uuid("guest")] {
+            let toml = format!("[key_auth]\nanonymous = \"{name}\"\n{base}");
+            let config = Config::from_toml(&toml).unwrap();
+            assert!(config.anonymous_consumer(name).is_some());
+        }
+        let err = error_of(&format!("[key_auth]\nanonymous = \"nobody\"\n{base}"));
+        assert!(
+            err.contains("key_auth.anonymous") && err.contains("nobody"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn route_headers_are_validated() {
+        let route = |headers: &str| {
+            format!(
+                "[[services]]\nname = \"a\"\nurl = \"http://a\"\n[[services.routes]]\nheaders = {headers}\n"
+            )
+        };
+        let config = Config::from_toml(&route("{ x-version = [\"v1\", \"~*^v2\"] }")).unwrap();
+        assert_eq!(config.services[0].routes[0].headers["x-version"].len(), 2);
+        let err = error_of(&route("{ Host = [\"a\"] }"));
+        assert!(err.contains("services[0].routes[0].headers.Host"), "{err}");
+        let err = error_of(&route("{ x-a = [] }"));
+        assert!(err.contains("at least one value"), "{err}");
+        let err = error_of(&route("{ x-a = [\"~*(\"] }"));
+        assert!(err.contains("headers.x-a[0]") && err.contains("invalid regex"), "{err}");
+    }
+
+    #[test]
+    fn proxy_compat_and_body_size_sections_parse() {
+        let config = Config::from_toml(
+            "[proxy]\ntrusted_ips = [\"10.0.0.0/8\", \"::1\"]\n[compat]\nheaders = \"kong\"\nerror_default_type = \"text/plain\"\n[key_auth]\nkey_in_body = true\nbody_buffer_size = \"16k\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.proxy.trusted_ips.len(), 2);
+        assert_eq!(config.compat.headers, crate::HeaderStyle::Kong);
+        assert_eq!(config.key_auth.body_buffer_size.bytes(), 16 * 1024);
+        let guest = config.guest_config();
+        assert_eq!(guest.trusted_ips, config.proxy.trusted_ips);
+        assert_eq!(GuestConfig::from_json(&guest.to_json()).unwrap(), guest);
+        let err = error_of("[proxy]\ntrusted_ips = [\"10.0.0.0/40\"]\n");
+        assert!(err.contains("trusted_ips") && err.contains("prefix"), "{err}");
+        let err = error_of("[compat]\nheaders = \"nginx\"\n");
+        assert!(err.contains("headers"), "{err}");
     }
 }

@@ -209,11 +209,18 @@ impl KeyCacheState {
     }
 }
 
-impl Drop for KeyCacheState {
-    fn drop(&mut self) {
+impl KeyCacheState {
+    /// Release fills left open (the request ended, or trapped, without `put` or `release`).
+    pub fn release_fills(&mut self) {
         for fingerprint in self.fills.drain(..) {
             self.cache.release(fingerprint);
         }
+    }
+}
+
+impl Drop for KeyCacheState {
+    fn drop(&mut self) {
+        self.release_fills();
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::component::{CompiledGuest, GuestSource};
 use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
+use super::pool::{InstancePool, Worker};
 use super::precompiled::PrecompiledCache;
 use super::state::RequestState;
 use crate::capabilities::key_cache::KeyCache;
@@ -40,6 +41,8 @@ pub struct Active {
     /// The [`keygate_policy::GuestConfig`] JSON the guest reads from its environment.
     guest_env: String,
     outgoing: OutgoingHttp,
+    /// Instances of this component + config waiting for their next request.
+    pool: Arc<InstancePool>,
 }
 
 /// The request-serving core: shared engine and pools, the active component and config.
@@ -212,34 +215,20 @@ impl Gateway {
         if let Ok(ip) = client.ip().to_string().parse() {
             headers.insert(internal_headers::CLIENT_ADDR, ip);
         }
-        let permit = Arc::clone(&self.instances)
-            .acquire_owned()
-            .await
-            .map_err(|_| HostFailure::Overloaded)?;
-
-        let wasi = WasiCtxBuilder::new()
-            .env(GUEST_CONFIG_ENV, &active.guest_env)
-            .inherit_stderr()
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = RequestState::new(wasi, active.outgoing.clone(), key_cache, limits);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
+        let mut worker = match active.pool.take() {
+            Some(worker) => worker,
+            None => {
+                let slot = Arc::clone(&self.instances)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| HostFailure::Overloaded)?;
+                Worker::new(self.new_store(active, key_cache), slot)
+            }
+        };
+        let store = &mut worker.store;
         // The busy timeout restarts whenever the guest comes back from the host, so it bounds
         // uninterrupted computation, not time spent waiting on the network.
-        let busy_ticks = self.busy_ticks;
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(busy_ticks);
-        store.call_hook(move |mut store, hook| {
-            if matches!(hook, CallHook::ReturningFromHost) {
-                store.set_epoch_deadline(busy_ticks);
-            }
-            Ok(())
-        });
-
+        store.set_epoch_deadline(self.busy_ticks);
         let (sender, receiver) = oneshot::channel();
         let incoming = store
             .data_mut()
@@ -252,18 +241,25 @@ impl Gateway {
             .new_response_outparam(sender)
             .map_err(|err| HostFailure::Internal(err.to_string()))?;
         let pre = active.guest.pre.clone();
+        let pool = Arc::clone(&active.pool);
         // The guest keeps running after it hands over the response head: it streams the body.
+        // Only when it returns normally does its instance go back to the pool.
         let task = tokio::spawn(async move {
-            let _permit = permit;
-            let proxy = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(GuestError::Instantiate)?;
+            let proxy = match worker.proxy.take() {
+                Some(proxy) => proxy,
+                None => pre
+                    .instantiate_async(&mut worker.store)
+                    .await
+                    .map_err(GuestError::Instantiate)?,
+            };
             proxy
                 .wasi_http_incoming_handler()
-                .call_handle(&mut store, incoming, outparam)
+                .call_handle(&mut worker.store, incoming, outparam)
                 .await
-                .map_err(GuestError::Call)
+                .map_err(GuestError::Call)?;
+            worker.proxy = Some(proxy);
+            pool.give_back(worker);
+            Ok(())
         });
 
         match receiver.await {
@@ -303,6 +299,32 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// A store for one guest instance of `active`: its environment, outgoing client, limits.
+    fn new_store(&self, active: &Active, key_cache: Arc<KeyCache>) -> Store<RequestState> {
+        let wasi = WasiCtxBuilder::new()
+            .env(GUEST_CONFIG_ENV, &active.guest_env)
+            .inherit_stderr()
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = RequestState::new(wasi, active.outgoing.clone(), key_cache, limits);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let busy_ticks = self.busy_ticks;
+        store.epoch_deadline_trap();
+        store.call_hook(move |mut store, hook| {
+            if matches!(hook, CallHook::ReturningFromHost) {
+                store.set_epoch_deadline(busy_ticks);
+            }
+            Ok(())
+        });
+        store
+    }
+}
+
 fn open_cache(config: &Config, engine: &Engine) -> Option<PrecompiledCache> {
     if !config.guest.precompiled_cache {
         return None;
@@ -338,6 +360,7 @@ impl Active {
             guest,
             revision: crate::hex(&Sha256::digest(canonical.as_bytes())),
             guest_env: guest_config.to_json(),
+            pool: Arc::new(InstancePool::new(config.guest.instance_reuse)),
             config,
             outgoing,
         }

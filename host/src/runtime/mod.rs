@@ -4,6 +4,7 @@
 pub mod component;
 pub mod engine;
 pub mod invoke;
+pub mod pool;
 pub mod precompiled;
 pub mod reload;
 pub mod state;

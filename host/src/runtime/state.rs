@@ -38,6 +38,17 @@ impl RequestState {
     pub fn key_cache(&mut self) -> KeyCacheView<'_> {
         self.key_cache.view()
     }
+
+    /// After a request: release cache fills the guest did not settle.
+    pub fn end_request(&mut self) {
+        self.key_cache.release_fills();
+    }
+
+    /// No resource of the last request is left behind (a guest that leaks handles is not
+    /// given another request).
+    pub fn is_clean(&self) -> bool {
+        self.table.is_empty()
+    }
 }
 
 impl WasiView for RequestState {

@@ -1,6 +1,7 @@
 //! A guest that misbehaves on purpose, to prove the host contains it: `/trap` panics (a wasm
 //! trap), `/loop` spins forever, `/grow` allocates past any sane memory limit; anything else
-//! answers 200 `ok` so the test can show the next request is served normally.
+//! answers 200 `ok` so the test can show the next request is served normally. `/count` answers
+//! how many requests this instance has served, to observe instance reuse.
 
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -8,8 +9,11 @@ use wasip2::http::types::{
 
 struct Misbehaving;
 
+static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl wasip2::exports::http::incoming_handler::Guest for Misbehaving {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         match request.path_with_query().as_deref() {
             Some("/trap") => panic!("trap requested"),
             Some("/loop") => {
@@ -25,12 +29,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehaving {
                     std::hint::black_box(&hog);
                 }
             }
-            _ => {
+            path => {
+                let text = if path == Some("/count") { served.to_string() } else { "ok".to_string() };
                 let response = OutgoingResponse::new(Fields::new());
                 let body = response.body().expect("fresh response has a body");
                 ResponseOutparam::set(out, Ok(response));
                 let stream = body.write().expect("fresh body has a stream");
-                stream.blocking_write_and_flush(b"ok").expect("write");
+                stream.blocking_write_and_flush(text.as_bytes()).expect("write");
                 drop(stream);
                 OutgoingBody::finish(body, None).expect("finish");
             }
