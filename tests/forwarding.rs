@@ -124,6 +124,25 @@ async fn sequential_requests_reuse_pooled_origin_connections() {
 }
 
 #[tokio::test]
+async fn sequential_requests_reuse_one_guest_instance() {
+    let (_origin, gw) = setup().await;
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr, "/api/x", &[KEY]).await.status, 200);
+    }
+    assert_eq!(
+        get(gw.addr, "/api/x", &[("apikey", "unknown")])
+            .await
+            .status,
+        401
+    );
+    let metrics = gw.gateway.metrics.render(0);
+    assert!(
+        metrics.contains("keygate_guest_instances_created_total 1\n"),
+        "one instance served all 21 requests:\n{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn origin_errors_pass_through_untouched() {
     let (_origin, gw) = setup().await;
     // The test origin answers 200 for everything but its own routes; a HEAD must carry no body.

@@ -252,3 +252,40 @@ async fn keys_are_never_logged_in_metrics() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn auth_calls_beyond_the_cap_fail_fast_instead_of_queueing() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.set_delay(std::time::Duration::from_millis(300));
+    let config = basic_config(&origin, &auth)
+        .replace("timeout = \"2s\"", "timeout = \"2s\"\nmax_in_flight = 2");
+    let gw = start_gateway(&config).await;
+    // Ten different unknown keys at once: two reach the auth API, the rest are shed at once.
+    let requests = (0..10).map(|i| {
+        let (addr, auth) = (gw.addr, auth.clone());
+        tokio::spawn(async move {
+            let key = format!("random-{i}");
+            let status = get(addr, "/api/x", &[("apikey", key.as_str())])
+                .await
+                .status;
+            // How many auth calls had been answered when this reply arrived.
+            (status, auth.answered())
+        })
+    });
+    let results: Vec<(u16, usize)> = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let checked = results.iter().filter(|(s, _)| *s == 401).count();
+    let shed: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
+    assert_eq!(auth.calls(), 2, "{results:?}");
+    assert_eq!(checked, 2, "{results:?}");
+    assert_eq!(shed.len(), 8, "{results:?}");
+    assert!(
+        shed.iter().all(|(_, answered)| *answered == 0),
+        "shed requests were answered before the auth API answered anyone: {results:?}"
+    );
+    assert_eq!(origin.hits(), 0);
+}

@@ -16,6 +16,7 @@ pub struct Metrics {
     auth_api_responses: Family<Labels, Counter>,
     key_cache_lookups: Family<Labels, Counter>,
     guest_failures: Family<Labels, Counter>,
+    guest_instances: Counter,
     key_cache_entries: Gauge,
     in_flight: Gauge,
 }
@@ -30,6 +31,7 @@ impl Default for Metrics {
         let guest_failures = Family::default();
         let key_cache_entries = Gauge::default();
         let in_flight = Gauge::default();
+        let guest_instances = Counter::default();
         registry.register(
             "http_requests",
             "Client requests answered, by route and status code",
@@ -47,13 +49,18 @@ impl Default for Metrics {
         );
         registry.register(
             "key_cache_lookups",
-            "Key cache lookups by result (fresh, stale, miss, coalesced)",
+            "Key cache lookups by result (fresh, stale, miss, coalesced; shed: the miss was refused because auth_api.max_in_flight calls were running)",
             key_cache_lookups.clone(),
         );
         registry.register(
             "guest_failures",
             "Requests the guest failed (trap, busy timeout, instantiation)",
             guest_failures.clone(),
+        );
+        registry.register(
+            "guest_instances_created",
+            "Guest instances created (each serves up to guest.instance_reuse requests)",
+            guest_instances.clone(),
         );
         registry.register(
             "key_cache_entries",
@@ -72,6 +79,7 @@ impl Default for Metrics {
             auth_api_responses,
             key_cache_lookups,
             guest_failures,
+            guest_instances,
             key_cache_entries,
             in_flight,
         }
@@ -112,6 +120,17 @@ impl Metrics {
         self.guest_failures
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+
+    /// An auth call refused because `auth_api.max_in_flight` calls were already running.
+    pub fn auth_call_shed(&self) {
+        self.key_cache_lookups
+            .get_or_create(&vec![("result", "shed".to_string())])
+            .inc();
+    }
+
+    pub fn guest_instance_created(&self) {
+        self.guest_instances.inc();
     }
 
     pub fn in_flight(&self) -> &Gauge {

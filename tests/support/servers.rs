@@ -168,6 +168,7 @@ pub struct AuthApi {
     pub addr: SocketAddr,
     keys: Arc<Mutex<HashMap<String, serde_json::Value>>>,
     calls: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
     delay: Arc<Mutex<Duration>>,
 }
@@ -179,6 +180,7 @@ impl AuthApi {
             addr: listener.local_addr().unwrap(),
             keys: Arc::default(),
             calls: Arc::default(),
+            answered: Arc::default(),
             down: Arc::default(),
             delay: Arc::default(),
         };
@@ -211,6 +213,11 @@ impl AuthApi {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// Calls answered so far (after any delay).
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
+
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
@@ -225,6 +232,7 @@ impl AuthApi {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        self.answered.fetch_add(1, Ordering::SeqCst);
         let reply = |status: u16, body: String| {
             hyper::Response::builder()
                 .status(status)

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
     WasiHttpHooks,
@@ -27,6 +28,8 @@ pub struct OutgoingHttp {
     client: Client<HttpConnector, WasiBody>,
     /// `host:port` the guest may call.
     allowed: Arc<HashSet<String>>,
+    /// Auth-API calls in flight (`auth_api.max_in_flight`): beyond it a call fails at once.
+    auth_calls: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -39,11 +42,12 @@ impl OutgoingHttp {
         Self {
             client: self.client.clone(),
             allowed: Arc::new(allowed),
+            auth_calls: Arc::clone(&self.auth_calls),
             metrics: Arc::clone(&self.metrics),
         }
     }
 
-    pub fn new(connect_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(connect_timeout: Duration, max_auth_calls: usize, metrics: Arc<Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -57,6 +61,7 @@ impl OutgoingHttp {
         Self {
             client,
             allowed: Arc::default(),
+            auth_calls: Arc::new(Semaphore::new(max_auth_calls)),
             metrics,
         }
     }
@@ -106,9 +111,24 @@ impl WasiHttpHooks for OutgoingHttp {
             .remove(internal_headers::CALL)
             .and_then(|v| v.to_str().ok().map(str::to_string))
             .unwrap_or_else(|| "unlabeled".to_string());
+        // A flood of unknown keys must not pile up on the auth API: shed what exceeds the cap
+        // now (the guest answers 503) instead of queueing without bound.
+        let auth_slot = if call == "auth" {
+            match Arc::clone(&self.auth_calls).try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    self.metrics.outgoing("auth", None);
+                    self.metrics.auth_call_shed();
+                    return Box::new(async { Err(Error::ConnectionLimitReached) });
+                }
+            }
+        } else {
+            None
+        };
         let this = self.clone();
         Box::new(async move {
             let result = this.send(request, options, &call).await;
+            drop(auth_slot);
             this.metrics
                 .outgoing(&call, result.as_ref().ok().map(|r| r.status().as_u16()));
             let response = result?;

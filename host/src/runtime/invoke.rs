@@ -85,7 +85,8 @@ impl Gateway {
             .chain(config.auth_api.iter().map(|api| api.timeout.get()))
             .max()
             .unwrap_or(Duration::from_secs(60));
-        let outgoing = OutgoingHttp::new(connect_timeout, Arc::clone(&metrics));
+        let max_auth_calls = config.auth_api.as_ref().map_or(1, |api| api.max_in_flight);
+        let outgoing = OutgoingHttp::new(connect_timeout, max_auth_calls, Arc::clone(&metrics));
         let busy_ticks =
             (config.guest.busy_timeout.get().as_millis() / EPOCH_TICK.as_millis()).max(1);
         let gateway = Self {
@@ -242,15 +243,18 @@ impl Gateway {
             .map_err(|err| HostFailure::Internal(err.to_string()))?;
         let pre = active.guest.pre.clone();
         let pool = Arc::clone(&active.pool);
+        let metrics = Arc::clone(&self.metrics);
         // The guest keeps running after it hands over the response head: it streams the body.
         // Only when it returns normally does its instance go back to the pool.
         let task = tokio::spawn(async move {
             let proxy = match worker.proxy.take() {
                 Some(proxy) => proxy,
-                None => pre
-                    .instantiate_async(&mut worker.store)
-                    .await
-                    .map_err(GuestError::Instantiate)?,
+                None => {
+                    metrics.guest_instance_created();
+                    pre.instantiate_async(&mut worker.store)
+                        .await
+                        .map_err(GuestError::Instantiate)?
+                }
             };
             proxy
                 .wasi_http_incoming_handler()

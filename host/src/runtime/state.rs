@@ -44,10 +44,19 @@ impl RequestState {
         self.key_cache.release_fills();
     }
 
-    /// No resource of the last request is left behind (a guest that leaks handles is not
-    /// given another request).
-    pub fn is_clean(&self) -> bool {
-        self.table.is_empty()
+    /// Whether the instance can take another request: nothing of the last one is left in the
+    /// resource table. One leak is wasmtime-wasi-http's own: `outgoing-handler.handle` takes
+    /// ownership of the `request-options` it is given and never deletes it, so those entries
+    /// are swept here. Anything else left over retires the instance.
+    pub fn is_clean(&mut self) -> bool {
+        let only_leaked_options = self
+            .table
+            .iter_mut()
+            .all(|entry| entry.is::<wasmtime_wasi_http::RequestOptions>());
+        if only_leaked_options && !self.table.is_empty() {
+            self.table = ResourceTable::new();
+        }
+        only_leaked_options
     }
 }
 
