@@ -31,6 +31,8 @@ type Fingerprint = [u8; 32];
 /// Shared by all requests (and across guest hot swaps).
 pub struct KeyCache {
     state: Mutex<State>,
+    /// Entry times are milliseconds since this instant.
+    epoch: Instant,
     /// Longest a request waits for another request's fill before filling itself.
     fill_wait: Duration,
     metrics: Arc<Metrics>,
@@ -42,10 +44,75 @@ struct State {
     filling: HashMap<Fingerprint, Arc<Notify>>,
 }
 
+/// One cached verdict, kept small: a million of them must fit in well under 200 MiB.
 struct Entry {
-    verdict: Verdict,
-    fresh_until: Instant,
-    stale_until: Instant,
+    verdict: PackedVerdict,
+    /// Milliseconds since the cache was created.
+    fresh_until: u64,
+    stale_until: u64,
+}
+
+/// A verdict in one allocation (or none for `invalid`): each consumer field as a presence
+/// byte, a u32 length and the bytes. Four `Option<String>`s would take 96 bytes plus four
+/// allocations per entry.
+struct PackedVerdict(Option<Box<[u8]>>);
+
+impl PackedVerdict {
+    fn pack(verdict: &Verdict) -> Self {
+        let Verdict::Valid(consumer) = verdict else {
+            return Self(None);
+        };
+        let fields = [
+            &consumer.id,
+            &consumer.username,
+            &consumer.custom_id,
+            &consumer.credential_id,
+        ];
+        let mut bytes = Vec::with_capacity(
+            fields
+                .iter()
+                .map(|f| 5 + f.as_ref().map_or(0, String::len))
+                .sum(),
+        );
+        for field in fields {
+            match field {
+                Some(text) => {
+                    bytes.push(1);
+                    bytes.extend_from_slice(
+                        &u32::try_from(text.len()).unwrap_or(u32::MAX).to_le_bytes(),
+                    );
+                    bytes.extend_from_slice(&text.as_bytes()[..text.len().min(u32::MAX as usize)]);
+                }
+                None => bytes.push(0),
+            }
+        }
+        Self(Some(bytes.into_boxed_slice()))
+    }
+
+    fn unpack(&self) -> Verdict {
+        let Some(bytes) = &self.0 else {
+            return Verdict::Invalid;
+        };
+        let mut rest: &[u8] = bytes;
+        let mut next = || -> Option<String> {
+            let (&present, tail) = rest.split_first()?;
+            rest = tail;
+            if present == 0 {
+                return None;
+            }
+            let (len, tail) = rest.split_at_checked(4)?;
+            let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+            let (text, tail) = tail.split_at_checked(len)?;
+            rest = tail;
+            Some(String::from_utf8_lossy(text).into_owned())
+        };
+        Verdict::Valid(Consumer {
+            id: next(),
+            username: next(),
+            custom_id: next(),
+            credential_id: next(),
+        })
+    }
 }
 
 impl KeyCache {
@@ -56,9 +123,14 @@ impl KeyCache {
                 entries: LruCache::new(capacity),
                 filling: HashMap::new(),
             }),
+            epoch: Instant::now(),
             fill_wait,
             metrics,
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -79,13 +151,13 @@ impl KeyCache {
             let wakeup;
             {
                 let mut state = self.lock();
-                let now = Instant::now();
+                let now = self.now_ms();
                 let found = match state.entries.get(&fingerprint) {
                     Some(entry) if now < entry.fresh_until => {
                         self.metrics.key_cache_lookup("fresh");
-                        return Lookup::Fresh(entry.verdict.clone());
+                        return Lookup::Fresh(entry.verdict.unpack());
                     }
-                    Some(entry) if now < entry.stale_until => Lookup::Stale(entry.verdict.clone()),
+                    Some(entry) if now < entry.stale_until => Lookup::Stale(entry.verdict.unpack()),
                     _ => Lookup::Miss,
                 };
                 match state.filling.get(&fingerprint) {
@@ -110,16 +182,15 @@ impl KeyCache {
     }
 
     pub fn put(&self, fingerprint: Fingerprint, verdict: Verdict, ttl: Duration, stale: Duration) {
-        let now = Instant::now();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let fresh_until = self.now_ms().saturating_add(millis(ttl));
+        let entry = Entry {
+            verdict: PackedVerdict::pack(&verdict),
+            fresh_until,
+            stale_until: fresh_until.saturating_add(millis(stale)),
+        };
         let mut state = self.lock();
-        state.entries.put(
-            fingerprint,
-            Entry {
-                verdict,
-                fresh_until: now + ttl,
-                stale_until: now + ttl + stale,
-            },
-        );
+        state.entries.put(fingerprint, entry);
         if let Some(notify) = state.filling.remove(&fingerprint) {
             notify.notify_waiters();
         }
@@ -362,6 +433,29 @@ mod tests {
         // The filler's request ended without put/release: the next caller fills at once.
         let next = tokio::time::timeout(Duration::from_secs(1), cache.get(fp)).await;
         assert!(matches!(next, Ok(Lookup::Miss)));
+    }
+
+    #[test]
+    fn packed_verdicts_unpack_to_what_was_stored() {
+        let consumer = Consumer {
+            id: Some("id-1".into()),
+            username: None,
+            custom_id: Some(String::new()),
+            credential_id: Some("cred é".into()),
+        };
+        match PackedVerdict::pack(&Verdict::Valid(consumer)).unpack() {
+            Verdict::Valid(c) => {
+                assert_eq!(c.id.as_deref(), Some("id-1"));
+                assert_eq!(c.username, None);
+                assert_eq!(c.custom_id.as_deref(), Some(""));
+                assert_eq!(c.credential_id.as_deref(), Some("cred é"));
+            }
+            Verdict::Invalid => panic!("valid verdict came back invalid"),
+        }
+        assert!(matches!(
+            PackedVerdict::pack(&Verdict::Invalid).unpack(),
+            Verdict::Invalid
+        ));
     }
 
     #[test]
