@@ -75,9 +75,17 @@ async fn instances_are_reused_and_a_trap_retires_one() {
     for _ in 0..3 {
         seen.push(get(gw.addr, "/count", &[]).await.text());
     }
-    assert_eq!(seen, ["1", "2", "3"], "one instance served the sequential requests");
+    assert_eq!(
+        seen,
+        ["1", "2", "3"],
+        "one instance served the sequential requests"
+    );
     assert_eq!(get(gw.addr, "/trap", &[]).await.status, 500);
-    assert_eq!(get(gw.addr, "/count", &[]).await.text(), "1", "a fresh instance after the trap");
+    assert_eq!(
+        get(gw.addr, "/count", &[]).await.text(),
+        "1",
+        "a fresh instance after the trap"
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use crate::bindings::keygate::gateway::key_cache::{self, Consumer, Lookup, Verdict};
 use crate::config::Policy;
-use crate::credentials::{Credential, Location};
+use crate::credentials::Credential;
 use crate::errors::GatewayError;
 use crate::outbound;
 use crate::percent::percent_encode;
@@ -12,27 +12,49 @@ use keygate_policy::fingerprint::{fingerprint, redact};
 use keygate_policy::{GuestAuthApi, GuestConsumer, internal_headers};
 use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
 
-/// An authenticated request: who sent it and where the key was (for `hide_credentials`).
+/// Who a forwarded request is from: a consumer whose key was valid, or the anonymous
+/// consumer (`key_auth.anonymous`) after a failed authentication.
 pub struct Identity {
     pub consumer: Consumer,
-    pub location: Location,
+    pub anonymous: bool,
+}
+
+impl Identity {
+    /// Kong's `set_consumer(anonymous_consumer)`: no credential.
+    pub fn anonymous(consumer: &GuestConsumer) -> Self {
+        Self {
+            consumer: Consumer {
+                id: consumer.id.clone(),
+                username: consumer.username.clone(),
+                custom_id: consumer.custom_id.clone(),
+                credential_id: None,
+            },
+            anonymous: true,
+        }
+    }
+
+    fn of(consumer: Consumer) -> Self {
+        Self {
+            consumer,
+            anonymous: false,
+        }
+    }
 }
 
 /// The auth API's answer is at most this large; anything bigger is not a verdict.
 const AUTH_BODY_LIMIT: usize = 64 * 1024;
 
 pub fn authenticate(policy: &Policy, credential: Credential) -> Result<Identity, GatewayError> {
-    let (key, location) = match credential {
-        Credential::Found { key, location } => (key, location),
-        Credential::Missing => return Err(unauthorized(policy, NO_KEY)),
+    let key = match credential {
+        Credential::Found { key, .. } => key,
+        Credential::Missing | Credential::Empty { .. } => {
+            return Err(unauthorized(policy, NO_KEY));
+        }
         Credential::Duplicate => return Err(unauthorized(policy, DUPLICATE_KEY)),
     };
     let fp = fingerprint(&key);
-    if let Some(consumer) = policy.static_consumer(&fp) {
-        return Ok(Identity {
-            consumer: static_identity(consumer),
-            location,
-        });
+    if let Some((consumer, credential_id)) = policy.static_consumer(&fp) {
+        return Ok(Identity::of(static_identity(consumer, credential_id)));
     }
     let Some(api) = &policy.config.auth_api else {
         return Err(unauthorized(policy, INVALID_KEY));
@@ -56,7 +78,7 @@ pub fn authenticate(policy: &Policy, credential: Credential) -> Result<Identity,
         },
     };
     match verdict {
-        Verdict::Valid(consumer) => Ok(Identity { consumer, location }),
+        Verdict::Valid(consumer) => Ok(Identity::of(consumer)),
         Verdict::Invalid => Err(unauthorized(policy, INVALID_KEY)),
     }
 }
@@ -70,12 +92,12 @@ fn unauthorized(policy: &Policy, message: &'static str) -> GatewayError {
     GatewayError::new(401, message).with_header("www-authenticate", challenge)
 }
 
-fn static_identity(consumer: &GuestConsumer) -> Consumer {
+fn static_identity(consumer: &GuestConsumer, credential_id: &str) -> Consumer {
     Consumer {
         id: consumer.id.clone(),
         username: consumer.username.clone(),
         custom_id: consumer.custom_id.clone(),
-        credential_id: None,
+        credential_id: Some(credential_id.to_string()),
     }
 }
 

@@ -1,93 +1,133 @@
 //! Finding the API key in a request, exactly as Kong's key-auth does: for each configured name
-//! in order, header then query string; the first value found decides.
+//! in order, header, then query string, then body; the first value found decides.
 
+use crate::body::{BodyValue, RequestBody};
 use crate::percent::percent_decode;
 use crate::request::RequestInfo;
 use keygate_policy::KeyAuth;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Credential {
-    /// A key, and where it was found (so `hide_credentials` can remove it).
-    Found { key: String, location: Location },
-    /// No key anywhere, or an empty one (Kong stops at an empty value too).
+    /// A key, and the name it was found under.
+    Found { key: String, name: String },
+    /// An empty value (`apikey:`, `?apikey=`): Kong stops there with "No API key found".
+    Empty { name: String },
+    /// No value under any name.
     Missing,
     /// The same name twice within one source.
     Duplicate,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// The header's lower-case name as the client sent it.
-    Header(String),
-    /// The query argument's name.
-    Query(String),
+impl Credential {
+    /// The name a (possibly empty) key was found under: what `hide_credentials` removes.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Found { name, .. } | Self::Empty { name } => Some(name),
+            Self::Missing | Self::Duplicate => None,
+        }
+    }
 }
 
-pub fn extract(key_auth: &KeyAuth, request: &RequestInfo) -> Credential {
-    for name in &key_auth.key_names {
-        if key_auth.key_in_header
-            && let Some(found) = from_headers(name, &request.headers)
-        {
-            return found;
+/// What one source holds under a name, in Kong's terms.
+#[derive(Debug, PartialEq, Eq)]
+enum Value {
+    Absent,
+    Text(String),
+    /// Repeated: a Lua table.
+    Table,
+    /// Present but not a string (a bare `?apikey`, a JSON number): skipped.
+    Other,
+}
+
+impl From<BodyValue> for Value {
+    fn from(value: BodyValue) -> Self {
+        match value {
+            BodyValue::Absent => Self::Absent,
+            BodyValue::Text(text) => Self::Text(text),
+            BodyValue::Table => Self::Table,
+            BodyValue::Other => Self::Other,
         }
-        if key_auth.key_in_query
+    }
+}
+
+pub fn extract(key_auth: &KeyAuth, request: &RequestInfo, body: &mut RequestBody) -> Credential {
+    for name in &key_auth.key_names {
+        let mut value = Value::Absent;
+        if key_auth.key_in_header {
+            value = from_headers(name, &request.headers);
+        }
+        if value == Value::Absent
+            && key_auth.key_in_query
             && let Some(query) = &request.query
-            && let Some(found) = from_query(name, query)
         {
-            return found;
+            value = from_query(name, query);
+        }
+        if value == Value::Absent && key_auth.key_in_body {
+            value = body.value(name).into();
+        }
+        match value {
+            Value::Text(key) if key.is_empty() => return Credential::Empty { name: name.clone() },
+            Value::Text(key) => {
+                return Credential::Found {
+                    key,
+                    name: name.clone(),
+                };
+            }
+            Value::Table => return Credential::Duplicate,
+            Value::Absent | Value::Other => {}
         }
     }
     Credential::Missing
 }
 
-/// OpenResty's header lookup: the name lower-cased, and if nothing has that name, with `_`
-/// turned into `-`. So `api_key` finds `API_KEY` and `api-key`, but `api-key` never finds `api_key`.
-fn from_headers(name: &str, headers: &[(String, Vec<u8>)]) -> Option<Credential> {
-    let exact = name.to_ascii_lowercase();
-    let dashed = exact.replace('_', "-");
-    for candidate in [&exact, &dashed] {
+/// OpenResty's `ngx.req.get_headers()[name]`: the table's keys are the lower-cased header
+/// names; a name not found as written is looked up again lower-cased with `_` turned into
+/// `-`. So `api_key` finds `API_KEY` and `api-key`, but `api-key` never finds `api_key`.
+fn from_headers(name: &str, headers: &[(String, Vec<u8>)]) -> Value {
+    let normalized = name.to_ascii_lowercase().replace('_', "-");
+    let mut candidates = vec![name];
+    if normalized != name {
+        candidates.push(&normalized);
+    }
+    for candidate in candidates {
         let mut values = headers.iter().filter(|(n, _)| n == candidate);
-        if let Some((header, value)) = values.next() {
+        if let Some((_, value)) = values.next() {
             if values.next().is_some() {
-                return Some(Credential::Duplicate);
+                return Value::Table;
             }
-            return Some(found(
-                String::from_utf8_lossy(value).into_owned(),
-                Location::Header(header.clone()),
-            ));
+            return Value::Text(String::from_utf8_lossy(value).into_owned());
         }
     }
-    None
+    Value::Absent
 }
 
-/// `ngx.req.get_uri_args`: names are case-sensitive and decoded, `+` is a space, and a bare
-/// `?apikey` (no `=`) is a boolean that does not count as a key.
-fn from_query(name: &str, query: &str) -> Option<Credential> {
-    let mut result = None;
-    for pair in query.split('&') {
-        let Some((raw_name, raw_value)) = pair.split_once('=') else {
-            continue;
+/// The header names `hide_credentials` removes for a key name: Kong's `clear_header(name)`
+/// (case-insensitive), and also the `-` spelling the lookup accepts.
+pub fn header_names(name: &str) -> [String; 2] {
+    let lower = name.to_ascii_lowercase();
+    let dashed = lower.replace('_', "-");
+    [lower, dashed]
+}
+
+/// `ngx.req.get_uri_args()` (its first 100 arguments): names are case-sensitive and decoded,
+/// `+` is a space, and a bare `?apikey` (no `=`) is a boolean that does not count as a key.
+fn from_query(name: &str, query: &str) -> Value {
+    let mut result = Value::Absent;
+    for pair in query.split('&').filter(|p| !p.is_empty()).take(100) {
+        let (raw_name, raw_value) = match pair.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (pair, None),
         };
         if percent_decode(raw_name) != name {
             continue;
         }
-        if result.is_some() {
-            return Some(Credential::Duplicate);
-        }
-        result = Some(found(
-            percent_decode(raw_value),
-            Location::Query(name.to_string()),
-        ));
+        result = match (result, raw_value) {
+            (Value::Absent, Some(value)) => Value::Text(percent_decode(value)),
+            (Value::Absent, None) => Value::Other,
+            _ => Value::Table,
+        };
     }
     result
-}
-
-fn found(key: String, location: Location) -> Credential {
-    if key.is_empty() {
-        Credential::Missing
-    } else {
-        Credential::Found { key, location }
-    }
 }
 
 #[cfg(test)]
@@ -100,60 +140,83 @@ mod tests {
             .collect()
     }
 
-    fn key(k: &str, location: Location) -> Option<Credential> {
-        Some(Credential::Found {
-            key: k.into(),
-            location,
-        })
+    fn text(k: &str) -> Value {
+        Value::Text(k.into())
     }
 
     #[test]
     fn header_names_match_case_insensitively_and_underscore_matches_dash() {
-        let h = headers(&[("api-key", "k1")]);
         assert_eq!(
-            from_headers("API_KEY", &h),
-            key("k1", Location::Header("api-key".into()))
+            from_headers("api_key", &headers(&[("api-key", "k1")])),
+            text("k1")
         );
-        let h = headers(&[("api_key", "k1")]);
         assert_eq!(
-            from_headers("api-key", &h),
-            None,
+            from_headers("api_key", &headers(&[("api_key", "k1")])),
+            text("k1")
+        );
+        assert_eq!(
+            from_headers("API_KEY", &headers(&[("api-key", "k1")])),
+            text("k1")
+        );
+        assert_eq!(
+            from_headers("ApiKey", &headers(&[("apikey", "k1")])),
+            text("k1")
+        );
+        assert_eq!(
+            from_headers("api-key", &headers(&[("api_key", "k1")])),
+            Value::Absent,
             "a dashed name never matches an underscore"
+        );
+        assert_eq!(
+            from_headers("API_KEY", &headers(&[("api_key", "k1")])),
+            Value::Absent,
+            "OpenResty looks an unmatched name up only in its dashed lower-case form"
+        );
+        assert_eq!(
+            from_headers(
+                "api_key",
+                &headers(&[("api-key", "dash"), ("api_key", "under")])
+            ),
+            text("under"),
+            "the name as written is looked up first"
         );
     }
 
     #[test]
-    fn repeated_header_is_a_duplicate_and_empty_is_missing() {
+    fn repeated_header_is_a_duplicate_and_empty_is_text() {
         assert_eq!(
             from_headers("apikey", &headers(&[("apikey", "a"), ("apikey", "b")])),
-            Some(Credential::Duplicate)
+            Value::Table
         );
         assert_eq!(
             from_headers("apikey", &headers(&[("apikey", "")])),
-            Some(Credential::Missing)
+            text("")
         );
     }
 
     #[test]
     fn query_arguments_follow_ngx_rules() {
-        assert_eq!(
-            from_query("apikey", "x=1&apikey=a%2Bb+c"),
-            key("a+b c", Location::Query("apikey".into()))
-        );
+        assert_eq!(from_query("apikey", "x=1&apikey=a%2Bb+c"), text("a+b c"));
         assert_eq!(
             from_query("apikey", "apikey"),
-            None,
+            Value::Other,
             "bare name is a boolean"
         );
         assert_eq!(
             from_query("apikey", "APIKEY=a"),
-            None,
-            "query names are case-sensitive"
+            Value::Absent,
+            "case-sensitive"
         );
+        assert_eq!(from_query("apikey", "apikey=a&apikey=b"), Value::Table);
+        assert_eq!(from_query("apikey", "apikey="), text(""));
+        assert_eq!(from_query("apikey", "apikey&apikey=b"), Value::Table);
+    }
+
+    #[test]
+    fn hidden_header_names_cover_both_spellings() {
         assert_eq!(
-            from_query("apikey", "apikey=a&apikey=b"),
-            Some(Credential::Duplicate)
+            header_names("API_Key"),
+            ["api_key".to_string(), "api-key".to_string()]
         );
-        assert_eq!(from_query("apikey", "apikey="), Some(Credential::Missing));
     }
 }

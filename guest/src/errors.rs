@@ -1,7 +1,9 @@
-//! Responses the gateway makes itself (never the origin's): Kong's wording and JSON template.
+//! Responses the gateway makes itself (never the origin's): Kong's wording, its templates
+//! chosen from `Accept`, and the gateway's own headers.
 
 use crate::request::RequestInfo;
-use keygate_policy::errors::{JSON_CONTENT_TYPE, json_body};
+use keygate_policy::Compat;
+use keygate_policy::errors::ErrorFormat;
 use wasip2::http::types::{Fields, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 /// A refusal or failure to send instead of the origin's answer.
@@ -9,6 +11,17 @@ pub struct GatewayError {
     pub status: u16,
     pub message: &'static str,
     pub headers: Vec<(String, String)>,
+    /// Which of Kong's two error paths makes this answer.
+    pub source: ErrorSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// `kong.response.error` (plugins, router): the format follows `Accept`, JSON by default.
+    Kong,
+    /// nginx's error pages through Kong's error handler (upstream failures, crashes): the
+    /// format follows `Accept`, else `Content-Type`, else `compat.error_default_type`.
+    ErrorHandler,
 }
 
 impl GatewayError {
@@ -17,6 +30,15 @@ impl GatewayError {
             status,
             message,
             headers: Vec::new(),
+            source: ErrorSource::Kong,
+        }
+    }
+
+    /// An error Kong makes in its nginx error handler rather than in a plugin.
+    pub fn from_error_handler(status: u16, message: &'static str) -> Self {
+        Self {
+            source: ErrorSource::ErrorHandler,
+            ..Self::new(status, message)
         }
     }
 
@@ -25,16 +47,35 @@ impl GatewayError {
         self
     }
 
-    pub fn send(self, out: ResponseOutparam, request: &RequestInfo) {
-        let body = json_body(self.message, &request.id);
+    /// The format this error takes for `request`.
+    pub fn format(&self, request: &RequestInfo, compat: &Compat) -> ErrorFormat {
+        let accept = request.header("accept");
+        match self.source {
+            ErrorSource::Kong => ErrorFormat::negotiate(accept.as_deref().unwrap_or("")),
+            ErrorSource::ErrorHandler => ErrorFormat::negotiate_with_fallback(
+                accept.as_deref(),
+                request.header("content-type").as_deref(),
+                compat.error_default_type,
+            ),
+        }
+    }
+
+    pub fn send(self, out: ResponseOutparam, request: &RequestInfo, compat: &Compat) {
+        let format = self.format(request, compat);
+        let body = format.body(self.message, &request.id);
+        let names = compat.headers.names();
         let headers = Fields::new();
         let set = |name: &str, value: &[u8]| {
             let _ = headers.append(name, value);
         };
-        set("content-type", JSON_CONTENT_TYPE.as_bytes());
+        set("content-type", format.content_type().as_bytes());
         set("content-length", body.len().to_string().as_bytes());
-        set("x-request-id", request.id.as_bytes());
-        set("server", b"keygate");
+        set(names.request_id, request.id.as_bytes());
+        set("server", names.server.as_bytes());
+        set(
+            names.response_latency,
+            request.elapsed_ms().to_string().as_bytes(),
+        );
         for (name, value) in &self.headers {
             set(name, value.as_bytes());
         }
@@ -45,12 +86,10 @@ impl GatewayError {
         };
         ResponseOutparam::set(out, Ok(response));
         if let Ok(stream) = outgoing_body.write() {
-            if request.method_is_head {
-                drop(stream);
-            } else {
-                let _ = stream.blocking_write_and_flush(body.as_bytes());
-                drop(stream);
+            if !request.method_is_head {
+                let _ = crate::outbound::write_all(&stream, body.as_bytes());
             }
+            drop(stream);
         }
         let _ = OutgoingBody::finish(outgoing_body, None);
     }

@@ -18,6 +18,8 @@ pub struct RequestInfo {
     /// Lower-case names, in arrival order, repeats kept.
     pub headers: Vec<(String, Vec<u8>)>,
     pub client_ip: Option<String>,
+    /// When the guest got the request (monotonic-clock nanoseconds), for the latency headers.
+    pub started: u64,
 }
 
 impl RequestInfo {
@@ -39,6 +41,7 @@ impl RequestInfo {
                 .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
         });
         Self {
+            started: wasip2::clocks::monotonic_clock::now(),
             id: request_id(),
             method_is_head: matches!(method, Method::Head),
             method,
@@ -54,6 +57,19 @@ impl RequestInfo {
             headers,
             client_ip,
         }
+    }
+
+    /// The first value of a header (lower-case name), as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// Milliseconds since the request arrived.
+    pub fn elapsed_ms(&self) -> u64 {
+        millis_between(self.started, wasip2::clocks::monotonic_clock::now())
     }
 
     pub fn scheme_name(&self) -> &str {
@@ -93,6 +109,11 @@ pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
         Some((host, port)) if port.parse::<u16>().is_ok() => (host, port.parse().ok()),
         _ => (authority, None),
     }
+}
+
+/// Whole milliseconds from one monotonic-clock reading to a later one.
+pub fn millis_between(from: u64, to: u64) -> u64 {
+    to.saturating_sub(from) / 1_000_000
 }
 
 pub fn method_name(method: &Method) -> String {

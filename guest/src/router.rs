@@ -17,7 +17,36 @@ struct Entry {
     path: Option<PathMatcher>,
     methods: Vec<String>,
     hosts: Vec<HostMatcher>,
-    priority: (u8, bool, bool, usize),
+    headers: Vec<HeaderMatcher>,
+    priority: Priority,
+}
+
+/// Kong's route priority (`get_priority` in `kong/router/transform.lua`), compared field by
+/// field in this order, highest first: how many of methods/hosts/headers/paths the route
+/// sets; hosts all without wildcard; how many headers; a regex path; `regex_priority` (regex
+/// paths only); the plain path's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Priority {
+    categories: u8,
+    plain_hosts: bool,
+    headers: usize,
+    regex: bool,
+    regex_priority: i64,
+    prefix_len: usize,
+}
+
+/// A route's `headers` entry: any of the values must match one of the request's values.
+struct HeaderMatcher {
+    /// Lower case, `_` written as `-`.
+    name: String,
+    values: Vec<ValueMatcher>,
+}
+
+enum ValueMatcher {
+    /// Lower case; compared with the lower-cased request value.
+    Exact(String),
+    /// `~*regex`: case-insensitive, unanchored.
+    Regex(Regex),
 }
 
 enum PathMatcher {
@@ -52,7 +81,8 @@ impl RouteTable {
                     route.hosts.iter().map(|h| HostMatcher::parse(h)).collect();
                 let categories = u8::from(!route.paths.is_empty())
                     + u8::from(!route.methods.is_empty())
-                    + u8::from(!route.hosts.is_empty());
+                    + u8::from(!route.hosts.is_empty())
+                    + u8::from(!route.headers.is_empty());
                 let plain_hosts =
                     !hosts.is_empty() && hosts.iter().all(|h| matches!(h, HostMatcher::Exact(..)));
                 let paths: Vec<Option<PathMatcher>> = if route.paths.is_empty() {
@@ -76,7 +106,15 @@ impl RouteTable {
                         path,
                         methods: route.methods.clone(),
                         hosts: hosts.iter().map(HostMatcher::clone_matcher).collect(),
-                        priority: (categories, plain_hosts, is_regex, prefix_len),
+                        headers: HeaderMatcher::compile_all(&route.headers)?,
+                        priority: Priority {
+                            categories,
+                            plain_hosts,
+                            headers: route.headers.len(),
+                            regex: is_regex,
+                            regex_priority: if is_regex { route.regex_priority } else { 0 },
+                            prefix_len,
+                        },
                     });
                 }
             }
@@ -86,15 +124,26 @@ impl RouteTable {
         Ok(Self { entries })
     }
 
-    pub fn find<'p>(&self, services: &'p [Service], request: &RequestInfo) -> Option<Match<'p>> {
+    /// The best route for `request`. `listen_port` is the port the client connected to (a
+    /// host's `:port` is matched against it, Kong's `net.dst.port`); without it, the port
+    /// the client addressed.
+    pub fn find<'p>(
+        &self,
+        services: &'p [Service],
+        request: &RequestInfo,
+        listen_port: Option<u16>,
+    ) -> Option<Match<'p>> {
         let path = normalize_path(&request.path);
         let host = request.host();
-        let port = request.port();
+        let port = listen_port.unwrap_or_else(|| request.port());
         for entry in &self.entries {
             if !entry.methods.is_empty() && !entry.methods.contains(&request.method_name) {
                 continue;
             }
             if !entry.hosts.is_empty() && !entry.hosts.iter().any(|h| h.matches(&host, port)) {
+                continue;
+            }
+            if !entry.headers.iter().all(|h| h.matches(&request.headers)) {
                 continue;
             }
             let matched_len = match &entry.path {
@@ -141,6 +190,49 @@ impl PathMatcher {
             ),
         })
     }
+}
+
+impl HeaderMatcher {
+    fn compile_all(
+        headers: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Result<Vec<Self>, String> {
+        headers
+            .iter()
+            .map(|(name, values)| {
+                let values = values
+                    .iter()
+                    .map(|value| match value.strip_prefix("~*") {
+                        Some(pattern) => Regex::new(&format!("(?i){pattern}"))
+                            .map(ValueMatcher::Regex)
+                            .map_err(|err| format!("route header {name} {value:?}: {err}")),
+                        None => Ok(ValueMatcher::Exact(value.to_ascii_lowercase())),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Self {
+                    name: header_key(name),
+                    values,
+                })
+            })
+            .collect()
+    }
+
+    fn matches(&self, headers: &[(String, Vec<u8>)]) -> bool {
+        headers
+            .iter()
+            .filter(|(name, _)| header_key(name) == self.name)
+            .any(|(_, value)| {
+                let value = String::from_utf8_lossy(value);
+                self.values.iter().any(|matcher| match matcher {
+                    ValueMatcher::Exact(want) => value.eq_ignore_ascii_case(want),
+                    ValueMatcher::Regex(regex) => regex.is_match(&value),
+                })
+            })
+    }
+}
+
+/// How Kong's router compares header names: lower case, `_` and `-` alike.
+fn header_key(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
 }
 
 impl HostMatcher {
@@ -270,6 +362,125 @@ mod tests {
         assert_eq!(normalize_path("/%61pi/x%2f"), "/api/x%2F");
         assert_eq!(normalize_path("/a/"), "/a/");
         assert_eq!(normalize_path(""), "/");
+    }
+
+    fn table(routes: &str) -> (Vec<Service>, RouteTable) {
+        let services: Vec<Service> = serde_json::from_str(&format!(
+            r#"[{{"name":"s","url":"http://origin","routes":{routes}}}]"#
+        ))
+        .unwrap();
+        let table = RouteTable::compile(&services).unwrap();
+        (services, table)
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestInfo {
+        RequestInfo {
+            id: String::new(),
+            method: wasip2::http::types::Method::Other(method.into()),
+            method_name: method.into(),
+            method_is_head: false,
+            path: path.into(),
+            query: None,
+            scheme: wasip2::http::types::Scheme::Http,
+            authority: "api.example.com:8000".into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            client_ip: None,
+            started: 0,
+        }
+    }
+
+    fn route_name(table: &(Vec<Service>, RouteTable), request: &RequestInfo) -> Option<String> {
+        table
+            .1
+            .find(&table.0, request, Some(8000))
+            .and_then(|m| m.route.name.clone())
+    }
+
+    #[test]
+    fn priority_follows_kong_field_order() {
+        let t = table(
+            r#"[
+            {"name":"long-prefix","paths":["/a/b/c/d"]},
+            {"name":"regex","paths":["~/a/b"]},
+            {"name":"regex-high","paths":["~/a/b/c"],"regex_priority":5},
+            {"name":"method","paths":["/a"],"methods":["POST"]},
+            {"name":"header","paths":["/a"],"headers":{"X_Version":["v1","~*^beta"]}},
+            {"name":"two-headers","paths":["/a"],"headers":{"x-a":["1"],"x-b":["2"]}},
+            {"name":"wild-host","paths":["/a"],"hosts":["*.example.com"]},
+            {"name":"plain-host","paths":["/a"],"hosts":["api.example.com"]},
+            {"name":"host-port","hosts":["api.example.com:8000"],"methods":["PUT"],"paths":["/a"]}
+        ]"#,
+        );
+        let name = |method, path, headers: &[(&str, &str)]| {
+            route_name(&t, &request(method, path, headers))
+        };
+        assert_eq!(
+            name("GET", "/a/b/c/d/e", &[]).as_deref(),
+            Some("plain-host")
+        );
+        assert_eq!(
+            name("PUT", "/a", &[]).as_deref(),
+            Some("host-port"),
+            "more fields win"
+        );
+        assert_eq!(
+            name("POST", "/a", &[]).as_deref(),
+            Some("plain-host"),
+            "with as many fields, plain hosts win"
+        );
+        assert_eq!(
+            name("GET", "/a", &[("x-version", "V1")]).as_deref(),
+            Some("plain-host"),
+            "plain hosts outrank headers"
+        );
+        let no_host = table(
+            r#"[
+            {"name":"long-prefix","paths":["/a/b/c/d"]},
+            {"name":"regex","paths":["~/a/b"]},
+            {"name":"regex-high","paths":["~/a/b/c"],"regex_priority":5},
+            {"name":"header","paths":["/a"],"headers":{"X_Version":["v1","~*^beta"]}},
+            {"name":"two-headers","paths":["/a"],"headers":{"x-a":["1"],"x-b":["2"]}}
+        ]"#,
+        );
+        let name =
+            |path, headers: &[(&str, &str)]| route_name(&no_host, &request("GET", path, headers));
+        assert_eq!(
+            name("/a/b/c/d", &[]).as_deref(),
+            Some("regex-high"),
+            "regex, then regex_priority"
+        );
+        assert_eq!(name("/a/b/x", &[]).as_deref(), Some("regex"));
+        assert_eq!(
+            name("/a", &[("x-version", "V1")]).as_deref(),
+            Some("header")
+        );
+        assert_eq!(
+            name("/a", &[("x_version", "Beta-2")]).as_deref(),
+            Some("header")
+        );
+        assert_eq!(name("/a", &[("x-version", "v3")]), None);
+        assert_eq!(
+            name("/a/b/c", &[("x-a", "1"), ("x-b", "2"), ("x-version", "v1")]).as_deref(),
+            Some("two-headers"),
+            "more headers win over fewer, and over a regex path"
+        );
+    }
+
+    #[test]
+    fn host_ports_match_the_listening_port() {
+        let t = table(r#"[{"name":"p","hosts":["api.example.com:8000"]}]"#);
+        assert_eq!(
+            route_name(&t, &request("GET", "/", &[])).as_deref(),
+            Some("p")
+        );
+        assert_eq!(
+            t.1.find(&t.0, &request("GET", "/", &[]), Some(8001))
+                .map(|m| m.route.name.clone()),
+            None
+        );
     }
 
     #[test]

@@ -507,7 +507,10 @@ impl Route {
                 return Err(invalid(field, format!("{name:?} is not a header name")));
             }
             if name.eq_ignore_ascii_case("host") {
-                return Err(invalid(field, "match the Host header with hosts, not headers"));
+                return Err(invalid(
+                    field,
+                    "match the Host header with hosts, not headers",
+                ));
             }
             if values.is_empty() {
                 return Err(invalid(field, "needs at least one value"));
@@ -701,7 +704,10 @@ mod tests {
         let err = error_of(&route("{ x-a = [] }"));
         assert!(err.contains("at least one value"), "{err}");
         let err = error_of(&route("{ x-a = [\"~*(\"] }"));
-        assert!(err.contains("headers.x-a[0]") && err.contains("invalid regex"), "{err}");
+        assert!(
+            err.contains("headers.x-a[0]") && err.contains("invalid regex"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -717,7 +723,10 @@ mod tests {
         assert_eq!(guest.trusted_ips, config.proxy.trusted_ips);
         assert_eq!(GuestConfig::from_json(&guest.to_json()).unwrap(), guest);
         let err = error_of("[proxy]\ntrusted_ips = [\"10.0.0.0/40\"]\n");
-        assert!(err.contains("trusted_ips") && err.contains("prefix"), "{err}");
+        assert!(
+            err.contains("trusted_ips") && err.contains("prefix"),
+            "{err}"
+        );
         let err = error_of("[compat]\nheaders = \"nginx\"\n");
         assert!(err.contains("headers"), "{err}");
     }

@@ -51,13 +51,22 @@ mod fingerprint_tests {
 /// the namespace UUIDv5(fd02801f-0957-4a15-a55a-c8d9606f30b5, "consumers"). Matching it keeps
 /// `X-Consumer-ID` stable across a migration.
 pub fn consumer_uuid(username: &str) -> String {
-    const KONG_NAMESPACE: [u8; 16] = [
-        0xfd, 0x02, 0x80, 0x1f, 0x09, 0x57, 0x4a, 0x15, 0xa5, 0x5a, 0xc8, 0xd9, 0x60, 0x6f, 0x30,
-        0xb5,
-    ];
     let consumers = uuid_v5(&KONG_NAMESPACE, "consumers");
     format_uuid(&uuid_v5(&consumers, username))
 }
+
+/// An id for a credential written in the config (Kong gives every key-auth credential one,
+/// sent upstream as `X-Credential-Identifier`): UUIDv5 of the key's fingerprint in the
+/// namespace UUIDv5(Kong's namespace, "keyauth_credentials"), so it stays the same across
+/// restarts and never reveals the key.
+pub fn credential_uuid(fingerprint: &str) -> String {
+    let credentials = uuid_v5(&KONG_NAMESPACE, "keyauth_credentials");
+    format_uuid(&uuid_v5(&credentials, fingerprint))
+}
+
+const KONG_NAMESPACE: [u8; 16] = [
+    0xfd, 0x02, 0x80, 0x1f, 0x09, 0x57, 0x4a, 0x15, 0xa5, 0x5a, 0xc8, 0xd9, 0x60, 0x6f, 0x30, 0xb5,
+];
 
 fn uuid_v5(namespace: &[u8; 16], name: &str) -> [u8; 16] {
     use sha1::{Digest, Sha1};

@@ -5,17 +5,23 @@
 //! variable: the only configuration channel that works the same on keygate, `wasmtime serve`
 //! and Spin. Both sides use these types, so the two can never disagree on the format.
 
+pub mod compat;
 pub mod config;
 pub mod duration;
 pub mod errors;
 pub mod fingerprint;
+pub mod net;
 pub mod route_path;
 pub mod service_url;
+pub mod size;
 
+pub use compat::{Compat, HeaderStyle};
 pub use config::*;
 pub use duration::Duration;
+pub use net::IpNet;
 pub use route_path::RoutePath;
 pub use service_url::ServiceUrl;
+pub use size::ByteSize;
 
 /// The environment variable that carries the [`GuestConfig`] JSON to the guest.
 pub const GUEST_CONFIG_ENV: &str = "KEYGATE_CONFIG";

@@ -57,7 +57,10 @@ impl InstancePool {
         if worker.served >= self.reuse_limit || !state.is_clean() {
             return;
         }
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(worker);
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(worker);
     }
 
     /// Retire every idle instance (their slots return to the pool allocator).

@@ -30,12 +30,18 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehaving {
                 }
             }
             path => {
-                let text = if path == Some("/count") { served.to_string() } else { "ok".to_string() };
+                let text = if path == Some("/count") {
+                    served.to_string()
+                } else {
+                    "ok".to_string()
+                };
                 let response = OutgoingResponse::new(Fields::new());
                 let body = response.body().expect("fresh response has a body");
                 ResponseOutparam::set(out, Ok(response));
                 let stream = body.write().expect("fresh body has a stream");
-                stream.blocking_write_and_flush(text.as_bytes()).expect("write");
+                stream
+                    .blocking_write_and_flush(text.as_bytes())
+                    .expect("write");
                 drop(stream);
                 OutgoingBody::finish(body, None).expect("finish");
             }
