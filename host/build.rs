@@ -18,6 +18,17 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "keygate_test_tagged_guest.wasm",
         "KEYGATE_TEST_TAGGED_WASM",
     ),
+    // Key-cache adapters that `keygate export` plugs into the guest for other hosts.
+    (
+        "keygate-key-cache-memory",
+        "keygate_key_cache_memory.wasm",
+        "KEYGATE_KEY_CACHE_MEMORY_WASM",
+    ),
+    (
+        "keygate-key-cache-keyvalue",
+        "keygate_key_cache_keyvalue.wasm",
+        "KEYGATE_KEY_CACHE_KEYVALUE_WASM",
+    ),
 ];
 
 fn main() {
@@ -25,7 +36,14 @@ fn main() {
     let root = manifest_dir
         .parent()
         .expect("host/ sits in the workspace root");
-    for watched in ["guest", "policy", "wit", "tests/guests", "Cargo.lock"] {
+    for watched in [
+        "guest",
+        "policy",
+        "wit",
+        "tests/guests",
+        "adapters",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 

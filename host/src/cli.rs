@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check`, `demo`.
+//! Command line: `serve`, `check`, `export`, `demo`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -33,6 +33,19 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Write the gateway component and what another wasi:http host needs to run it:
+    /// `gateway.wasm` + `serve.sh ADDR` for `wasmtime serve`, or `spin.toml` + components for
+    /// Spin 3.x.
+    Export {
+        /// The host to export for.
+        #[arg(long = "for", value_enum)]
+        target: crate::export::Target,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run the gateway with a sample origin and auth API on loopback, and print curl commands.
     Demo {
@@ -75,6 +88,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config).await,
         Command::Check { config } => check(config).await,
         Command::Demo { listen } => crate::demo::run(listen).await,
+        Command::Export {
+            target,
+            config,
+            out,
+        } => export(target, config, out),
     }
 }
 
@@ -119,6 +137,16 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     .await
     .context("checking the component")??;
     println!("{summary}\ncomponent: {guest}: OK");
+    Ok(())
+}
+
+fn export(target: crate::export::Target, config: PathBuf, out: PathBuf) -> anyhow::Result<()> {
+    let exported = crate::export::export(target, &config, &out)
+        .with_context(|| format!("exporting {} for {target}", config.display()))?;
+    for file in &exported.files {
+        println!("wrote {}", file.display());
+    }
+    println!("run: {}", exported.run);
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod export;
 pub mod metrics;
 pub mod runtime;
 pub mod server;

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod process;
 pub mod servers;
+pub mod wasmtime_serve;
 
 pub use client::{request, send};
 pub use servers::{AuthApi, Origin};
