@@ -129,7 +129,7 @@ pub fn forward(
     drop(future);
 
     let names = compat.headers.names();
-    let response_headers = Fields::new();
+    let response_headers = HeaderList::default();
     let entries = response.headers().entries();
     let connection_tokens = connection_tokens(&entries);
     let mut via = Vec::new();
@@ -151,10 +151,10 @@ pub fn forward(
             continue;
         }
         has_server |= name == "server";
-        let _ = response_headers.append(&name, &value);
+        response_headers.append(&name, &value);
     }
     let set = |name: &str, value: &str| {
-        let _ = response_headers.append(name, value.as_bytes());
+        response_headers.append(name, value.as_bytes());
     };
     via.push(names.via.to_string());
     set("via", &via.join(", "));
@@ -173,7 +173,7 @@ pub fn forward(
     if policy.config.host_annotations {
         set(internal_headers::ROUTE, &route_label(matched));
     }
-    let reply = OutgoingResponse::new(response_headers);
+    let reply = OutgoingResponse::new(response_headers.into_fields());
     let _ = reply.set_status_code(response.status());
     let Ok(reply_body) = reply.body() else {
         return;
@@ -258,6 +258,33 @@ fn connection_tokens(headers: &[(String, Vec<u8>)]) -> Vec<String> {
         .collect()
 }
 
+/// Headers gathered in guest memory and handed to the host in one call (`fields.from-list`)
+/// instead of one host call per header.
+#[derive(Default)]
+struct HeaderList(std::cell::RefCell<Vec<(String, Vec<u8>)>>);
+
+impl HeaderList {
+    fn append(&self, name: &str, value: &[u8]) {
+        self.0.borrow_mut().push((name.to_string(), value.to_vec()));
+    }
+
+    fn into_fields(self) -> Fields {
+        let list = self.0.into_inner();
+        match Fields::from_list(&list) {
+            Ok(fields) => fields,
+            // A host that forbids one of them (e.g. `host` outside keygate): add one by one,
+            // leaving out only what it refuses.
+            Err(_) => {
+                let fields = Fields::new();
+                for (name, value) in &list {
+                    let _ = fields.append(name, value);
+                }
+                fields
+            }
+        }
+    }
+}
+
 fn upstream_headers(
     policy: &Policy,
     info: &RequestInfo,
@@ -267,12 +294,15 @@ fn upstream_headers(
     new_length: Option<usize>,
 ) -> Fields {
     let names = policy.config.compat.headers.names();
-    let headers = Fields::new();
+    let headers = HeaderList::default();
     let set = |name: &str, value: &str| {
-        let _ = headers.append(name, value.as_bytes());
+        headers.append(name, value.as_bytes());
     };
     let tokens = connection_tokens(&info.headers);
     let client_addr_header = policy.config.client_addr_header.as_deref();
+    // Spin describes the request to the component in `spin-*` headers; they are not the
+    // client's and must not reach the origin.
+    let on_spin = client_addr_header.is_some_and(|h| h.starts_with("spin-"));
     let hidden_headers = hidden.map(credentials::header_names);
     let trusted = info
         .client_ip
@@ -305,6 +335,7 @@ fn upstream_headers(
             || name == names.request_id
             || tokens.iter().any(|t| t == name)
             || Some(name) == client_addr_header
+            || on_spin && name.starts_with("spin-")
             || hidden_headers
                 .as_ref()
                 .is_some_and(|hidden| hidden.iter().any(|h| h == name))
@@ -312,7 +343,7 @@ fn upstream_headers(
         {
             continue;
         }
-        let _ = headers.append(name, value);
+        headers.append(name, value);
     }
     let claim = |name: &str| {
         claimed
@@ -392,7 +423,7 @@ fn upstream_headers(
             set("x-anonymous-consumer", "true");
         }
     }
-    headers
+    headers.into_fields()
 }
 
 /// The upstream path plus the client's query string, verbatim unless the key must be hidden.

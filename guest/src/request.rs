@@ -38,7 +38,8 @@ impl RequestInfo {
             headers
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .map(client_ip_of)
         });
         Self {
             started: wasip2::clocks::monotonic_clock::now(),
@@ -97,6 +98,16 @@ impl RequestInfo {
     }
 }
 
+/// The IP of a client address header: keygate sends a bare IP, Spin's `spin-client-addr` is
+/// `ip:port` (`[v6]:port` for IPv6).
+fn client_ip_of(value: &str) -> String {
+    let value = value.trim();
+    match value.parse::<std::net::SocketAddr>() {
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => value.to_string(),
+    }
+}
+
 pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
     // `[v6]:port`, `[v6]`, `name:port`, `name`
     if let Some(rest) = authority.strip_prefix('[') {
@@ -150,6 +161,13 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_address_headers_lose_their_port() {
+        assert_eq!(client_ip_of("127.0.0.1:54321"), "127.0.0.1");
+        assert_eq!(client_ip_of("[::1]:80"), "::1");
+        assert_eq!(client_ip_of("10.1.2.3"), "10.1.2.3");
+    }
 
     #[test]
     fn authority_splits_into_host_and_port() {
