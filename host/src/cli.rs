@@ -64,10 +64,18 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` sizes its thread pool from the config; a bad config is reported by `serve` itself.
+    let workers = match &cli.command {
+        Command::Serve { config } => crate::config::load(config)
+            .ok()
+            .and_then(|config| config.server.workers),
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("keygate: cannot start the async runtime: {err}");
