@@ -10,14 +10,17 @@ pub mod config;
 pub mod duration;
 pub mod errors;
 pub mod fingerprint;
+pub mod guest_config;
 pub mod net;
 pub mod route_path;
 pub mod service_url;
 pub mod size;
+mod validate;
 
 pub use compat::{Compat, HeaderStyle};
 pub use config::*;
 pub use duration::Duration;
+pub use guest_config::*;
 pub use net::IpNet;
 pub use route_path::RoutePath;
 pub use service_url::ServiceUrl;

@@ -1,0 +1,93 @@
+//! The part of the configuration the guest receives: JSON in one environment variable,
+//! the only channel that works the same on keygate, `wasmtime serve` and Spin.
+
+use crate::config::{Config, ConfigError, KeyAuth, Service};
+use crate::{Compat, Duration, IpNet};
+use serde::{Deserialize, Serialize};
+
+impl Config {
+    /// What the guest needs, with static keys already fingerprinted so raw keys never reach
+    /// the guest's environment (and from there an exported `spin.toml`).
+    pub fn guest_config(&self) -> GuestConfig {
+        GuestConfig {
+            client_addr_header: None,
+            listen_port: Some(self.server.listen.port()),
+            host_annotations: false,
+            trusted_ips: self.proxy.trusted_ips.clone(),
+            compat: self.compat.clone(),
+            key_auth: self.key_auth.clone(),
+            auth_api: self.auth_api.as_ref().map(|api| GuestAuthApi {
+                url: api.url.clone(),
+                timeout: api.timeout,
+                cache_ttl: api.cache_ttl,
+                negative_ttl: api.negative_ttl,
+                stale_if_error: api.stale_if_error,
+            }),
+            consumers: self
+                .consumers
+                .iter()
+                .map(|consumer| GuestConsumer {
+                    id: consumer.effective_id(),
+                    username: consumer.username.clone(),
+                    custom_id: consumer.custom_id.clone(),
+                    key_fingerprints: consumer
+                        .keys
+                        .iter()
+                        .map(|key| crate::fingerprint::fingerprint(key))
+                        .collect(),
+                })
+                .collect(),
+            services: self.services.clone(),
+        }
+    }
+}
+
+/// The part of the configuration the guest acts on, passed as JSON in [`crate::GUEST_CONFIG_ENV`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestConfig {
+    /// A request header the host fills with the client's IP (and removes when clients send it):
+    /// `keygate-client-addr` on keygate, `spin-client-addr` on Spin, none on `wasmtime serve`.
+    pub client_addr_header: Option<String>,
+    /// The port clients connect to, for `X-Forwarded-Port` (else the port in `Host`).
+    pub listen_port: Option<u16>,
+    /// Tell the host which route answered and what each outgoing call is for, in
+    /// `keygate-route` / `keygate-call` headers the host strips: keygate's metrics labels.
+    #[serde(default)]
+    pub host_annotations: bool,
+    /// `proxy.trusted_ips`.
+    #[serde(default)]
+    pub trusted_ips: Vec<IpNet>,
+    #[serde(default)]
+    pub compat: Compat,
+    pub key_auth: KeyAuth,
+    pub auth_api: Option<GuestAuthApi>,
+    pub consumers: Vec<GuestConsumer>,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestAuthApi {
+    pub url: String,
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub stale_if_error: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestConsumer {
+    pub id: Option<String>,
+    pub username: Option<String>,
+    pub custom_id: Option<String>,
+    pub key_fingerprints: Vec<String>,
+}
+
+impl GuestConfig {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("the guest config is plain data")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|err| ConfigError::Parse(err.to_string()))
+    }
+}
