@@ -189,13 +189,7 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
         .header("content-length", SIZE.to_string())
         .body(StreamBody::new(futures::stream::iter(frames)))
         .unwrap();
-    let stream = tokio::net::TcpStream::connect(served.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let response = sender.send_request(request).await.unwrap();
+    let response = support::client::open(served.addr, request).await;
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -204,17 +198,11 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
     println!("after upload: peak {} MiB", served.peak_rss_kib() / 1024);
 
     // Download 200 MiB, counted as it arrives.
-    let stream = tokio::net::TcpStream::connect(served.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
     let request = support::request("GET", served.addr, &format!("/api/download/{SIZE}"))
         .header("apikey", "static-key")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let response = support::client::open(served.addr, request).await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let (mut received, mut sum) = (0u64, 0u64);

@@ -48,13 +48,7 @@ async fn chunked_upload_without_length_streams_to_origin() {
         .header(KEY.0, KEY.1)
         .body(body)
         .unwrap();
-    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let response = sender.send_request(request).await.unwrap();
+    let response = support::client::open(gw.addr, request).await;
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();

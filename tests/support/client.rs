@@ -37,15 +37,27 @@ pub fn request(method: &str, addr: SocketAddr, path: &str) -> http::request::Bui
         .header(http::header::HOST, addr.to_string())
 }
 
-/// Send one request on a fresh connection and read the whole reply.
-pub async fn send(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {
+/// Send one request with any body on a fresh connection; the reply body is left to stream.
+pub async fn open<B>(
+    addr: SocketAddr,
+    request: http::Request<B>,
+) -> hyper::Response<hyper::body::Incoming>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.expect("connect to gateway");
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .expect("HTTP handshake");
     tokio::spawn(connection);
-    let response = sender.send_request(request).await.expect("response head");
-    let (parts, body) = response.into_parts();
+    sender.send_request(request).await.expect("response head")
+}
+
+/// Send one request on a fresh connection and read the whole reply.
+pub async fn send(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {
+    let (parts, body) = open(addr, request).await.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();
     Reply {
         status: parts.status.as_u16(),
