@@ -37,6 +37,23 @@ async fn guest_trap_returns_500_and_next_request_succeeds() {
 }
 
 #[tokio::test]
+async fn guest_failure_answer_follows_accept_like_kongs_error_handler() {
+    let gw = misbehaving_gateway().await;
+    let reply = get(gw.addr, "/trap", &[("accept", "text/plain")]).await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let id = reply.header("x-request-id").unwrap().to_string();
+    assert_eq!(
+        reply.text(),
+        format!("An unexpected error occurred\nrequest_id: {id}\n")
+    );
+    assert!(reply.header("x-keygate-response-latency").is_some());
+}
+
+#[tokio::test]
 async fn guest_loop_is_stopped_by_the_busy_timeout() {
     let gw = misbehaving_gateway().await;
     let reply = get(gw.addr, "/loop", &[]).await;

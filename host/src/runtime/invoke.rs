@@ -13,7 +13,8 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use keygate_policy::errors::{INTERNAL, JSON_CONTENT_TYPE, OVERLOADED, json_body};
+use keygate_policy::Compat;
+use keygate_policy::errors::{ErrorFormat, INTERNAL, JSON_CONTENT_TYPE, OVERLOADED, json_body};
 use keygate_policy::{Config, GUEST_CONFIG_ENV, internal_headers};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -180,14 +181,20 @@ impl Gateway {
         client: SocketAddr,
     ) -> hyper::Response<ResponseBody> {
         self.metrics.in_flight().inc();
+        let started = std::time::Instant::now();
         let active = self.active();
+        // Kept for an answer the host may have to make itself (cheap: shared bytes).
+        let asked = ErrorContext {
+            accept: request.headers().get(http::header::ACCEPT).cloned(),
+            content_type: request.headers().get(http::header::CONTENT_TYPE).cloned(),
+        };
         let response = self
             .run_guest(&active, Arc::clone(&self.key_cache), request, client)
             .await;
         self.metrics.in_flight().dec();
         let response = match response {
             Ok(response) => response,
-            Err(failure) => failure.into_response(),
+            Err(failure) => failure.into_response(&asked, &active.config.compat, started),
         };
         let (mut parts, body) = response.into_parts();
         let route = parts
@@ -408,7 +415,14 @@ impl HostFailure {
         }
     }
 
-    fn into_response(self) -> hyper::Response<ResponseBody> {
+    /// Answered as Kong's error handler would: the format from `Accept`, else the request's
+    /// `Content-Type`, else `compat.error_default_type`; header names from `compat.headers`.
+    fn into_response(
+        self,
+        asked: &ErrorContext,
+        compat: &Compat,
+        started: std::time::Instant,
+    ) -> hyper::Response<ResponseBody> {
         let (status, message) = match self {
             Self::BadRequest(reason) => {
                 tracing::debug!("refused a malformed request: {reason}");
@@ -421,11 +435,38 @@ impl HostFailure {
                 (500, INTERNAL)
             }
         };
-        error_response(status, message)
+        let text = |v: &Option<http::HeaderValue>| {
+            v.as_ref().and_then(|v| v.to_str().ok().map(str::to_string))
+        };
+        let format = ErrorFormat::negotiate_with_fallback(
+            text(&asked.accept).as_deref(),
+            text(&asked.content_type).as_deref(),
+            compat.error_default_type,
+        );
+        let names = compat.headers.names();
+        let id = crate::request_id();
+        let body = format.body(message, &id);
+        hyper::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, format.content_type())
+            .header(names.request_id, id)
+            .header(http::header::SERVER, names.server)
+            .header(
+                names.response_latency,
+                started.elapsed().as_millis().to_string(),
+            )
+            .body(full_body(body))
+            .expect("static parts form a valid response")
     }
 }
 
-/// A gateway-made JSON error in Kong's format.
+/// What the client asked for that shapes an error the host makes itself.
+struct ErrorContext {
+    accept: Option<http::HeaderValue>,
+    content_type: Option<http::HeaderValue>,
+}
+
+/// A gateway-made JSON error in Kong's format (the admin listener's).
 pub fn error_response(status: u16, message: &str) -> hyper::Response<ResponseBody> {
     let id = crate::request_id();
     let body = json_body(message, &id);
