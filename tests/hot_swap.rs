@@ -165,9 +165,51 @@ async fn load(
         .collect()
 }
 
-async fn wait_for_count(count: &AtomicUsize, at_least: usize) {
-    while count.load(Ordering::SeqCst) < at_least {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// Traffic running in the background while a test changes the gateway.
+struct Load {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+    clients: tokio::task::JoinHandle<Vec<Answer>>,
+}
+
+impl Load {
+    fn start(
+        addr: SocketAddr,
+        path: &'static str,
+        headers: &'static [(&'static str, &'static str)],
+        tag: &'static str,
+    ) -> Self {
+        let (stop, count) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let clients = tokio::spawn(load(
+            addr,
+            32,
+            path,
+            headers,
+            tag,
+            Arc::clone(&stop),
+            Arc::clone(&count),
+        ));
+        Self {
+            stop,
+            count,
+            clients,
+        }
+    }
+
+    /// Wait until `more` further requests have been answered (a count, not a sleep).
+    async fn answered_more(&self, more: usize) {
+        let target = self.count.load(Ordering::SeqCst) + more;
+        while self.count.load(Ordering::SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.clients.await.unwrap()
     }
 }
 
@@ -176,21 +218,9 @@ async fn component_swap_under_load_fails_no_request() {
     let deployment = Deployment::start(ADMIN, Some(&tagged("v1"))).await;
     let v2 = tagged("v2");
     let v2_sha = keygate::hex(&<sha2::Sha256 as sha2::Digest>::digest(&v2));
-    let (stop, count) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let traffic = tokio::spawn(load(
-        deployment.gateway.addr,
-        32,
-        "/x",
-        &[],
-        "x-guest-version",
-        Arc::clone(&stop),
-        Arc::clone(&count),
-    ));
+    let load = Load::start(deployment.gateway.addr, "/x", &[], "x-guest-version");
 
-    wait_for_count(&count, 1000).await;
+    load.answered_more(1000).await;
     let replaced = Instant::now();
     replace(&deployment.path("component.wasm"), &v2);
     deployment
@@ -200,10 +230,8 @@ async fn component_swap_under_load_fails_no_request() {
         .await;
     let swapped = Instant::now();
     let swap_latency = swapped - replaced;
-    let before = count.load(Ordering::SeqCst);
-    wait_for_count(&count, before + 2000).await;
-    stop.store(true, Ordering::SeqCst);
-    let answers = traffic.await.unwrap();
+    load.answered_more(2000).await;
+    let answers = load.stop().await;
 
     let failed = answers.iter().filter(|a| a.status != 200).count();
     let v1 = answers
@@ -234,20 +262,8 @@ async fn component_swap_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_components_are_rejected_while_the_old_one_serves() {
     let deployment = Deployment::start(ADMIN, Some(&tagged("v1"))).await;
-    let (stop, count) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let traffic = tokio::spawn(load(
-        deployment.gateway.addr,
-        32,
-        "/x",
-        &[],
-        "x-guest-version",
-        Arc::clone(&stop),
-        Arc::clone(&count),
-    ));
-    wait_for_count(&count, 300).await;
+    let load = Load::start(deployment.gateway.addr, "/x", &[], "x-guest-version");
+    load.answered_more(300).await;
 
     replace(
         &deployment.path("component.wasm"),
@@ -280,10 +296,8 @@ async fn broken_components_are_rejected_while_the_old_one_serves() {
         "{error}"
     );
 
-    let before = count.load(Ordering::SeqCst);
-    wait_for_count(&count, before + 300).await;
-    stop.store(true, Ordering::SeqCst);
-    let answers = traffic.await.unwrap();
+    load.answered_more(300).await;
+    let answers = load.stop().await;
     assert_eq!(answers.iter().filter(|a| a.status != 200).count(), 0);
     assert!(
         answers.iter().all(|a| a.tag.as_deref() == Some("v1")),
@@ -302,21 +316,9 @@ async fn config_swap_moves_a_route_to_another_origin() {
     );
     let deployment = Deployment::start(&config, None).await;
     let first = deployment.status().await["config"]["revision"].clone();
-    let (stop, count) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
     let headers: &'static [(&str, &str)] = &[("apikey", "static-key")];
-    let traffic = tokio::spawn(load(
-        deployment.gateway.addr,
-        32,
-        "/api/x",
-        headers,
-        "x-origin",
-        Arc::clone(&stop),
-        Arc::clone(&count),
-    ));
-    wait_for_count(&count, 500).await;
+    let load = Load::start(deployment.gateway.addr, "/api/x", headers, "x-origin");
+    load.answered_more(500).await;
 
     let text = std::fs::read_to_string(deployment.path("keygate.toml")).unwrap();
     replace(
@@ -328,10 +330,8 @@ async fn config_swap_moves_a_route_to_another_origin() {
         .wait_until("the new config", |s| s["config"]["revision"] != first)
         .await;
     let swapped = Instant::now();
-    let before = count.load(Ordering::SeqCst);
-    wait_for_count(&count, before + 1000).await;
-    stop.store(true, Ordering::SeqCst);
-    let answers = traffic.await.unwrap();
+    load.answered_more(1000).await;
+    let answers = load.stop().await;
 
     assert_eq!(answers.iter().filter(|a| a.status != 200).count(), 0);
     assert!(
