@@ -125,10 +125,7 @@ fn component_with_an_import_the_host_lacks_is_refused() {
 async fn serve_drains_in_flight_requests_on_sigterm() {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
-    let config = basic_config(&origin, &auth).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-    );
+    let config = support::basic_config_with_admin(&origin, &auth);
     let file = write_config(&config);
     let served = Served::start(file.path());
     let addr = served.addr;
@@ -224,10 +221,7 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
 async fn sighup_reloads_without_restarting() {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
-    let config = basic_config(&origin, &auth).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-    );
+    let config = support::basic_config_with_admin(&origin, &auth);
     let file = write_config(&config);
     let served = Served::start(file.path());
     let admin = served.admin.unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::client::get;
-use support::{AuthApi, Origin, basic_config};
+use support::{AuthApi, Origin};
 
 const TAGGED: &str = env!("KEYGATE_TEST_TAGGED_WASM");
 
@@ -310,10 +310,7 @@ async fn config_swap_moves_a_route_to_another_origin() {
     let old = Origin::start("old").await;
     let new = Origin::start("new").await;
     let auth = AuthApi::start().await;
-    let config = basic_config(&old, &auth).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-    );
+    let config = support::basic_config_with_admin(&old, &auth);
     let deployment = Deployment::start(&config, None).await;
     let first = deployment.status().await["config"]["revision"].clone();
     let headers: &'static [(&str, &str)] = &[("apikey", "static-key")];
@@ -347,10 +344,7 @@ async fn config_swap_moves_a_route_to_another_origin() {
 async fn invalid_config_is_rejected_and_the_old_one_serves() {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
-    let config = basic_config(&origin, &auth).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-    );
+    let config = support::basic_config_with_admin(&origin, &auth);
     let deployment = Deployment::start(&config, None).await;
     let text = std::fs::read_to_string(deployment.path("keygate.toml")).unwrap();
     replace(
@@ -387,10 +381,7 @@ async fn admin_reload_and_key_cache_rules() {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
     auth.allow("good-key", json!({}));
-    let config = basic_config(&origin, &auth).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-    );
+    let config = support::basic_config_with_admin(&origin, &auth);
     let deployment = Deployment::start(&config, None).await;
     let gw = deployment.gateway.addr;
     let admin = deployment.gateway.admin_addr.unwrap();
@@ -447,10 +438,7 @@ async fn revoked_key_gets_401_on_the_next_request() {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
     auth.allow("key/with space", json!({}));
-    let config = basic_config(&origin, &auth).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-    );
+    let config = support::basic_config_with_admin(&origin, &auth);
     let deployment = Deployment::start(&config, None).await;
     let (gw, admin) = (
         deployment.gateway.addr,

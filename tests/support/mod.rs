@@ -76,3 +76,11 @@ paths = ["/api"]
         origin = origin.addr,
     )
 }
+
+/// [`basic_config`] with an admin listener on an ephemeral loopback port.
+pub fn basic_config_with_admin(origin: &Origin, auth: &AuthApi) -> String {
+    basic_config(origin, auth).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+    )
+}
