@@ -43,6 +43,7 @@ fn main() {
         "tests/guests",
         "adapters",
         "Cargo.lock",
+        "Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }

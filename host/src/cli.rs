@@ -71,8 +71,12 @@ pub fn main() -> ExitCode {
             .and_then(|config| config.server.workers),
         _ => None,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
+    let mut builder = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(workers) = workers.filter(|&w| w > 1) {
         builder.worker_threads(workers);
     }
     let runtime = match builder.enable_all().build() {

@@ -31,6 +31,11 @@ pub fn build_engine(limits: &GuestLimits) -> anyhow::Result<Engine> {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // `KEYGATE_PERFMAP=1`: name guest functions for `perf` (writes /tmp/perf-PID.map). Guest
+    // code compiled in memory is otherwise anonymous in a profile.
+    if std::env::var_os("KEYGATE_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("creating the wasmtime engine (pooling allocator)")

@@ -2,6 +2,7 @@
 //! well-formed answer whatever the guest does (traps, loops, exhausts memory or never answers).
 
 use super::component::{CompiledGuest, GuestSource};
+use super::drive::{self, GuestError, Head};
 use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
 use super::pool::{InstancePool, Worker};
 use super::precompiled::PrecompiledCache;
@@ -253,7 +254,7 @@ impl Gateway {
         let metrics = Arc::clone(&self.metrics);
         // The guest keeps running after it hands over the response head: it streams the body.
         // Only when it returns normally does its instance go back to the pool.
-        let task = tokio::spawn(async move {
+        let call = drive::guarded(async move {
             let proxy = match worker.proxy.take() {
                 Some(proxy) => proxy,
                 None => {
@@ -272,40 +273,50 @@ impl Gateway {
             pool.give_back(worker);
             Ok(())
         });
-
-        match receiver.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(code)) => {
+        let metrics = Arc::clone(&self.metrics);
+        let on_end = move |outcome| {
+            if let Err(failure) = outcome {
+                guest_failed(&metrics, failure);
+            }
+        };
+        match drive::until_head(call, receiver, on_end).await {
+            Head::Response(response) => Ok(response),
+            Head::ErrorCode(code) => {
                 tracing::warn!("guest answered with an error code instead of a response: {code:?}");
                 Err(HostFailure::GuestFailed(
                     "error code instead of a response".into(),
                 ))
             }
-            Err(_) => match task.await {
-                Ok(Ok(())) => {
-                    tracing::warn!("guest returned without sending a response");
-                    Err(HostFailure::GuestFailed("no response".into()))
-                }
-                Ok(Err(GuestError::Instantiate(err))) => {
-                    self.metrics.guest_failure("instantiate");
-                    tracing::error!("could not instantiate the guest: {err:#}");
-                    Err(HostFailure::Overloaded)
-                }
-                Ok(Err(GuestError::Call(err))) => {
-                    let reason = match err.downcast_ref::<Trap>() {
-                        Some(Trap::Interrupt) => "busy_timeout",
-                        _ => "trap",
-                    };
-                    self.metrics.guest_failure(reason);
-                    tracing::warn!(reason, "guest failed the request: {err:?}");
-                    Err(HostFailure::GuestFailed(format!("{reason}: {err:#}")))
-                }
-                Err(join) => {
-                    self.metrics.guest_failure("panic");
-                    tracing::error!("guest task panicked: {join}");
-                    Err(HostFailure::GuestFailed("panic".into()))
-                }
-            },
+            Head::Nothing(Ok(())) => {
+                tracing::warn!("guest returned without sending a response");
+                Err(HostFailure::GuestFailed("no response".into()))
+            }
+            Head::Nothing(Err(failure)) => Err(guest_failed(&self.metrics, failure)),
+        }
+    }
+}
+
+/// Count and log a guest call that did not return normally; what the client is answered.
+fn guest_failed(metrics: &Metrics, failure: GuestError) -> HostFailure {
+    match failure {
+        GuestError::Instantiate(err) => {
+            metrics.guest_failure("instantiate");
+            tracing::error!("could not instantiate the guest: {err:#}");
+            HostFailure::Overloaded
+        }
+        GuestError::Call(err) => {
+            let reason = match err.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => "busy_timeout",
+                _ => "trap",
+            };
+            metrics.guest_failure(reason);
+            tracing::warn!(reason, "guest failed the request: {err:?}");
+            HostFailure::GuestFailed(format!("{reason}: {err:#}"))
+        }
+        GuestError::Panic => {
+            metrics.guest_failure("panic");
+            tracing::error!("a host function panicked during the guest call");
+            HostFailure::GuestFailed("panic".into())
         }
     }
 }
@@ -390,11 +401,6 @@ fn allowed_targets(config: &Config) -> HashSet<String> {
         .filter_map(|api| api.origin().ok())
         .map(|url| format!("{}:{}", url.host, url.port));
     services.chain(auth).collect()
-}
-
-enum GuestError {
-    Instantiate(wasmtime::Error),
-    Call(wasmtime::Error),
 }
 
 /// Why the host answered instead of the guest.

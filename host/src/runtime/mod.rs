@@ -2,6 +2,7 @@
 //! configuration (swappable), and the per-request store.
 
 pub mod component;
+mod drive;
 pub mod engine;
 pub mod invoke;
 pub mod pool;
