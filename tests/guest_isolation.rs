@@ -67,6 +67,28 @@ async fn guest_loop_is_stopped_by_the_busy_timeout() {
 }
 
 #[tokio::test]
+async fn guest_loop_calling_the_host_is_still_stopped_by_the_busy_timeout() {
+    let gw = misbehaving_gateway().await;
+    let reply = get(gw.addr, "/loop-on-host", &[]).await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(get(gw.addr, "/ok", &[]).await.status, 200);
+    let metrics = gw.gateway.metrics.render(0);
+    assert!(
+        metrics.contains("keygate_guest_failures_total{reason=\"busy_timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn guest_waiting_longer_than_the_busy_timeout_is_not_busy() {
+    let gw = misbehaving_gateway().await;
+    let reply = get(gw.addr, "/wait", &[]).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "waited"));
+    let metrics = gw.gateway.metrics.render(0);
+    assert!(!metrics.contains("busy_timeout"), "{metrics}");
+}
+
+#[tokio::test]
 async fn guest_memory_hog_hits_the_limit() {
     let gw = misbehaving_gateway().await;
     assert_eq!(get(gw.addr, "/grow", &[]).await.status, 500);

@@ -11,6 +11,8 @@ use futures::FutureExt;
 use http_body::{Body, Frame, SizeHint};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
@@ -34,13 +36,22 @@ pub enum Head {
     Nothing(Result<(), GuestError>),
 }
 
-/// Make a guest call panic-safe: a panic in host code it calls fails this request only.
-pub fn guarded(call: impl Future<Output = Result<(), GuestError>> + Send + 'static) -> GuestCall {
-    Box::pin(
-        AssertUnwindSafe(call)
-            .catch_unwind()
-            .map(|outcome| outcome.unwrap_or(Err(GuestError::Panic))),
-    )
+/// Make a guest call panic-safe (a panic in host code it calls fails this request only) and
+/// raise `waited` whenever the guest waits on I/O, which restarts its busy timeout.
+pub fn guarded(
+    waited: Arc<AtomicBool>,
+    call: impl Future<Output = Result<(), GuestError>> + Send + 'static,
+) -> GuestCall {
+    let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
+    Box::pin(std::future::poll_fn(move |cx| {
+        match call.as_mut().poll(cx) {
+            Poll::Ready(outcome) => Poll::Ready(outcome.unwrap_or(Err(GuestError::Panic))),
+            Poll::Pending => {
+                waited.store(true, Ordering::Relaxed);
+                Poll::Pending
+            }
+        }
+    }))
 }
 
 /// Drive `call` until the guest answers through `head` or returns. `on_end` sees how a call

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 use wasmtime::component::Linker;
-use wasmtime::{CallHook, Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -235,9 +235,9 @@ impl Gateway {
             }
         };
         let store = &mut worker.store;
-        // The busy timeout restarts whenever the guest comes back from the host, so it bounds
-        // uninterrupted computation, not time spent waiting on the network.
-        store.set_epoch_deadline(self.busy_ticks);
+        store.data_mut().busy.restart();
+        store.set_epoch_deadline(1);
+        let waited = store.data().busy.waited_flag();
         let (sender, receiver) = oneshot::channel();
         let incoming = store
             .data_mut()
@@ -254,7 +254,7 @@ impl Gateway {
         let metrics = Arc::clone(&self.metrics);
         // The guest keeps running after it hands over the response head: it streams the body.
         // Only when it returns normally does its instance go back to the pool.
-        let call = drive::guarded(async move {
+        let call = drive::guarded(waited, async move {
             let proxy = match worker.proxy.take() {
                 Some(proxy) => proxy,
                 None => {
@@ -336,12 +336,12 @@ impl Gateway {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let busy_ticks = self.busy_ticks;
-        store.epoch_deadline_trap();
-        store.call_hook(move |mut store, hook| {
-            if matches!(hook, CallHook::ReturningFromHost) {
-                store.set_epoch_deadline(busy_ticks);
-            }
-            Ok(())
+        store.epoch_deadline_callback(move |mut store| {
+            Ok(if store.data_mut().busy.tick(busy_ticks) {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
         });
         store
     }

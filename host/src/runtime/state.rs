@@ -4,6 +4,7 @@
 use crate::capabilities::key_cache::{KeyCache, KeyCacheState, KeyCacheView};
 use crate::capabilities::outgoing_http::OutgoingHttp;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -16,6 +17,43 @@ pub struct RequestState {
     outgoing: OutgoingHttp,
     key_cache: KeyCacheState,
     pub limits: StoreLimits,
+    pub busy: BusyWatch,
+}
+
+/// The busy timeout's bookkeeping. The deadline fires every epoch tick the guest spends in
+/// wasm; a tick counts as busy unless the guest has waited on I/O (its call returned
+/// `Pending` to the task driving it) since the previous one. This bounds uninterrupted
+/// computation, however many host calls it makes, and never a slow transfer. (A call hook
+/// restarting the deadline on every return from the host did the same at ~3% of the CPU of
+/// a request: it runs on each of the ~100 boundary crossings.)
+#[derive(Default)]
+pub struct BusyWatch {
+    /// Set by the driver of the guest call whenever the guest waits.
+    waited: Arc<AtomicBool>,
+    busy_ticks: u64,
+}
+
+impl BusyWatch {
+    /// What the driver of a guest call sets when the guest waits.
+    pub fn waited_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.waited)
+    }
+
+    /// A new request starts with a full budget.
+    pub fn restart(&mut self) {
+        self.busy_ticks = 0;
+        self.waited.store(false, Ordering::Relaxed);
+    }
+
+    /// One more tick in wasm: whether the guest has now been busy for `limit` ticks running.
+    pub fn tick(&mut self, limit: u64) -> bool {
+        if self.waited.swap(false, Ordering::Relaxed) {
+            self.busy_ticks = 0;
+        } else {
+            self.busy_ticks += 1;
+        }
+        self.busy_ticks >= limit
+    }
 }
 
 impl RequestState {
@@ -32,6 +70,7 @@ impl RequestState {
             outgoing,
             key_cache: KeyCacheState::new(key_cache),
             limits,
+            busy: BusyWatch::default(),
         }
     }
 

@@ -1,5 +1,7 @@
 //! A guest that misbehaves on purpose, to prove the host contains it: `/trap` panics (a wasm
-//! trap), `/loop` spins forever, `/grow` allocates past any sane memory limit; anything else
+//! trap), `/loop` spins forever, `/loop-on-host` spins calling the host (the clock) on every
+//! turn, `/wait` waits 600 ms on a timer before answering (waiting is not being busy),
+//! `/grow` allocates past any sane memory limit; anything else
 //! answers 200 `ok` so the test can show the next request is served normally. `/count` answers
 //! how many requests this instance has served, to observe instance reuse.
 
@@ -22,6 +24,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehaving {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            Some("/loop-on-host") => loop {
+                std::hint::black_box(wasip2::clocks::monotonic_clock::now());
+            },
+            Some("/wait") => {
+                wasip2::clocks::monotonic_clock::subscribe_duration(600_000_000).block();
+                answer(out, "waited");
+            }
             Some("/grow") => {
                 let mut hog: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -35,18 +44,22 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehaving {
                 } else {
                     "ok".to_string()
                 };
-                let response = OutgoingResponse::new(Fields::new());
-                let body = response.body().expect("fresh response has a body");
-                ResponseOutparam::set(out, Ok(response));
-                let stream = body.write().expect("fresh body has a stream");
-                stream
-                    .blocking_write_and_flush(text.as_bytes())
-                    .expect("write");
-                drop(stream);
-                OutgoingBody::finish(body, None).expect("finish");
+                answer(out, &text);
             }
         }
     }
+}
+
+fn answer(out: ResponseOutparam, text: &str) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("fresh response has a body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("fresh body has a stream");
+    stream
+        .blocking_write_and_flush(text.as_bytes())
+        .expect("write");
+    drop(stream);
+    OutgoingBody::finish(body, None).expect("finish");
 }
 
 #[cfg(target_arch = "wasm32")]
