@@ -1,10 +1,11 @@
 //! Responses the gateway makes itself (never the origin's): Kong's wording, its templates
 //! chosen from `Accept`, and the gateway's own headers.
 
+use crate::fields::HeaderList;
 use crate::request::RequestInfo;
 use keygate_policy::Compat;
 use keygate_policy::errors::ErrorFormat;
-use wasip2::http::types::{Fields, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasip2::http::types::{OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 /// A refusal or failure to send instead of the origin's answer.
 pub struct GatewayError {
@@ -64,10 +65,8 @@ impl GatewayError {
         let format = self.format(request, compat);
         let body = format.body(self.message, &request.id);
         let names = compat.headers.names();
-        let headers = Fields::new();
-        let set = |name: &str, value: &[u8]| {
-            let _ = headers.append(name, value);
-        };
+        let headers = HeaderList::default();
+        let set = |name: &str, value: &[u8]| headers.append(name, value);
         set("content-type", format.content_type().as_bytes());
         set("content-length", body.len().to_string().as_bytes());
         set(names.request_id, request.id.as_bytes());
@@ -79,7 +78,7 @@ impl GatewayError {
         for (name, value) in &self.headers {
             set(name, value.as_bytes());
         }
-        let response = OutgoingResponse::new(headers);
+        let response = OutgoingResponse::new(headers.into_fields());
         let _ = response.set_status_code(self.status);
         let Ok(outgoing_body) = response.body() else {
             return;

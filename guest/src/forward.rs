@@ -6,6 +6,7 @@ use crate::body::RequestBody;
 use crate::config::Policy;
 use crate::credentials;
 use crate::errors::GatewayError;
+use crate::fields::HeaderList;
 use crate::outbound::{self, BodyReader, CallError};
 use crate::request::{RequestInfo, millis_between};
 use crate::router::Match;
@@ -256,33 +257,6 @@ fn connection_tokens(headers: &[(String, Vec<u8>)]) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
-}
-
-/// Headers gathered in guest memory and handed to the host in one call (`fields.from-list`)
-/// instead of one host call per header.
-#[derive(Default)]
-struct HeaderList(std::cell::RefCell<Vec<(String, Vec<u8>)>>);
-
-impl HeaderList {
-    fn append(&self, name: &str, value: &[u8]) {
-        self.0.borrow_mut().push((name.to_string(), value.to_vec()));
-    }
-
-    fn into_fields(self) -> Fields {
-        let list = self.0.into_inner();
-        match Fields::from_list(&list) {
-            Ok(fields) => fields,
-            // A host that forbids one of them (e.g. `host` outside keygate): add one by one,
-            // leaving out only what it refuses.
-            Err(_) => {
-                let fields = Fields::new();
-                for (name, value) in &list {
-                    let _ = fields.append(name, value);
-                }
-                fields
-            }
-        }
-    }
 }
 
 fn upstream_headers(

@@ -10,6 +10,7 @@ mod body;
 mod config;
 mod credentials;
 mod errors;
+mod fields;
 mod forward;
 mod outbound;
 mod percent;

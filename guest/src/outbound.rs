@@ -73,15 +73,8 @@ pub fn wait(
     deadline: Option<u64>,
 ) -> Result<IncomingResponse, CallError> {
     loop {
-        if let Some(result) = future.get() {
-            return match result {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(code)) => Err(CallError::Http(code)),
-                Err(()) => Err(CallError::Http(ErrorCode::InternalError(Some(
-                    "response taken twice".into(),
-                )))),
-            };
-        }
+        // Waiting first saves a host call: a response is never ready right after `handle`
+        // (and waiting on a ready pollable returns at once).
         let ready = future.subscribe();
         match deadline {
             Some(deadline) => {
@@ -92,6 +85,15 @@ pub fn wait(
                 }
             }
             None => ready.block(),
+        }
+        if let Some(result) = future.get() {
+            return match result {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(code)) => Err(CallError::Http(code)),
+                Err(()) => Err(CallError::Http(ErrorCode::InternalError(Some(
+                    "response taken twice".into(),
+                )))),
+            };
         }
     }
 }

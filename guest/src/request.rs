@@ -143,9 +143,43 @@ pub fn method_name(method: &Method) -> String {
     .to_string()
 }
 
+/// 128 random bits as hex, from a generator seeded once per instance by the host's CSPRNG:
+/// a host call per request saved. The id must be unique, not secret.
 fn request_id() -> String {
-    let bytes = wasip2::random::random::get_random_bytes(16);
-    hex(&bytes)
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+    STATE.with(|state| {
+        let mut ids = SplitMix64(
+            state
+                .get()
+                .unwrap_or_else(wasip2::random::random::get_random_u64),
+        );
+        let id = ids.next_id();
+        state.set(Some(ids.0));
+        id
+    })
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a full-period 64-bit generator, two outputs per id.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn next_id(&mut self) -> String {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.next().to_le_bytes());
+        bytes[8..].copy_from_slice(&self.next().to_le_bytes());
+        hex(&bytes)
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -161,6 +195,20 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_characters_and_differ() {
+        let mut generator = SplitMix64(42);
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| generator.next_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| {
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        }));
+    }
 
     #[test]
     fn client_address_headers_lose_their_port() {
