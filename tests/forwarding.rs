@@ -103,6 +103,74 @@ async fn origin_slower_than_read_timeout_gets_504() {
     assert_eq!(reply.json()["message"], "The upstream server is timing out");
 }
 
+/// An origin that answers with a 10-byte body but sends 5 bytes and then goes quiet until
+/// `release` fires.
+async fn origin_stalling_mid_body(
+    release: tokio::sync::oneshot::Receiver<()>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "gateway closed before sending the request");
+            request.extend_from_slice(&buf[..n]);
+        }
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+            .await
+            .unwrap();
+        let _ = release.await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn origin_going_quiet_mid_body_cuts_the_response_after_read_timeout() {
+    let (release, stalled) = tokio::sync::oneshot::channel();
+    let origin = origin_stalling_mid_body(stalled).await;
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[[consumers]]
+username = "alice"
+keys = ["static-key"]
+
+[[services]]
+name = "stalling"
+url = "http://{origin}"
+read_timeout = "300ms"
+
+[[services.routes]]
+name = "all"
+paths = ["/"]
+"#
+    );
+    let gw = start_gateway(&config).await;
+    let request = support::request("GET", gw.addr, "/file")
+        .header(KEY.0, KEY.1)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = support::client::open(gw.addr, request).await;
+    assert_eq!(response.status(), 200);
+    // The gateway must end the response as incomplete (not hang until the origin resumes,
+    // and not end it cleanly with 5 of 10 bytes).
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        response.into_body().collect(),
+    )
+    .await
+    .expect("the gateway gave up on the quiet origin");
+    assert!(body.is_err(), "a cut body must not look complete");
+    drop(release);
+}
+
 #[tokio::test]
 async fn sequential_requests_reuse_pooled_origin_connections() {
     let (origin, gw) = setup().await;

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use keygate_policy::internal_headers;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,11 +26,34 @@ use wasmtime_wasi_http::{
 #[derive(Clone)]
 pub struct OutgoingHttp {
     client: Client<HttpConnector, WasiBody>,
-    /// `host:port` the guest may call.
-    allowed: Arc<HashSet<String>>,
+    allowed: Arc<AllowList>,
     /// Auth-API calls in flight (`auth_api.max_in_flight`): beyond it a call fails at once.
     auth_calls: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+}
+
+/// The hosts (each with its ports) the guest may call: looked up per call without building a
+/// `host:port` string.
+#[derive(Default)]
+pub struct AllowList(HashMap<String, Vec<u16>>);
+
+impl AllowList {
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        self.0.get(host).is_some_and(|ports| ports.contains(&port))
+    }
+}
+
+impl FromIterator<(String, u16)> for AllowList {
+    fn from_iter<I: IntoIterator<Item = (String, u16)>>(targets: I) -> Self {
+        let mut hosts: HashMap<String, Vec<u16>> = HashMap::new();
+        for (host, port) in targets {
+            let ports = hosts.entry(host).or_default();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        Self(hosts)
+    }
 }
 
 /// Used when the guest gives no timeout (it always does; other guests might not).
@@ -38,7 +61,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl OutgoingHttp {
     /// The same pool with another allow-list: what a config reload hands new requests.
-    pub fn with_allowed(&self, allowed: HashSet<String>) -> Self {
+    pub fn with_allowed(&self, allowed: AllowList) -> Self {
         Self {
             client: self.client.clone(),
             allowed: Arc::new(allowed),
@@ -153,15 +176,14 @@ impl OutgoingHttp {
             return Err(Error::HttpRequestDenied);
         }
         let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
-        let target = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        );
-        if !self.allowed.contains(&target) {
-            tracing::warn!(%call, %target, "refused outgoing call to a host the config does not name");
+        if !self
+            .allowed
+            .allows(authority.host(), authority.port_u16().unwrap_or(80))
+        {
+            tracing::warn!(%call, target = %authority, "refused outgoing call to a host the config does not name");
             return Err(Error::HttpRequestDenied);
         }
+        let target = authority.clone();
         let options = options.unwrap_or_default();
         // The pooled client connects inside `request`, under the connector's own timeout
         // (the longest any config asks for); the head must then arrive within `first_byte`.
@@ -212,11 +234,13 @@ fn client_error(err: &hyper_util::client::legacy::Error) -> Error {
     }
 }
 
-/// A response body that fails when the origin goes quiet for longer than `idle`.
+/// A response body that fails when the origin goes quiet for longer than `idle`. The timer is
+/// armed only when a read has to wait: most small bodies are complete at the first read and
+/// never touch the timer wheel.
 struct IdleTimeoutBody {
     inner: hyper::body::Incoming,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IdleTimeoutBody {
@@ -224,7 +248,7 @@ impl IdleTimeoutBody {
         Self {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
         }
     }
 }
@@ -239,16 +263,22 @@ impl Body for IdleTimeoutBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = tokio::time::Instant::now() + self.idle;
-                self.timer.as_mut().reset(deadline);
+                // Data arrived: the next wait starts a fresh idle period.
+                self.timer = None;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Error::from(err)))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use super::pool::{InstancePool, Worker};
 use super::precompiled::PrecompiledCache;
 use super::state::RequestState;
 use crate::capabilities::key_cache::KeyCache;
-use crate::capabilities::outgoing_http::OutgoingHttp;
+use crate::capabilities::outgoing_http::{AllowList, OutgoingHttp};
 use crate::metrics::Metrics;
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -18,7 +18,6 @@ use keygate_policy::Compat;
 use keygate_policy::errors::{ErrorFormat, INTERNAL, JSON_CONTENT_TYPE, OVERLOADED, json_body};
 use keygate_policy::{Config, GUEST_CONFIG_ENV, internal_headers};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,7 +149,7 @@ impl Gateway {
         config: Arc<Config>,
     ) -> anyhow::Result<u16> {
         let mut active = Active::new(guest, config, &self.outgoing, self.listen_port);
-        active.outgoing = self.outgoing.with_allowed(HashSet::new());
+        active.outgoing = self.outgoing.with_allowed(AllowList::default());
         let scratch_cache = Arc::new(KeyCache::new(
             16,
             Duration::from_millis(100),
@@ -389,17 +388,17 @@ impl Active {
     }
 }
 
-/// `host:port` of every origin and the auth API: the only places the guest may call.
-fn allowed_targets(config: &Config) -> HashSet<String> {
+/// Every origin and the auth API: the only places the guest may call.
+fn allowed_targets(config: &Config) -> AllowList {
     let services = config
         .services
         .iter()
-        .map(|service| format!("{}:{}", service.url.host, service.url.port));
+        .map(|service| (service.url.host.clone(), service.url.port));
     let auth = config
         .auth_api
         .iter()
         .filter_map(|api| api.origin().ok())
-        .map(|url| format!("{}:{}", url.host, url.port));
+        .map(|url| (url.host, url.port));
     services.chain(auth).collect()
 }
 
