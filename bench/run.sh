@@ -6,7 +6,7 @@
 #   DURATION=20 bench/run.sh     # longer runs
 #
 # Knobs: DURATION=10 WARMUP=2 CONNS=64 HOT_KEYS=100 NKEYS=10000 STORM=500 KEYGATE=<binary>
-#        KEYGATE_WORKERS=1 (request threads; 1 because wrk and nginx share this box's CPUs)
+#        KEYGATE_WORKERS=<n> (request threads; default: keygate's own, one per CPU)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -66,7 +66,7 @@ EOF
 cat > "$RUN/keygate.toml" <<EOF
 [server]
 listen = "127.0.0.1:$KEYGATE_PORT"
-workers = ${KEYGATE_WORKERS:-1}
+${KEYGATE_WORKERS:+workers = $KEYGATE_WORKERS}
 [guest]
 cache_dir = "$RUN/precompiled"
 [auth_api]

@@ -172,6 +172,33 @@ paths = ["/"]
 }
 
 #[tokio::test]
+async fn several_request_threads_serve_concurrent_clients_and_drain_on_shutdown() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    let config = basic_config(&origin, &auth).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nworkers = 4",
+    );
+    let gw = start_gateway(&config).await;
+    let clients = (0..32).map(|_| {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..5 {
+                statuses.push(get(addr, "/api/x", &[KEY]).await.status);
+            }
+            statuses
+        })
+    });
+    for client in clients {
+        assert_eq!(client.await.unwrap(), vec![200; 5]);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("every request thread stops and drains");
+}
+
+#[tokio::test]
 async fn sequential_requests_reuse_pooled_origin_connections() {
     let (origin, gw) = setup().await;
     for _ in 0..50 {

@@ -64,21 +64,9 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // `serve` sizes its thread pool from the config; a bad config is reported by `serve` itself.
-    let workers = match &cli.command {
-        Command::Serve { config } => crate::config::load(config)
-            .ok()
-            .and_then(|config| config.server.workers),
-        _ => None,
-    };
-    let mut builder = if workers == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if let Some(workers) = workers.filter(|&w| w > 1) {
-        builder.worker_threads(workers);
-    }
+    // Requests run on `server.workers` threads of their own (see `server`); this runtime
+    // carries the first of them, the admin listener, reloads and signals.
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

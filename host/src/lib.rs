@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A gateway serving on its listeners, until [`RunningGateway::shutdown`].
@@ -32,8 +31,7 @@ pub struct RunningGateway {
     pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub reloader: Arc<Reloader>,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<()>,
+    requests: server::RequestThreads,
     admin: Option<JoinHandle<()>>,
     _watch: Option<watch::FileWatch>,
 }
@@ -53,8 +51,7 @@ async fn start_with(
     config: Config,
     config_path: Option<PathBuf>,
 ) -> anyhow::Result<RunningGateway> {
-    let listener = TcpListener::bind(config.server.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
     let addr = listener
         .local_addr()
@@ -73,6 +70,9 @@ async fn start_with(
         .transpose()
         .context("reading the admin address")?;
     let max_connections = config.server.max_connections;
+    let workers = config.server.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let drain_timeout = config.server.drain_timeout.get();
     let admin_token = config.server.admin_token.clone();
     let watched: Vec<PathBuf> = config_path
@@ -89,16 +89,14 @@ async fn start_with(
     } else {
         Some(watch::watch(Arc::clone(&reloader), &watched)?)
     };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(
+    let requests = server::RequestThreads::start(
         listener,
+        workers,
         Arc::clone(&gateway),
         max_connections,
         drain_timeout,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    )
+    .context("starting the request threads")?;
     let admin = admin_listener.map(|listener| {
         let admin = Arc::new(admin::Admin {
             gateway: Arc::clone(&gateway),
@@ -107,14 +105,13 @@ async fn start_with(
         });
         tokio::spawn(admin::serve(listener, admin))
     });
-    tracing::info!(%addr, admin = ?admin_addr, "keygate is serving");
+    tracing::info!(%addr, admin = ?admin_addr, workers, "keygate is serving");
     Ok(RunningGateway {
         addr,
         admin_addr,
         gateway,
         reloader,
-        stop,
-        server,
+        requests,
         admin,
         _watch: watch,
     })
@@ -123,8 +120,9 @@ async fn start_with(
 impl RunningGateway {
     /// Stop accepting, let in-flight requests finish (up to `server.drain_timeout`).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.server.await;
+        tracing::info!("no longer accepting connections; draining in-flight requests");
+        self.requests.stop().await;
+        tracing::info!("all request threads drained");
         if let Some(admin) = self.admin {
             admin.abort();
         }

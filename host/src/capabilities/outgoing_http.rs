@@ -11,9 +11,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use keygate_policy::internal_headers;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -22,10 +24,10 @@ use wasmtime_wasi_http::{
     WasiHttpHooks,
 };
 
-/// Shared by every request: the connection pool and the allow-list.
+/// Shared by every request: the connection pools and the allow-list.
 #[derive(Clone)]
 pub struct OutgoingHttp {
-    client: Client<HttpConnector, WasiBody>,
+    pools: Arc<Pools>,
     allowed: Arc<AllowList>,
     /// Auth-API calls in flight (`auth_api.max_in_flight`): beyond it a call fails at once.
     auth_calls: Arc<Semaphore>,
@@ -63,7 +65,7 @@ impl OutgoingHttp {
     /// The same pool with another allow-list: what a config reload hands new requests.
     pub fn with_allowed(&self, allowed: AllowList) -> Self {
         Self {
-            client: self.client.clone(),
+            pools: Arc::clone(&self.pools),
             allowed: Arc::new(allowed),
             auth_calls: Arc::clone(&self.auth_calls),
             metrics: Arc::clone(&self.metrics),
@@ -71,22 +73,59 @@ impl OutgoingHttp {
     }
 
     pub fn new(connect_timeout: Duration, max_auth_calls: usize, metrics: Arc<Metrics>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
-            client,
+            pools: Arc::new(Pools {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                connect_timeout,
+            }),
             allowed: Arc::default(),
             auth_calls: Arc::new(Semaphore::new(max_auth_calls)),
             metrics,
         }
+    }
+}
+
+/// One keep-alive connection pool per request thread (see `crate::server`): a pooled
+/// connection is driven by a task on the thread that opened it, so sharing one pool across
+/// threads would hand requests connections whose every read wakes another thread.
+struct Pools {
+    /// Tells this gateway's pools apart from another's on the same thread (tests run several).
+    id: u64,
+    connect_timeout: Duration,
+}
+
+type PooledClient = Client<HttpConnector, WasiBody>;
+
+thread_local! {
+    static THREAD_POOLS: RefCell<Vec<(u64, PooledClient)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pools {
+    /// This thread's pool (made on first use).
+    fn client(&self) -> PooledClient {
+        THREAD_POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some((_, client)) = pools.iter().find(|(id, _)| *id == self.id) {
+                return client.clone();
+            }
+            let client = self.build();
+            pools.push((self.id, client.clone()));
+            client
+        })
+    }
+
+    fn build(&self) -> PooledClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.enforce_http(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector)
     }
 }
 
@@ -189,7 +228,8 @@ impl OutgoingHttp {
         // (the longest any config asks for); the head must then arrive within `first_byte`.
         let first_byte = options.first_byte_timeout.unwrap_or(DEFAULT_TIMEOUT);
         let between_bytes = options.between_bytes_timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let response = match tokio::time::timeout(first_byte, self.client.request(request)).await {
+        let pending = self.pools.client().request(request);
+        let response = match tokio::time::timeout(first_byte, pending).await {
             Err(_) => return Err(Error::ConnectionReadTimeout),
             Ok(Err(err)) => {
                 tracing::debug!(%call, %target, "outgoing call failed: {err:?}");
