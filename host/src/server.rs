@@ -1,11 +1,14 @@
 //! The client-facing HTTP/1.1 listener: accept, serve each connection with keep-alive, and on
 //! shutdown stop accepting and drain in-flight requests.
 //!
-//! Requests run on `server.workers` threads, each with its own single-threaded runtime
-//! accepting from the one listening socket: a connection, its guest call and the guest's
-//! outgoing calls (over that thread's own connection pool) all stay on one thread, so a
-//! request never waits for a wake-up from another thread. Measured on the 2-core bench box:
-//! two such threads served 45 % more requests per second than one, at the same CPU time per
+//! Requests run on `server.workers` threads, each with its own single-threaded runtime: a
+//! connection, its guest call and the guest's outgoing calls (over that thread's own
+//! connection pool) all stay on one thread, so a request never waits for a wake-up from
+//! another thread. One acceptor hands each new connection to the thread serving the fewest;
+//! keep-alive makes accepting rare, so that one hop per connection costs nothing measurable.
+//! (Threads accepting from the shared socket themselves balanced badly: a burst of connects
+//! could all land on whichever thread woke first.) Measured on the 2-core bench box: two
+//! request threads served ~40 % more requests per second than one at the same CPU time per
 //! request, where a 2-worker work-stealing runtime cost 15 % more CPU per request.
 
 use crate::runtime::Gateway;
@@ -14,24 +17,41 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 /// How long a client may take to send a request head before its connection is closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Request threads serving one listening socket, until [`RequestThreads::stop`].
+/// A connection on its way to the request thread that will serve it.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// One of `server.max_connections`, held for the connection's life.
+    permit: OwnedSemaphorePermit,
+}
+
+/// A request thread as the acceptor sees it.
+struct Lane {
+    connections: mpsc::UnboundedSender<Accepted>,
+    /// Connections the thread is serving now.
+    load: Arc<AtomicUsize>,
+}
+
+/// The acceptor and the request threads, until [`RequestThreads::stop`].
 pub struct RequestThreads {
     stop: watch::Sender<bool>,
     stopped: Vec<oneshot::Receiver<()>>,
 }
 
 impl RequestThreads {
-    /// Serve `listener` on `workers` threads: the calling runtime's thread (a task on it) and
-    /// `workers - 1` threads of their own. Connections beyond `max_connections` (over all
-    /// threads) wait in the kernel's accept queue.
+    /// Serve `listener` on `workers` threads: the calling runtime's thread (which also runs
+    /// the acceptor) and `workers - 1` threads of their own. Connections beyond
+    /// `max_connections` wait in the kernel's accept queue.
     pub fn start(
         listener: std::net::TcpListener,
         workers: usize,
@@ -40,21 +60,23 @@ impl RequestThreads {
         drain_timeout: Duration,
     ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let (stop, stopping) = watch::channel(false);
-        let connections = Arc::new(Semaphore::new(max_connections));
+        let mut lanes = Vec::new();
         let mut stopped = Vec::new();
         for thread in 0..workers.max(1) {
-            let socket = listener.try_clone()?;
+            let (connections, incoming) = mpsc::unbounded_channel();
+            let load = Arc::new(AtomicUsize::new(0));
             let (done, finished) = oneshot::channel();
             stopped.push(finished);
-            let serving = serve(
-                socket,
+            let serving = serve_connections(
+                incoming,
                 Arc::clone(&gateway),
-                Arc::clone(&connections),
+                Arc::clone(&load),
                 drain_timeout,
-                stopping.clone(),
                 done,
             );
+            lanes.push(Lane { connections, load });
             if thread == 0 {
                 tokio::spawn(serving);
                 continue;
@@ -66,10 +88,12 @@ impl RequestThreads {
                 .name(format!("keygate-request-{thread}"))
                 .spawn(move || runtime.block_on(serving))?;
         }
+        let permits = Arc::new(Semaphore::new(max_connections));
+        tokio::spawn(accept(listener, lanes, permits, stopping));
         Ok(Self { stop, stopped })
     }
 
-    /// Stop accepting on every thread and wait until each has drained.
+    /// Stop accepting and wait until every thread has drained its connections.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for finished in self.stopped {
@@ -78,36 +102,22 @@ impl RequestThreads {
     }
 }
 
-async fn serve(
-    listener: std::net::TcpListener,
-    gateway: Arc<Gateway>,
-    connections: Arc<Semaphore>,
-    drain_timeout: Duration,
+/// Accept until told to stop, handing each connection to the least busy request thread.
+/// Returning drops the lanes, which tells the threads to drain.
+async fn accept(
+    listener: TcpListener,
+    lanes: Vec<Lane>,
+    permits: Arc<Semaphore>,
     mut stopping: watch::Receiver<bool>,
-    done: oneshot::Sender<()>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(err) => {
-            tracing::error!("request thread cannot use the listening socket: {err}");
-            let _ = done.send(());
-            return;
-        }
-    };
     let shutdown = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    let graceful = GracefulShutdown::new();
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    // Not `pipeline_flush`: it lets hyper queue response chunks without backpressure, which
-    // held ~64 MiB of a 200 MiB download in memory (tests/cli.rs measures peak RSS).
     tokio::pin!(shutdown);
+    let mut next = 0usize;
     loop {
         let permit = tokio::select! {
-            permit = Arc::clone(&connections).acquire_owned() => permit.expect("never closed"),
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
             () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
@@ -122,6 +132,60 @@ async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%peer, "could not hand over a connection: {err}");
+                continue;
+            }
+        };
+        // Least loaded; ties go round-robin so an idle start spreads evenly.
+        next = next.wrapping_add(1);
+        let lane = (0..lanes.len())
+            .map(|i| &lanes[(next + i) % lanes.len()])
+            .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
+            .expect("at least one request thread");
+        lane.load.fetch_add(1, Ordering::Relaxed);
+        let accepted = Accepted {
+            stream,
+            peer,
+            permit,
+        };
+        if lane.connections.send(accepted).is_err() {
+            tracing::error!(%peer, "a request thread has stopped; connection dropped");
+        }
+    }
+}
+
+/// Serve the connections handed to this thread until the acceptor stops, then drain them.
+async fn serve_connections(
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    gateway: Arc<Gateway>,
+    load: Arc<AtomicUsize>,
+    drain_timeout: Duration,
+    done: oneshot::Sender<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // Not `pipeline_flush`: it lets hyper queue response chunks without backpressure, which
+    // held ~64 MiB of a 200 MiB download in memory (tests/cli.rs measures peak RSS).
+    while let Some(Accepted {
+        stream,
+        peer,
+        permit,
+    }) = incoming.recv().await
+    {
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%peer, "could not take over a connection: {err}");
+                load.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let gateway = Arc::clone(&gateway);
         let service = service_fn(move |request| {
@@ -129,19 +193,20 @@ async fn serve(
             async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let load = Arc::clone(&load);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(%peer, "connection ended with an error: {err}");
             }
+            load.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
-    drop(listener);
-    tracing::debug!("no longer accepting connections; draining in-flight requests");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = graceful.shutdown() => tracing::debug!("all connections of this thread drained"),
         () = tokio::time::sleep(drain_timeout) => {
             tracing::warn!("drain timeout ({drain_timeout:?}) passed; closing remaining connections");
         }
     }
+    let _ = done.send(());
 }
