@@ -176,6 +176,9 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
     let auth = AuthApi::start().await;
     let file = write_config(&basic_config(&origin, &auth));
     let served = Served::start(file.path());
+    // Only streaming counts: compiling the component (a cold cache) peaks higher than that.
+    served.reset_peak_rss();
+    let start_kib = served.peak_rss_kib();
 
     // Upload 200 MiB, generated as it is sent.
     let chunk = Bytes::from(vec![7u8; 1 << 20]);
@@ -213,8 +216,16 @@ async fn large_upload_and_download_stream_with_bounded_memory() {
     assert_eq!(sum, download_sum(SIZE));
 
     let peak_mib = served.peak_rss_kib() / 1024;
-    println!("keygate peak RSS after 200 MiB up + 200 MiB down: {peak_mib} MiB");
-    assert!(peak_mib < 100, "gateway peak RSS {peak_mib} MiB");
+    let start_mib = start_kib / 1024;
+    println!(
+        "keygate peak RSS after 200 MiB up + 200 MiB down: {peak_mib} MiB (after start-up: {start_mib} MiB)"
+    );
+    // Streaming must not hold the bodies: hyper's `pipeline_flush` once held 64 MiB of this
+    // download. What start-up keeps (the compiled component, allocator caches) is not at issue.
+    assert!(
+        peak_mib - start_mib < 48,
+        "streaming grew the gateway from {start_mib} to {peak_mib} MiB"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,12 +5,13 @@ use crate::bindings::keygate::gateway::key_cache::{self, Consumer, Lookup, Verdi
 use crate::config::Policy;
 use crate::credentials::Credential;
 use crate::errors::GatewayError;
+use crate::fields::HeaderList;
 use crate::outbound;
 use crate::percent::percent_encode;
 use keygate_policy::errors::{AUTH_UNAVAILABLE, DUPLICATE_KEY, INVALID_KEY, NO_KEY};
 use keygate_policy::fingerprint::{fingerprint, redact};
 use keygate_policy::{GuestAuthApi, GuestConsumer, internal_headers};
-use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+use wasip2::http::types::{OutgoingRequest, Scheme};
 
 /// Who a forwarded request is from: a consumer whose key was valid, or the anonymous
 /// consumer (`key_auth.anonymous`) after a failed authentication.
@@ -106,12 +107,12 @@ fn ask_auth_api(policy: &Policy, api: &GuestAuthApi, key: &str) -> Result<(Verdi
     let url = api.url.replace("{key}", &percent_encode(key));
     let (https, authority, path_with_query) =
         split_url(&url).ok_or_else(|| format!("bad auth API URL {}", api.url))?;
-    let headers = Fields::new();
+    let headers = HeaderList::default();
     if policy.config.host_annotations {
-        let _ = headers.append(internal_headers::CALL, b"auth");
+        headers.append(internal_headers::CALL, b"auth");
     }
-    let request = OutgoingRequest::new(headers);
-    let _ = request.set_method(&Method::Get);
+    // GET is an outgoing request's method unless set (one host call fewer).
+    let request = OutgoingRequest::new(headers.into_fields());
     let _ = request.set_scheme(Some(if https { &Scheme::Https } else { &Scheme::Http }));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(&path_with_query));

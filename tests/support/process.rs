@@ -83,6 +83,13 @@ impl Served {
             .expect("VmHWM in /proc/PID/status")
     }
 
+    /// Start counting the peak afresh (Linux: "5" to /proc/PID/clear_refs resets VmHWM), so
+    /// what start-up used (compiling the component when the cache is cold) is not counted.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
+            .expect("resetting the peak RSS through /proc/PID/clear_refs");
+    }
+
     /// Send a signal (e.g. `libc::SIGTERM`).
     pub fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.pid()).expect("pids fit in i32");
