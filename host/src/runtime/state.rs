@@ -30,7 +30,8 @@ pub struct RequestState {
 pub struct BusyWatch {
     /// Set by the driver of the guest call whenever the guest waits.
     waited: Arc<AtomicBool>,
-    busy_ticks: u64,
+    /// Ticks in wasm since the guest last waited.
+    ticks_running: u64,
 }
 
 impl BusyWatch {
@@ -41,18 +42,18 @@ impl BusyWatch {
 
     /// A new request starts with a full budget.
     pub fn restart(&mut self) {
-        self.busy_ticks = 0;
+        self.ticks_running = 0;
         self.waited.store(false, Ordering::Relaxed);
     }
 
     /// One more tick in wasm: whether the guest has now been busy for `limit` ticks running.
     pub fn tick(&mut self, limit: u64) -> bool {
         if self.waited.swap(false, Ordering::Relaxed) {
-            self.busy_ticks = 0;
+            self.ticks_running = 0;
         } else {
-            self.busy_ticks += 1;
+            self.ticks_running += 1;
         }
-        self.busy_ticks >= limit
+        self.ticks_running >= limit
     }
 }
 
