@@ -142,7 +142,7 @@ async fn accept(
         // Least loaded; ties go round-robin so an idle start spreads evenly.
         next = next.wrapping_add(1);
         let lane = (0..lanes.len())
-            .map(|i| &lanes[(next + i) % lanes.len()])
+            .map(|i| &lanes[next.wrapping_add(i) % lanes.len()])
             .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
             .expect("at least one request thread");
         lane.load.fetch_add(1, Ordering::Relaxed);

@@ -83,7 +83,7 @@ impl CompiledGuest {
             None => Component::from_binary(engine, bytes).map_err(anyhow::Error::from),
         }
         .with_context(|| format!("{source} is not a valid WebAssembly component"))?;
-        crate::return_freed_memory();
+        crate::allocator::return_freed_memory();
         let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)

@@ -91,17 +91,13 @@ pub async fn until_head(
         // The guest dropped the outparam without using it; its call says why.
         First::Head(Err(())) => Head::Nothing(call.await),
         First::Returned(outcome) => match head.try_recv() {
-            Ok(Ok(response)) => {
-                if outcome.is_err() {
-                    on_end(outcome);
+            // Answered, then returned (or trapped) within the same poll.
+            Ok(answer) => {
+                on_end(outcome);
+                match answer {
+                    Ok(response) => Head::Response(response),
+                    Err(code) => Head::ErrorCode(code),
                 }
-                Head::Response(response)
-            }
-            Ok(Err(code)) => {
-                if outcome.is_err() {
-                    on_end(outcome);
-                }
-                Head::ErrorCode(code)
             }
             Err(_) => Head::Nothing(outcome),
         },
