@@ -300,7 +300,7 @@ async fn spin_export_references_what_it_writes() {
     let mut referenced = vec![gateway["source"].as_str().unwrap().to_string()];
     let dependencies = gateway["dependencies"].as_table().unwrap();
     for (name, dependency) in dependencies {
-        assert_eq!(name, "keygate:gateway/key-cache@0.1.0");
+        assert_eq!(name, "keygate:gateway/key-cache@0.1.1");
         referenced.push(dependency["path"].as_str().unwrap().to_string());
     }
     for file in &referenced {
@@ -390,7 +390,7 @@ async fn spin_app_imports_only_what_spin3_provides() {
     let report = wac_graph::types::validate_target(&types, platform, bare.ty()).unwrap_err();
     assert_eq!(
         report.imports_not_in_target().collect::<Vec<_>>(),
-        vec!["keygate:gateway/key-cache@0.1.0"]
+        vec!["keygate:gateway/key-cache@0.1.1"]
     );
     // Nor does the wasmtime flavour's adapter world pass for anything but WASI (it imports
     // nothing Spin lacks, so the whole wasmtime export fits too).

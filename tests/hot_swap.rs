@@ -217,7 +217,7 @@ impl Load {
 async fn component_swap_under_load_fails_no_request() {
     let deployment = Deployment::start(ADMIN, Some(&tagged("v1"))).await;
     let v2 = tagged("v2");
-    let v2_sha = keygate::hex(&<sha2::Sha256 as sha2::Digest>::digest(&v2));
+    let v2_sha = keygate::http_util::hex(&<sha2::Sha256 as sha2::Digest>::digest(&v2));
     let load = Load::start(deployment.gateway.addr, "/x", &[], "x-guest-version");
 
     load.answered_more(1000).await;

@@ -5,13 +5,12 @@ use crate::bindings::keygate::gateway::key_cache::{self, Consumer, Lookup, Verdi
 use crate::config::Policy;
 use crate::credentials::Credential;
 use crate::errors::GatewayError;
-use crate::fields::HeaderList;
 use crate::outbound;
 use crate::percent::percent_encode;
 use keygate_policy::errors::{AUTH_UNAVAILABLE, DUPLICATE_KEY, INVALID_KEY, NO_KEY};
 use keygate_policy::fingerprint::{fingerprint, redact};
-use keygate_policy::{GuestAuthApi, GuestConsumer, internal_headers};
-use wasip2::http::types::{OutgoingRequest, Scheme};
+use keygate_policy::{GuestAuthApi, GuestConsumer};
+use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
 
 /// Who a forwarded request is from: a consumer whose key was valid, or the anonymous
 /// consumer (`key_auth.anonymous`) after a failed authentication.
@@ -45,7 +44,27 @@ impl Identity {
 /// The auth API's answer is at most this large; anything bigger is not a verdict.
 const AUTH_BODY_LIMIT: usize = 64 * 1024;
 
-pub fn authenticate(policy: &Policy, credential: Credential) -> Result<Identity, GatewayError> {
+/// Where a verdict came from, for the host's metrics and access log.
+pub struct AuthTrace {
+    /// `static`, `fresh`, `stale`, `miss` (the auth API was asked), `none` (no key to look up).
+    pub key_lookup: &'static str,
+    pub auth_call_ms: Option<u64>,
+}
+
+impl Default for AuthTrace {
+    fn default() -> Self {
+        Self {
+            key_lookup: "none",
+            auth_call_ms: None,
+        }
+    }
+}
+
+pub fn authenticate(
+    policy: &Policy,
+    credential: Credential,
+    trace: &mut AuthTrace,
+) -> Result<Identity, GatewayError> {
     let key = match credential {
         Credential::Found { key, .. } => key,
         Credential::Missing | Credential::Empty { .. } => {
@@ -55,14 +74,21 @@ pub fn authenticate(policy: &Policy, credential: Credential) -> Result<Identity,
     };
     let fp = fingerprint(&key);
     if let Some((consumer, credential_id)) = policy.static_consumer(&fp) {
+        trace.key_lookup = "static";
         return Ok(Identity::of(static_identity(consumer, credential_id)));
     }
     let Some(api) = &policy.config.auth_api else {
         return Err(unauthorized(policy, INVALID_KEY));
     };
-    let verdict = match key_cache::get(&fp) {
+    let lookup = key_cache::get(&fp);
+    trace.key_lookup = match lookup {
+        Lookup::Fresh(_) => "fresh",
+        Lookup::Stale(_) => "stale",
+        Lookup::Miss => "miss",
+    };
+    let verdict = match lookup {
         Lookup::Fresh(verdict) => verdict,
-        lookup => match ask_auth_api(policy, api, &key) {
+        lookup => match timed(trace, || ask_auth_api(api, &key)) {
             Ok((verdict, ttl)) => {
                 let stale = api.stale_if_error.map_or(0, |d| d.as_millis());
                 key_cache::put(&fp, &verdict, ttl, stale);
@@ -84,6 +110,17 @@ pub fn authenticate(policy: &Policy, credential: Credential) -> Result<Identity,
     }
 }
 
+/// Run the auth call, noting how long it took.
+fn timed<T>(trace: &mut AuthTrace, call: impl FnOnce() -> T) -> T {
+    let started = wasip2::clocks::monotonic_clock::now();
+    let result = call();
+    trace.auth_call_ms = Some(crate::request::millis_between(
+        started,
+        wasip2::clocks::monotonic_clock::now(),
+    ));
+    result
+}
+
 /// Kong 3.7+: every key-auth 401 carries `WWW-Authenticate: Key` (with the realm if set).
 fn unauthorized(policy: &Policy, message: &'static str) -> GatewayError {
     let challenge = match &policy.config.key_auth.realm {
@@ -103,16 +140,13 @@ fn static_identity(consumer: &GuestConsumer, credential_id: &str) -> Consumer {
 }
 
 /// One auth API call: the verdict and how long (ms) to trust it, or why there is none.
-fn ask_auth_api(policy: &Policy, api: &GuestAuthApi, key: &str) -> Result<(Verdict, u64), String> {
+fn ask_auth_api(api: &GuestAuthApi, key: &str) -> Result<(Verdict, u64), String> {
     let url = api.url.replace("{key}", &percent_encode(key));
     let (https, authority, path_with_query) =
         split_url(&url).ok_or_else(|| format!("bad auth API URL {}", api.url))?;
-    let headers = HeaderList::default();
-    if policy.config.host_annotations {
-        headers.append(internal_headers::CALL, b"auth");
-    }
-    // GET is an outgoing request's method unless set (one host call fewer).
-    let request = OutgoingRequest::new(headers.into_fields());
+    // GET is an outgoing request's method unless set (one host call fewer). The host knows an
+    // auth call by where it goes: no label needed.
+    let request = OutgoingRequest::new(Fields::new());
     let _ = request.set_scheme(Some(if https { &Scheme::Https } else { &Scheme::Http }));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(&path_with_query));

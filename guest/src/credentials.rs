@@ -50,7 +50,21 @@ impl From<BodyValue> for Value {
     }
 }
 
-pub fn extract(key_auth: &KeyAuth, request: &RequestInfo, body: &mut RequestBody) -> Credential {
+/// The outcome of looking for a key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Extracted {
+    Done(Credential),
+    /// Kong would look in the body next, and this entry point has none (the fast path).
+    NeedsBody,
+}
+
+/// Kong's search. `body` is `None` where the entry point does not hold the body: a search that
+/// reaches the body then stops with [`Extracted::NeedsBody`].
+pub fn extract(
+    key_auth: &KeyAuth,
+    request: &RequestInfo,
+    mut body: Option<&mut RequestBody>,
+) -> Extracted {
     for name in &key_auth.key_names {
         let mut value = Value::Absent;
         if key_auth.key_in_header {
@@ -63,21 +77,23 @@ pub fn extract(key_auth: &KeyAuth, request: &RequestInfo, body: &mut RequestBody
             value = from_query(name, query);
         }
         if value == Value::Absent && key_auth.key_in_body {
-            value = body.value(name).into();
-        }
-        match value {
-            Value::Text(key) if key.is_empty() => return Credential::Empty { name: name.clone() },
-            Value::Text(key) => {
-                return Credential::Found {
-                    key,
-                    name: name.clone(),
-                };
+            match body.as_deref_mut() {
+                Some(body) => value = body.value(name).into(),
+                None => return Extracted::NeedsBody,
             }
-            Value::Table => return Credential::Duplicate,
-            Value::Absent | Value::Other => {}
         }
+        let found = match value {
+            Value::Text(key) if key.is_empty() => Credential::Empty { name: name.clone() },
+            Value::Text(key) => Credential::Found {
+                key,
+                name: name.clone(),
+            },
+            Value::Table => Credential::Duplicate,
+            Value::Absent | Value::Other => continue,
+        };
+        return Extracted::Done(found);
     }
-    Credential::Missing
+    Extracted::Done(Credential::Missing)
 }
 
 /// OpenResty's `ngx.req.get_headers()[name]`: the table's keys are the lower-cased header

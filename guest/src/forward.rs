@@ -1,104 +1,69 @@
-//! Sending an admitted request to its origin and streaming the answer back, with the headers a
-//! Kong-fronted origin expects and the ones Kong adds to its answers.
+//! The portable path's forwarding: a decided request sent to its origin through `wasi:http`
+//! and the answer streamed back, with the plan's header edits applied both ways.
 
-use crate::auth::Identity;
+use crate::bindings::exports::keygate::gateway::policy::{
+    FailureContext, ForwardPlan, UpstreamFailure,
+};
 use crate::body::RequestBody;
 use crate::config::Policy;
-use crate::credentials;
-use crate::errors::GatewayError;
+use crate::decide;
+use crate::errors::send_reply;
 use crate::fields::HeaderList;
 use crate::outbound::{self, BodyReader, CallError};
+use crate::plan;
 use crate::request::{RequestInfo, millis_between};
-use crate::router::Match;
-use keygate_policy::errors::{BAD_GATEWAY, NAME_RESOLUTION, TIMEOUT, UNAVAILABLE};
 use keygate_policy::internal_headers;
-use keygate_policy::net::is_trusted;
 use wasip2::clocks::monotonic_clock;
 use wasip2::http::types::{
-    ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
-    Scheme,
+    ErrorCode, Method, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam, Scheme,
 };
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
-/// gateway itself sets and so never passes through from the client.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
-
-/// Set by the gateway only: a client's copy is never forwarded (Kong overwrites or clears
-/// them whenever key-auth runs; keygate does on every route).
-const GATEWAY_SET: &[&str] = &[
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-path",
-    "x-forwarded-prefix",
-    "x-real-ip",
-    "x-consumer-id",
-    "x-consumer-username",
-    "x-consumer-custom-id",
-    "x-credential-identifier",
-    "x-anonymous-consumer",
-];
-
-/// What a client in `proxy.trusted_ips` may tell the origin itself.
-const TRUSTED_FORWARDED: &[&str] = &[
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-path",
-    "x-forwarded-prefix",
-    "x-real-ip",
-];
-
-/// `hidden`: with `hide_credentials`, the key name whose header and query argument the origin
-/// must not see (the body field is already gone from `body`).
+/// Send `plan` through `wasi:http` (the portable path): the client's headers with the plan's
+/// edits, its body (the bytes the policy already read first, then the rest spliced), and the
+/// origin's answer back with the plan's response edits, bodies streamed both ways.
 pub fn forward(
     policy: &Policy,
     info: &RequestInfo,
     mut body: RequestBody,
     out: ResponseOutparam,
-    matched: &Match,
-    identity: Option<&Identity>,
-    hidden: Option<&str>,
+    plan: ForwardPlan,
 ) {
-    let service = matched.service;
-    let compat = &policy.config.compat;
+    let annotate = policy.config.host_annotations;
     let has_body = body.has_body();
-    let headers = upstream_headers(policy, info, matched, identity, hidden, body.new_length());
+    let mut request_headers = info.headers.clone();
+    plan::apply_edits(&mut request_headers, &plan.request_headers);
+    let headers = HeaderList::default();
+    for (name, value) in &request_headers {
+        headers.append(name, value);
+    }
+    if annotate {
+        headers.append(internal_headers::CALL, plan.service.as_bytes());
+    }
 
-    let request = OutgoingRequest::new(headers);
+    let request = OutgoingRequest::new(headers.into_fields());
     // GET is an outgoing request's method unless set: one host call fewer for most requests.
     if !matches!(info.method, Method::Get) {
         let _ = request.set_method(&info.method);
     }
-    let _ = request.set_scheme(Some(if service.url.https {
+    let _ = request.set_scheme(Some(if plan.scheme == "https" {
         &Scheme::Https
     } else {
         &Scheme::Http
     }));
-    let _ = request.set_authority(Some(&service.url.authority));
-    let _ = request.set_path_with_query(Some(&path_with_query(matched, info, hidden)));
+    let _ = request.set_authority(Some(&plan.authority));
+    let _ = request.set_path_with_query(Some(&plan.path_with_query));
     let outgoing_body = if has_body { request.body().ok() } else { None };
+    let nanos = |ms: u64| std::time::Duration::from_millis(ms);
     let options = outbound::options(
-        service.connect_timeout.get(),
-        service.read_timeout.get(),
-        service.read_timeout.get(),
+        nanos(plan.timeouts.connect_ms),
+        nanos(plan.timeouts.first_byte_ms),
+        nanos(plan.timeouts.between_bytes_ms),
     );
 
     let sent_at = monotonic_clock::now();
     let future = match outbound::start(request, options) {
         Ok(future) => future,
-        Err(err) => return upstream_failed(err, matched, out, info, policy),
+        Err(err) => return upstream_failed(policy, info, out, plan, &err),
     };
     if let Some(outgoing_body) = outgoing_body {
         let (first, rest) = body.into_parts();
@@ -121,62 +86,59 @@ pub fn forward(
                 let _ = OutgoingBody::finish(outgoing_body, None);
             }
             Err(reason) => {
-                eprintln!("request body to service {} failed: {reason}", service.name);
+                eprintln!("request body to service {} failed: {reason}", plan.service);
                 drop(outgoing_body);
             }
         }
     }
     let response = match outbound::wait(&future, None) {
         Ok(response) => response,
-        Err(err) => return upstream_failed(err, matched, out, info, policy),
+        Err(err) => return upstream_failed(policy, info, out, plan, &err),
     };
     let received_at = monotonic_clock::now();
     drop(future);
 
-    let names = compat.headers.names();
-    let response_headers = HeaderList::default();
-    let entries = response.headers().entries();
-    let connection_tokens = connection_tokens(&entries);
-    let mut via = Vec::new();
-    let mut has_server = false;
-    for (name, value) in entries {
-        if HOP_BY_HOP.contains(&name.as_str())
-            || connection_tokens.contains(&name)
-            || [
-                names.request_id,
-                names.upstream_latency,
-                names.proxy_latency,
-            ]
-            .contains(&name.as_str())
-        {
-            continue;
-        }
+    let mut entries = response.headers().entries();
+    let edits = &plan.response;
+    let tokens = plan::connection_tokens(&entries);
+    entries
+        .retain(|(name, _)| !plan::HOP_BY_HOP.contains(&name.as_str()) && !tokens.contains(name));
+    entries.retain(|(name, _)| !edits.headers.remove.iter().any(|r| r == name));
+    let mut via: Vec<String> = Vec::new();
+    entries.retain(|(name, value)| {
         if name == "via" {
-            via.push(String::from_utf8_lossy(&value).into_owned());
-            continue;
+            via.push(String::from_utf8_lossy(value).into_owned());
         }
-        has_server |= name == "server";
-        response_headers.append(&name, &value);
+        name != "via"
+    });
+    let has_server = entries.iter().any(|(name, _)| name == "server");
+    let response_headers = HeaderList::default();
+    for (name, value) in &entries {
+        response_headers.append(name, value);
     }
     let set = |name: &str, value: &str| {
         response_headers.append(name, value.as_bytes());
     };
-    via.push(names.via.to_string());
-    set("via", &via.join(", "));
-    if !has_server {
-        set("server", names.server);
+    if let Some(ours) = &edits.via {
+        via.push(ours.clone());
     }
-    set(
-        names.upstream_latency,
-        &millis_between(sent_at, received_at).to_string(),
-    );
-    set(
-        names.proxy_latency,
-        &millis_between(info.started, sent_at).to_string(),
-    );
-    set(names.request_id, &info.id);
-    if policy.config.host_annotations {
-        set(internal_headers::ROUTE, &route_label(matched));
+    if !via.is_empty() {
+        set("via", &via.join(", "));
+    }
+    if !has_server && let Some(server) = &edits.server_if_absent {
+        set("server", server);
+    }
+    if let Some(name) = &edits.upstream_latency_header {
+        set(name, &millis_between(sent_at, received_at).to_string());
+    }
+    if let Some(name) = &edits.proxy_latency_header {
+        set(name, &millis_between(info.started, sent_at).to_string());
+    }
+    for (name, value) in &edits.headers.append {
+        response_headers.append(name, value);
+    }
+    if annotate && let Some(route) = &plan.labels.route {
+        set(internal_headers::ROUTE, route);
     }
     let reply = OutgoingResponse::new(response_headers.into_fields());
     // 200 is a new response's status unless set.
@@ -207,238 +169,47 @@ pub fn forward(
         // client sees a cut connection rather than a truncated body that looks whole.
         Err(reason) => eprintln!(
             "response body from service {} failed: {reason}",
-            service.name
+            plan.service
         ),
     }
 }
 
-/// The route's name, else its service's: how metrics and logs name a route.
-pub fn route_label(matched: &Match) -> String {
-    matched
-        .route
-        .name
-        .clone()
-        .unwrap_or_else(|| matched.service.name.clone())
+/// The origin gave no response: the policy's words for it, sent from here.
+fn upstream_failed(
+    policy: &Policy,
+    info: &RequestInfo,
+    out: ResponseOutparam,
+    plan: ForwardPlan,
+    err: &CallError,
+) {
+    eprintln!("service {} unreachable: {err}", plan.service);
+    let context = FailureContext {
+        failure: failure_of(err),
+        request_id: plan.request_id,
+        service: plan.service,
+        labels: plan.labels,
+        accept: info.header("accept"),
+        content_type: info.header("content-type"),
+        method: info.method_name.clone(),
+        elapsed_ms: info.elapsed_ms(),
+    };
+    let reply = decide::upstream_failed(policy, context);
+    send_reply(reply, out, policy.config.host_annotations);
 }
 
-/// What the client gets when the origin gave no response, in Kong's words: nginx's 502 and
-/// 504 (through Kong's error handler), the balancer's 503 for a name that does not resolve.
-pub fn upstream_error(err: &CallError) -> GatewayError {
+/// A `wasi:http` error code in the policy's terms.
+pub fn failure_of(err: &CallError) -> UpstreamFailure {
     match err {
         CallError::Http(ErrorCode::DnsError(_) | ErrorCode::DnsTimeout) => {
-            GatewayError::new(503, NAME_RESOLUTION)
+            UpstreamFailure::NameUnresolved
         }
-        CallError::Http(ErrorCode::ConnectionLimitReached) => {
-            GatewayError::from_error_handler(503, UNAVAILABLE)
-        }
-        err if err.is_timeout() => GatewayError::from_error_handler(504, TIMEOUT),
-        _ => GatewayError::from_error_handler(502, BAD_GATEWAY),
+        CallError::Http(ErrorCode::ConnectionLimitReached) => UpstreamFailure::LimitReached,
+        CallError::Http(ErrorCode::ConnectionTimeout) => UpstreamFailure::ConnectTimeout,
+        err if err.is_timeout() => UpstreamFailure::ResponseTimeout,
+        CallError::Http(ErrorCode::ConnectionRefused) => UpstreamFailure::ConnectionRefused,
+        CallError::Http(ErrorCode::ConnectionTerminated) => UpstreamFailure::ConnectionReset,
+        _ => UpstreamFailure::ProtocolError,
     }
-}
-
-fn upstream_failed(
-    err: CallError,
-    matched: &Match,
-    out: ResponseOutparam,
-    info: &RequestInfo,
-    policy: &Policy,
-) {
-    eprintln!("service {} unreachable: {err}", matched.service.name);
-    let error = upstream_error(&err);
-    let error = if policy.config.host_annotations {
-        error.with_header(internal_headers::ROUTE, route_label(matched))
-    } else {
-        error
-    };
-    error.send(out, info, &policy.config.compat);
-}
-
-/// Header names listed in `Connection`, which are hop-by-hop too.
-fn connection_tokens(headers: &[(String, Vec<u8>)]) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| n == "connection")
-        .flat_map(|(_, v)| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn upstream_headers(
-    policy: &Policy,
-    info: &RequestInfo,
-    matched: &Match,
-    identity: Option<&Identity>,
-    hidden: Option<&str>,
-    new_length: Option<usize>,
-) -> Fields {
-    let names = policy.config.compat.headers.names();
-    let headers = HeaderList::default();
-    let set = |name: &str, value: &str| {
-        headers.append(name, value.as_bytes());
-    };
-    let tokens = connection_tokens(&info.headers);
-    let client_addr_header = policy.config.client_addr_header.as_deref();
-    // Spin describes the request to the component in `spin-*` headers; they are not the
-    // client's and must not reach the origin.
-    let on_spin = client_addr_header.is_some_and(|h| h.starts_with("spin-"));
-    let hidden_headers = hidden.map(credentials::header_names);
-    let trusted = info
-        .client_ip
-        .as_deref()
-        .is_some_and(|ip| is_trusted(&policy.config.trusted_ips, ip));
-    let mut forwarded_for: Vec<String> = Vec::new();
-    let mut via: Vec<String> = Vec::new();
-    let mut claimed: Vec<(&str, String)> = Vec::new();
-    for (name, value) in &info.headers {
-        let name = name.as_str();
-        match name {
-            "x-forwarded-for" => {
-                forwarded_for.push(String::from_utf8_lossy(value).into_owned());
-                continue;
-            }
-            "via" => {
-                via.push(String::from_utf8_lossy(value).into_owned());
-                continue;
-            }
-            _ => {}
-        }
-        if trusted && TRUSTED_FORWARDED.contains(&name) {
-            if !claimed.iter().any(|(n, _)| *n == name) {
-                claimed.push((name, String::from_utf8_lossy(value).into_owned()));
-            }
-            continue;
-        }
-        if HOP_BY_HOP.contains(&name)
-            || GATEWAY_SET.contains(&name)
-            || name == names.request_id
-            || tokens.iter().any(|t| t == name)
-            || Some(name) == client_addr_header
-            || on_spin && name.starts_with("spin-")
-            || hidden_headers
-                .as_ref()
-                .is_some_and(|hidden| hidden.iter().any(|h| h == name))
-            || (new_length.is_some() && name == "content-length")
-        {
-            continue;
-        }
-        headers.append(name, value);
-    }
-    let claim = |name: &str| {
-        claimed
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-    };
-    // Host: the service's unless preserve_host (hosts that forbid setting it use the authority).
-    if matched.route.preserve_host {
-        set("host", &info.authority);
-    } else {
-        set("host", &matched.service.url.host_header());
-    }
-    // nginx's realip module: a trusted peer's X-Real-IP becomes the client address.
-    if let Some(peer) = &info.client_ip {
-        let remote_addr = claim("x-real-ip")
-            .filter(|ip| ip.trim().parse::<std::net::IpAddr>().is_ok())
-            .map_or_else(|| peer.clone(), |ip| ip.trim().to_string());
-        if forwarded_for.is_empty() {
-            set("x-forwarded-for", &remote_addr);
-        } else {
-            set(
-                "x-forwarded-for",
-                &format!("{}, {peer}", forwarded_for.join(", ")),
-            );
-        }
-        set("x-real-ip", &remote_addr);
-    } else if !forwarded_for.is_empty() {
-        set("x-forwarded-for", &forwarded_for.join(", "));
-    }
-    let port = policy.config.listen_port.unwrap_or_else(|| info.port());
-    set(
-        "x-forwarded-proto",
-        &claim("x-forwarded-proto").unwrap_or_else(|| info.scheme_name().to_string()),
-    );
-    set(
-        "x-forwarded-host",
-        &claim("x-forwarded-host").unwrap_or_else(|| info.host()),
-    );
-    set(
-        "x-forwarded-port",
-        &claim("x-forwarded-port").unwrap_or_else(|| port.to_string()),
-    );
-    set(
-        "x-forwarded-path",
-        &claim("x-forwarded-path").unwrap_or_else(|| info.path.clone()),
-    );
-    let prefix = claim("x-forwarded-prefix").or_else(|| {
-        (!matched.stripped_prefix.is_empty() && matched.stripped_prefix != "/")
-            .then(|| matched.stripped_prefix.clone())
-    });
-    if let Some(prefix) = prefix {
-        set("x-forwarded-prefix", &prefix);
-    }
-    via.push(names.via.to_string());
-    set("via", &via.join(", "));
-    set(names.request_id, &info.id);
-    if let Some(length) = new_length {
-        set("content-length", &length.to_string());
-    }
-    if policy.config.host_annotations {
-        set(internal_headers::CALL, &matched.service.name);
-    }
-    // Kong's `set_consumer`: every consumer header set, or absent when there is no value.
-    if let Some(identity) = identity {
-        let consumer = &identity.consumer;
-        let optional = |name: &str, value: &Option<String>| {
-            if let Some(value) = value {
-                set(name, value);
-            }
-        };
-        optional("x-consumer-id", &consumer.id);
-        optional("x-consumer-custom-id", &consumer.custom_id);
-        optional("x-consumer-username", &consumer.username);
-        optional("x-credential-identifier", &consumer.credential_id);
-        if identity.anonymous {
-            set("x-anonymous-consumer", "true");
-        }
-    }
-    headers.into_fields()
-}
-
-/// The upstream path plus the client's query string, verbatim unless the key must be hidden.
-fn path_with_query(matched: &Match, info: &RequestInfo, hidden: Option<&str>) -> String {
-    let mut out = matched.upstream_path.clone();
-    if let Some(query) = &info.query {
-        match hidden {
-            Some(name) => {
-                let kept = without_query_arg(query, name);
-                // Kong keeps a `?` only while arguments remain (or the client ended with one).
-                if !kept.is_empty() || query.is_empty() {
-                    out.push('?');
-                    out.push_str(&kept);
-                }
-            }
-            None => {
-                out.push('?');
-                out.push_str(query);
-            }
-        }
-    }
-    out
-}
-
-fn without_query_arg(query: &str, name: &str) -> String {
-    query
-        .split('&')
-        .filter(|pair| {
-            let raw_name = pair.split_once('=').map_or(*pair, |(n, _)| n);
-            crate::percent::percent_decode(raw_name) != name
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 #[cfg(test)]
@@ -446,41 +217,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hiding_a_query_key_keeps_the_other_arguments() {
-        assert_eq!(without_query_arg("a=1&apikey=k&b=2", "apikey"), "a=1&b=2");
-        assert_eq!(without_query_arg("apikey=k", "apikey"), "");
-        assert_eq!(without_query_arg("apikey&x=1", "apikey"), "x=1");
-    }
-
-    #[test]
-    fn upstream_failures_get_kongs_status_and_words() {
-        let cases = [
-            (
-                CallError::Http(ErrorCode::ConnectionRefused),
-                502,
-                BAD_GATEWAY,
-            ),
-            (
-                CallError::Http(ErrorCode::ConnectionTerminated),
-                502,
-                BAD_GATEWAY,
-            ),
-            (
-                CallError::Http(ErrorCode::ConnectionReadTimeout),
-                504,
-                TIMEOUT,
-            ),
-            (CallError::Deadline, 504, TIMEOUT),
-            (CallError::Http(ErrorCode::DnsTimeout), 503, NAME_RESOLUTION),
-            (
-                CallError::Http(ErrorCode::ConnectionLimitReached),
-                503,
-                UNAVAILABLE,
-            ),
-        ];
-        for (err, status, message) in cases {
-            let error = upstream_error(&err);
-            assert_eq!((error.status, error.message), (status, message), "{err}");
-        }
+    fn wasi_http_errors_map_to_the_failures_kong_words() {
+        assert_eq!(
+            failure_of(&CallError::Http(ErrorCode::ConnectionRefused)),
+            UpstreamFailure::ConnectionRefused
+        );
+        assert_eq!(
+            failure_of(&CallError::Http(ErrorCode::ConnectionReadTimeout)),
+            UpstreamFailure::ResponseTimeout
+        );
+        assert_eq!(
+            failure_of(&CallError::Deadline),
+            UpstreamFailure::ResponseTimeout
+        );
+        assert_eq!(
+            failure_of(&CallError::Http(ErrorCode::DnsTimeout)),
+            UpstreamFailure::NameUnresolved
+        );
+        assert_eq!(
+            failure_of(&CallError::Http(ErrorCode::ConnectionLimitReached)),
+            UpstreamFailure::LimitReached
+        );
     }
 }

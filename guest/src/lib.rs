@@ -1,97 +1,106 @@
-//! keygate's policy: API-key authentication and routing as a `wasi:http` component.
+//! keygate's policy: API-key authentication and routing as a WASI 0.2 component.
 //!
 //! Each request: match a route (404 if none), find and check the key (401/503, or the
-//! anonymous consumer), then forward to the route's origin with bodies streamed both ways
-//! (502/503/504 if the origin fails).
+//! anonymous consumer), then forward to the route's origin. Two entry points share that
+//! decision (`decide`): `keygate:gateway/policy`, where the keygate host forwards natively
+//! and bodies never enter wasm, and `wasi:http/incoming-handler`, which runs anywhere
+//! (wasmtime serve, Spin) and forwards through `wasi:http` with bodies streamed both ways.
 
 mod auth;
 mod bindings;
 mod body;
 mod config;
 mod credentials;
+mod decide;
 mod errors;
 mod fields;
 mod forward;
 mod outbound;
 mod percent;
+mod plan;
 mod request;
 mod router;
 
-use auth::Identity;
+use bindings::exports::keygate::gateway::policy::{
+    Decision, FailureContext, Labels, Reply, RequestHead,
+};
 use body::RequestBody;
-use errors::GatewayError;
-use keygate_policy::errors::{INTERNAL, NO_ROUTE};
-use keygate_policy::{Compat, internal_headers};
+use errors::{GatewayError, send_reply};
+use keygate_policy::Compat;
+use keygate_policy::errors::INTERNAL;
 use request::RequestInfo;
-use wasip2::http::types::{IncomingRequest, Method, ResponseOutparam};
+use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
 struct Gateway;
 
+/// The fast path: the keygate host asks, and applies the decision itself.
+impl bindings::exports::keygate::gateway::policy::Guest for Gateway {
+    fn decide(head: RequestHead) -> Decision {
+        let info = RequestInfo::from_head(head);
+        match config::policy() {
+            Ok(policy) => decide::decide(policy, &info, None),
+            Err(reason) => Decision::Respond(no_policy(reason, &info)),
+        }
+    }
+
+    fn upstream_failed(context: FailureContext) -> Reply {
+        match config::policy() {
+            Ok(policy) => decide::upstream_failed(policy, context),
+            Err(_) => {
+                let mut reply = decide::upstream_error(context.failure).reply_to(
+                    &errors::ErrorRequest {
+                        id: &context.request_id,
+                        accept: context.accept.as_deref(),
+                        content_type: context.content_type.as_deref(),
+                        is_head: context.method.eq_ignore_ascii_case("HEAD"),
+                        elapsed_ms: context.elapsed_ms,
+                    },
+                    &Compat::default(),
+                );
+                reply.labels = context.labels;
+                reply
+            }
+        }
+    }
+}
+
+/// The portable path: any `wasi:http` host.
 impl bindings::exports::wasi::http::incoming_handler::Guest for Gateway {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let policy = match config::policy() {
             Ok(policy) => policy,
             Err(reason) => {
-                eprintln!("keygate guest has no usable configuration: {reason}");
-                let info = RequestInfo::read(&request, None);
-                return GatewayError::from_error_handler(500, INTERNAL).send(
-                    out,
-                    &info,
-                    &Compat::default(),
-                );
+                let info = RequestInfo::from_incoming(&request, None);
+                return send_reply(no_policy(reason, &info), out, false);
             }
         };
-        let compat = &policy.config.compat;
-        let info = RequestInfo::read(&request, policy.config.client_addr_header.as_deref());
-        let Some(matched) =
-            policy
-                .routes
-                .find(&policy.config.services, &info, policy.config.listen_port)
-        else {
-            return GatewayError::new(404, NO_ROUTE).send(out, &info, compat);
-        };
-        let key_auth = &policy.config.key_auth;
-        let mut body = RequestBody::new(request, &info, key_auth.body_buffer_size.bytes());
-        let preflight = matches!(info.method, Method::Options) && !key_auth.run_on_preflight;
-        let mut hidden = None;
-        let identity = if matched.route.auth && !preflight {
-            let credential = credentials::extract(key_auth, &info, &mut body);
-            if key_auth.hide_credentials {
-                hidden = credential.name().map(str::to_string);
-            }
-            match auth::authenticate(policy, credential) {
-                Ok(identity) => Some(identity),
-                // Kong's logical OR: a failed authentication proceeds as the anonymous
-                // consumer. An auth API that cannot answer is not a failed authentication.
-                Err(refusal) if refusal.status == 401 && policy.anonymous.is_some() => {
-                    policy.anonymous_consumer().map(Identity::anonymous)
-                }
-                Err(refusal) if policy.config.host_annotations => {
-                    let label = forward::route_label(&matched);
-                    return refusal
-                        .with_header(internal_headers::ROUTE, label)
-                        .send(out, &info, compat);
-                }
-                Err(refusal) => return refusal.send(out, &info, compat),
-            }
-        } else {
-            None
-        };
-        if let Some(name) = &hidden
-            && key_auth.key_in_body
-        {
-            body.remove(name);
-        }
-        forward::forward(
-            policy,
+        let info =
+            RequestInfo::from_incoming(&request, policy.config.client_addr_header.as_deref());
+        let mut body = RequestBody::new(
+            request,
             &info,
-            body,
-            out,
-            &matched,
-            identity.as_ref(),
-            hidden.as_deref(),
+            policy.config.key_auth.body_buffer_size.bytes(),
         );
+        match decide::decide(policy, &info, Some(&mut body)) {
+            Decision::Forward(plan) => forward::forward(policy, &info, body, out, plan),
+            Decision::Respond(reply) => send_reply(reply, out, policy.config.host_annotations),
+            // Only asked for when the body is missing, and here it is not.
+            Decision::UseHandler => send_reply(
+                GatewayError::from_error_handler(500, INTERNAL).reply(&info, &policy.config.compat),
+                out,
+                false,
+            ),
+        }
     }
+}
+
+/// Every request of an instance without a usable configuration gets a 500; the reason goes
+/// to stderr, where the host logs it.
+fn no_policy(reason: &str, info: &RequestInfo) -> Reply {
+    eprintln!("keygate guest has no usable configuration: {reason}");
+    let mut reply = GatewayError::from_error_handler(500, INTERNAL).reply(info, &Compat::default());
+    reply.labels = Labels::none();
+    reply
 }
 
 // Only the wasm build exports the handler: native builds exist to run the unit tests.

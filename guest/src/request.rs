@@ -1,5 +1,6 @@
 //! What the guest knows about the client's request, read once from the incoming request.
 
+use crate::bindings::exports::keygate::gateway::policy::RequestHead;
 use wasip2::http::types::{IncomingRequest, Method, Scheme};
 
 pub struct RequestInfo {
@@ -18,21 +19,17 @@ pub struct RequestInfo {
     /// Lower-case names, in arrival order, repeats kept.
     pub headers: Vec<(String, Vec<u8>)>,
     pub client_ip: Option<String>,
+    /// The gateway port the client connected to, when the host says (the fast path).
+    pub local_port: Option<u16>,
     /// When the guest got the request (monotonic-clock nanoseconds), for the latency headers.
     pub started: u64,
 }
 
 impl RequestInfo {
-    pub fn read(request: &IncomingRequest, client_addr_header: Option<&str>) -> Self {
-        let method = request.method();
-        let method_name = method_name(&method);
-        let (path, query) = match request.path_with_query() {
-            Some(pq) => match pq.split_once('?') {
-                Some((path, query)) => (path.to_string(), Some(query.to_string())),
-                None => (pq, None),
-            },
-            None => ("/".to_string(), None),
-        };
+    /// The portable path: read from `wasi:http`'s incoming request. The client's IP comes from
+    /// `client_addr_header` when the host sets one (keygate's `keygate-client-addr`, Spin's
+    /// `spin-client-addr`).
+    pub fn from_incoming(request: &IncomingRequest, client_addr_header: Option<&str>) -> Self {
         let headers = request.headers().entries();
         let client_ip = client_addr_header.and_then(|name| {
             headers
@@ -41,6 +38,58 @@ impl RequestInfo {
                 .and_then(|(_, v)| std::str::from_utf8(v).ok())
                 .map(client_ip_of)
         });
+        Self::new(
+            request.method(),
+            request.path_with_query(),
+            request.scheme().unwrap_or(Scheme::Http),
+            request.authority().unwrap_or_default(),
+            headers,
+            client_ip,
+        )
+    }
+
+    /// The fast path: the head the host lowered once. Header names are lower-cased here too,
+    /// since the host is not trusted to have done it.
+    pub fn from_head(head: RequestHead) -> Self {
+        let mut headers = head.headers;
+        for (name, _) in &mut headers {
+            if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                name.make_ascii_lowercase();
+            }
+        }
+        let scheme = if head.scheme.eq_ignore_ascii_case("https") {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        let mut info = Self::new(
+            method_of(head.method),
+            Some(head.path_with_query),
+            scheme,
+            head.authority,
+            headers,
+            head.client_ip,
+        );
+        info.local_port = Some(head.local_port);
+        info
+    }
+
+    fn new(
+        method: Method,
+        path_with_query: Option<String>,
+        scheme: Scheme,
+        authority: String,
+        headers: Vec<(String, Vec<u8>)>,
+        client_ip: Option<String>,
+    ) -> Self {
+        let method_name = method_name(&method);
+        let (path, query) = match path_with_query {
+            Some(pq) => match pq.split_once('?') {
+                Some((path, query)) => (path.to_string(), Some(query.to_string())),
+                None => (pq, None),
+            },
+            None => ("/".to_string(), None),
+        };
         Self {
             started: wasip2::clocks::monotonic_clock::now(),
             id: request_id(),
@@ -53,10 +102,11 @@ impl RequestInfo {
                 path
             },
             query,
-            scheme: request.scheme().unwrap_or(Scheme::Http),
-            authority: request.authority().unwrap_or_default(),
+            scheme,
+            authority,
             headers,
             client_ip,
+            local_port: None,
         }
     }
 
@@ -66,6 +116,11 @@ impl RequestInfo {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The port the client connected to: the host's word, else the configured listen port.
+    pub fn listen_port(&self, configured: Option<u16>) -> Option<u16> {
+        self.local_port.or(configured)
     }
 
     /// Milliseconds since the request arrived.
@@ -125,6 +180,22 @@ pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
 /// Whole milliseconds from one monotonic-clock reading to a later one.
 pub fn millis_between(from: u64, to: u64) -> u64 {
     to.saturating_sub(from) / 1_000_000
+}
+
+/// A method as `wasi:http` names it, from its text.
+pub fn method_of(name: String) -> Method {
+    match name.as_str() {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "CONNECT" => Method::Connect,
+        "OPTIONS" => Method::Options,
+        "TRACE" => Method::Trace,
+        "PATCH" => Method::Patch,
+        _ => Method::Other(name),
+    }
 }
 
 pub fn method_name(method: &Method) -> String {

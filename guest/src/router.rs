@@ -388,6 +388,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
                 .collect(),
             client_ip: None,
+            local_port: None,
             started: 0,
         }
     }

@@ -2,8 +2,8 @@
 //! unless configured otherwise, and then requires `Authorization: Bearer <server.admin_token>`.
 
 use crate::capabilities::key_cache::parse_fingerprint;
+use crate::responses::{ResponseBody, error_response, full_body};
 use crate::runtime::Gateway;
-use crate::runtime::invoke::{ResponseBody, error_response, full_body};
 use crate::runtime::reload::Reloader;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -101,7 +101,11 @@ impl Admin {
                 "source": active.guest.source.to_string(),
                 "sha256": active.guest.sha256,
                 "loaded_at_unix": active.guest.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "exports_policy": active.guest.has_policy(),
             },
+            // Which export serves requests: `policy` (the guest decides, the host forwards)
+            // or `wasi-http` (the guest's incoming-handler does everything).
+            "entry": if active.fast_path { "policy" } else { "wasi-http" },
             "config": {
                 "revision": active.revision,
                 "file": self.reloader.config_path().map(|p| p.display().to_string()),

@@ -21,7 +21,7 @@ pub const KEY_CACHE_MEMORY: &[u8] = include_bytes!(env!("KEYGATE_KEY_CACHE_MEMOR
 pub const KEY_CACHE_KEYVALUE: &[u8] = include_bytes!(env!("KEYGATE_KEY_CACHE_KEYVALUE_WASM"));
 
 /// The import the adapters satisfy.
-pub const KEY_CACHE_INTERFACE: &str = "keygate:gateway/key-cache@0.1.0";
+pub const KEY_CACHE_INTERFACE: &str = "keygate:gateway/key-cache@0.1.1";
 /// The request header in which Spin passes the client's address to components.
 pub const SPIN_CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 /// The key-value store the Spin adapter uses (Spin gives every app one named so).

@@ -11,7 +11,10 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod export;
+pub mod http_util;
 pub mod metrics;
+pub mod proxy;
+pub mod responses;
 pub mod runtime;
 pub mod server;
 pub mod watch;
@@ -128,47 +131,4 @@ impl RunningGateway {
             admin.abort();
         }
     }
-}
-
-/// Headers named in `Connection` are hop-by-hop (RFC 9110 §7.6.1). wasi:http hides
-/// `Connection` from guests, so the host drops what it names, both ways.
-pub fn remove_connection_tokens(headers: &mut http::HeaderMap) {
-    let named: Vec<http::HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| http::HeaderName::try_from(token.trim()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-}
-
-/// Lower-case hex of some bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
-
-/// A 32-hex-character id for a response the host makes itself.
-pub fn request_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut id = [0u8; 16];
-    for half in id.chunks_mut(8) {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        half.copy_from_slice(&hasher.finish().to_le_bytes());
-    }
-    hex(&id)
 }

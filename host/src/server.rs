@@ -15,7 +15,6 @@ use crate::runtime::Gateway;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -165,7 +164,11 @@ async fn serve_connections(
     drain_timeout: Duration,
     done: oneshot::Sender<()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Graceful shutdown by hand: hyper-util's `GracefulShutdown` cannot watch a connection
+    // that allows upgrades. Each connection task holds a sender of `open`; when the last one
+    // is gone, every connection has finished.
+    let (stop, stopping) = watch::channel(false);
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
@@ -192,18 +195,35 @@ async fn serve_connections(
             let gateway = Arc::clone(&gateway);
             async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        // With upgrades: a WebSocket request is passed through to its origin (101, then both
+        // directions streamed).
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let load = Arc::clone(&load);
+        let mut stopping = stopping.clone();
+        let open = open.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(err) = ended {
                 tracing::debug!(%peer, "connection ended with an error: {err}");
             }
             load.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
+            drop(open);
         });
     }
+    let _ = stop.send(true);
+    drop(open);
     tokio::select! {
-        () = graceful.shutdown() => tracing::debug!("all connections of this thread drained"),
+        _ = all_closed.recv() => tracing::debug!("all connections of this thread drained"),
         () = tokio::time::sleep(drain_timeout) => {
             tracing::warn!("drain timeout ({drain_timeout:?}) passed; closing remaining connections");
         }

@@ -105,11 +105,25 @@ pub struct Guest {
     /// Where; absent = `$XDG_CACHE_HOME/keygate` or `~/.cache/keygate`. Must be owned by the
     /// user keygate runs as and writable by nobody else, or the cache is not used.
     pub cache_dir: Option<PathBuf>,
+    /// Which export of the component serves requests on the keygate host.
+    pub entry: GuestEntry,
+}
+
+/// `[guest] entry`: `auto` takes the fast path (the guest decides from the head, the host
+/// forwards natively) when the component exports `keygate:gateway/policy`; `wasi-http`
+/// always runs the component's `wasi:http/incoming-handler`, as other hosts do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestEntry {
+    #[default]
+    Auto,
+    WasiHttp,
 }
 
 impl Default for Guest {
     fn default() -> Self {
         Self {
+            entry: GuestEntry::Auto,
             component: None,
             busy_timeout: Duration::from_secs(1),
             memory_limit_mb: 64,
@@ -197,6 +211,14 @@ impl AuthApi {
     }
     fn default_max_in_flight() -> usize {
         256
+    }
+
+    /// The path of the URL up to `{key}` or the query: every auth call's path starts with it.
+    pub fn url_path_prefix(&self) -> String {
+        let after_scheme = self.url.split_once("://").map_or("", |(_, rest)| rest);
+        let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+        let end = path.find(['{', '?']).unwrap_or(path.len());
+        path[..end].to_string()
     }
 
     /// The parsed URL with `{key}` replaced by a placeholder, for validation and allow-lists.

@@ -12,6 +12,15 @@ pub enum RoutePath {
 }
 
 impl RoutePath {
+    /// A path that this route matches, when one can be named without reading a regex: the
+    /// prefix itself.
+    pub fn literal_prefix(&self) -> Option<&str> {
+        match self {
+            Self::Prefix(prefix) => Some(prefix),
+            Self::Regex(_) => None,
+        }
+    }
+
     /// The regex as it must be compiled: anchored at the start, Kong's `(?<name>)` accepted.
     pub fn anchored_regex(pattern: &str) -> String {
         format!("^(?:{})", pattern.replace("(?<", "(?P<"))

@@ -16,8 +16,17 @@ use std::sync::Once;
 /// Start keygate in this process from a config; `{origin:NAME}`-style placeholders are the
 /// callers' business (they format the TOML with the servers' addresses).
 pub async fn start_gateway(toml: &str) -> keygate::RunningGateway {
+    start_gateway_with(toml, |_| {}).await
+}
+
+/// [`start_gateway`] with a last change to the parsed config.
+pub async fn start_gateway_with(
+    toml: &str,
+    change: impl FnOnce(&mut keygate_policy::Config),
+) -> keygate::RunningGateway {
     init_logging();
     let mut config = keygate::config::parse(toml, None).expect("test config is valid");
+    change(&mut config);
     if config.guest.cache_dir.is_none() {
         config.guest.cache_dir = Some(cache_dir());
     }

@@ -35,13 +35,35 @@ pub struct OutgoingHttp {
 }
 
 /// The hosts (each with its ports) the guest may call: looked up per call without building a
-/// `host:port` string.
+/// `host:port` string. The auth API is known by its origin and path, so its calls are counted
+/// and capped by where they go, whatever the guest says they are.
 #[derive(Default)]
-pub struct AllowList(HashMap<String, Vec<u16>>);
+pub struct AllowList {
+    hosts: HashMap<String, Vec<u16>>,
+    auth_api: Option<(String, u16, String)>,
+}
 
 impl AllowList {
     pub fn allows(&self, host: &str, port: u16) -> bool {
-        self.0.get(host).is_some_and(|ports| ports.contains(&port))
+        self.hosts
+            .get(host)
+            .is_some_and(|ports| ports.contains(&port))
+    }
+
+    /// Allow the auth API at `host:port`, whose calls' paths start with `path_prefix`.
+    pub fn add_auth_api(&mut self, host: String, port: u16, path_prefix: String) {
+        let ports = self.hosts.entry(host.clone()).or_default();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+        self.auth_api = Some((host, port, path_prefix));
+    }
+
+    /// Whether a call to `host:port` + `path` goes to the auth API.
+    pub fn is_auth_api(&self, host: &str, port: u16, path: &str) -> bool {
+        self.auth_api
+            .as_ref()
+            .is_some_and(|(h, p, prefix)| h == host && *p == port && path.starts_with(prefix))
     }
 }
 
@@ -54,7 +76,10 @@ impl FromIterator<(String, u16)> for AllowList {
                 ports.push(port);
             }
         }
-        Self(hosts)
+        Self {
+            hosts,
+            auth_api: None,
+        }
     }
 }
 
@@ -116,17 +141,27 @@ impl Pools {
     }
 
     fn build(&self) -> PooledClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        connector.enforce_http(true);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector)
+        pooled_client(self.connect_timeout)
     }
+}
+
+/// A keep-alive client over plain TCP, as every outgoing pool of the gateway is configured.
+pub fn pooled_client<B>(connect_timeout: Duration) -> Client<HttpConnector, B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
 }
 
 /// Kong's Host rule needs the guest to set `Host` itself (service host, or the client's with
@@ -168,14 +203,28 @@ impl WasiHttpHooks for OutgoingHttp {
                 >,
             > + Send,
     > {
-        let call = request
+        let label = request
             .headers_mut()
             .remove(internal_headers::CALL)
-            .and_then(|v| v.to_str().ok().map(str::to_string))
-            .unwrap_or_else(|| "unlabeled".to_string());
+            .and_then(|v| v.to_str().ok().map(str::to_string));
+        let to_auth_api = request.uri().authority().is_some_and(|authority| {
+            self.allowed.is_auth_api(
+                authority.host(),
+                authority.port_u16().unwrap_or(80),
+                request.uri().path(),
+            )
+        });
+        // Counted by where the call goes: the guest's label only names a service.
+        let call = if to_auth_api {
+            "auth".to_string()
+        } else {
+            label
+                .filter(|l| l != "auth")
+                .unwrap_or_else(|| "unlabeled".to_string())
+        };
         // A flood of unknown keys must not pile up on the auth API: shed what exceeds the cap
         // now (the guest answers 503) instead of queueing without bound.
-        let auth_slot = if call == "auth" {
+        let auth_slot = if to_auth_api {
             match Arc::clone(&self.auth_calls).try_acquire_owned() {
                 Ok(slot) => Some(slot),
                 Err(_) => {
@@ -236,7 +285,7 @@ impl OutgoingHttp {
                 return Err(client_error(&err));
             }
             Ok(Ok(mut response)) => {
-                crate::remove_connection_tokens(response.headers_mut());
+                crate::http_util::remove_connection_tokens(response.headers_mut(), false);
                 response
             }
         };
@@ -246,7 +295,7 @@ impl OutgoingHttp {
 
 /// What the guest is told when the pooled client fails: refused/unreachable (502) and
 /// timeouts (504) must stay distinguishable.
-fn client_error(err: &hyper_util::client::legacy::Error) -> Error {
+pub fn client_error(err: &hyper_util::client::legacy::Error) -> Error {
     use std::error::Error as _;
     let mut source = err.source();
     while let Some(cause) = source {
@@ -277,14 +326,14 @@ fn client_error(err: &hyper_util::client::legacy::Error) -> Error {
 /// A response body that fails when the origin goes quiet for longer than `idle`. The timer is
 /// armed only when a read has to wait: most small bodies are complete at the first read and
 /// never touch the timer wheel.
-struct IdleTimeoutBody {
+pub struct IdleTimeoutBody {
     inner: hyper::body::Incoming,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IdleTimeoutBody {
-    fn new(inner: hyper::body::Incoming, idle: Duration) -> Self {
+    pub fn new(inner: hyper::body::Incoming, idle: Duration) -> Self {
         Self {
             inner,
             idle,

@@ -7,8 +7,24 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use wasmtime::Engine;
+use wasmtime::component::InstancePre;
 use wasmtime::component::{Component, Linker};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
+
+/// The guest's `keygate:gateway/policy` export, as the host calls it.
+pub mod policy_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "keygate:gateway/fast-path",
+        exports: { default: async },
+        with: {
+            "keygate:gateway/key-cache": crate::capabilities::key_cache::bindings::keygate::gateway::key_cache,
+        },
+    });
+}
+
+pub use policy_bindings::exports::keygate::gateway::policy as policy_api;
+use policy_bindings::{FastPath, FastPathIndices};
 
 /// The component built into the binary: keygate's own policy.
 pub const EMBEDDED_GUEST: &[u8] = include_bytes!(env!("KEYGATE_GUEST_WASM"));
@@ -31,7 +47,10 @@ impl std::fmt::Display for GuestSource {
 
 /// A compiled, link-checked component, ready to instantiate per request.
 pub struct CompiledGuest {
-    pub pre: ProxyPre<RequestState>,
+    pub pre: InstancePre<RequestState>,
+    proxy: ProxyIndices,
+    /// Present when the component exports `keygate:gateway/policy` (the fast path).
+    policy: Option<FastPathIndices>,
     pub source: GuestSource,
     pub sha256: String,
     pub loaded_at: SystemTime,
@@ -55,7 +74,7 @@ impl GuestSource {
 
 /// SHA-256 hex of component bytes: how status reports and the cache name a component.
 pub fn wasm_sha256(bytes: &[u8]) -> String {
-    crate::hex(&Sha256::digest(bytes))
+    crate::http_util::hex(&Sha256::digest(bytes))
 }
 
 impl CompiledGuest {
@@ -88,15 +107,45 @@ impl CompiledGuest {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{source} cannot be linked against keygate's host"))?;
-        let pre = ProxyPre::new(pre)
+        let proxy = ProxyIndices::new(&pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{source} does not export wasi:http/incoming-handler"))?;
+        let policy = FastPathIndices::new(&pre).ok();
         Ok(Self {
             pre,
+            proxy,
+            policy,
             source,
             sha256,
             loaded_at: SystemTime::now(),
         })
+    }
+}
+
+/// A live instance of a guest: its `wasi:http` handler, and its policy when it has one.
+pub struct GuestInstance {
+    pub proxy: Proxy,
+    pub policy: Option<FastPath>,
+}
+
+impl CompiledGuest {
+    /// Whether the component can decide requests for the host to forward.
+    pub fn has_policy(&self) -> bool {
+        self.policy.is_some()
+    }
+
+    /// Instantiate in `store`, looking up the exports once.
+    pub async fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<RequestState>,
+    ) -> wasmtime::Result<GuestInstance> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let proxy = self.proxy.load(&mut *store, &instance)?;
+        let policy = match &self.policy {
+            Some(indices) => Some(indices.load(&mut *store, &instance)?),
+            None => None,
+        };
+        Ok(GuestInstance { proxy, policy })
     }
 }
 

@@ -5,7 +5,7 @@
 //! and one for every body chunk. Here the connection's task polls the guest call while it waits
 //! for the head, and afterwards the response body polls it whenever hyper asks for data.
 
-use super::invoke::ResponseBody;
+use crate::responses::ResponseBody;
 use bytes::Bytes;
 use futures::FutureExt;
 use http_body::{Body, Frame, SizeHint};
@@ -52,6 +52,23 @@ pub fn guarded(
             }
         }
     }))
+}
+
+/// A guest call that returns a value (the policy's): panic-safe, and raising `waited`
+/// whenever the guest waits on I/O, like [`guarded`].
+pub async fn guarded_value<T>(
+    waited: Arc<AtomicBool>,
+    call: impl Future<Output = Result<T, GuestError>> + Send,
+) -> Result<T, GuestError> {
+    let mut call = std::pin::pin!(AssertUnwindSafe(call).catch_unwind());
+    std::future::poll_fn(move |cx| match call.as_mut().poll(cx) {
+        Poll::Ready(outcome) => Poll::Ready(outcome.unwrap_or(Err(GuestError::Panic))),
+        Poll::Pending => {
+            waited.store(true, Ordering::Relaxed);
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Drive `call` until the guest answers through `head` or returns. `on_end` sees how a call

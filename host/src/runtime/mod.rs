@@ -4,11 +4,12 @@
 pub mod component;
 mod drive;
 pub mod engine;
-pub mod invoke;
+pub mod gateway;
+mod invoke;
 pub mod pool;
 pub mod precompiled;
 pub mod reload;
 pub mod state;
 
 pub use component::{CompiledGuest, GuestSource};
-pub use invoke::Gateway;
+pub use gateway::{Active, Gateway};

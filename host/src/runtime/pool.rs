@@ -4,16 +4,16 @@
 //! leaked resource or the reuse limit retires an instance; an instance never outlives the
 //! component + config it was made for (the pool belongs to that pair).
 
+use super::component::GuestInstance;
 use super::state::RequestState;
 use std::sync::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::Proxy;
 
 /// A store with (once instantiated) its guest instance.
 pub struct Worker {
     pub store: Store<RequestState>,
-    pub proxy: Option<Proxy>,
+    pub instance: Option<GuestInstance>,
     pub served: u32,
     /// One of `guest.max_instances`: held for as long as the instance lives.
     _slot: OwnedSemaphorePermit,
@@ -23,7 +23,7 @@ impl Worker {
     pub fn new(store: Store<RequestState>, slot: OwnedSemaphorePermit) -> Self {
         Self {
             store,
-            proxy: None,
+            instance: None,
             served: 0,
             _slot: slot,
         }

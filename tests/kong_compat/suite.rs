@@ -3,7 +3,9 @@
 //!
 //! Every test runs the real host and guest against real servers on 127.0.0.1: an echo origin
 //! (below) that records exactly what reached it, body included, and for the auth API the
-//! shared test server.
+//! shared test server. The suite is one module run by several test binaries, one per way of
+//! running the guest (`fast_path.rs`, `portable.rs`), so the appliers of a decision cannot
+//! drift apart: each binary names its entry in `crate::ENTRY`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -20,8 +22,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::AuthApi;
 use support::client::{Reply, get};
-use support::{AuthApi, start_gateway};
 use tokio::net::TcpListener;
 
 mod errors;
@@ -29,6 +31,17 @@ mod headers;
 mod key_auth_options;
 mod key_lookup;
 mod routing;
+
+/// Start keygate on the entry this binary tests, and check it is really on it.
+async fn start_gateway(toml: &str) -> keygate::RunningGateway {
+    let gw = support::start_gateway_with(toml, |config| config.guest.entry = crate::ENTRY).await;
+    assert_eq!(
+        gw.gateway.active().fast_path,
+        crate::ENTRY == keygate_policy::GuestEntry::Auto,
+        "the suite runs on the path its binary names"
+    );
+    gw
+}
 
 // ---------------------------------------------------------------------------------------
 // Test servers and helpers

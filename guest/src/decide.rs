@@ -1,0 +1,182 @@
+//! The policy, once for both entry points: from what the client sent to a decision (forward
+//! with a plan, answer with a reply, or ask for the body). The fast path hands the decision to
+//! the host; the portable path applies it itself through `wasi:http`.
+
+use crate::auth::{self, AuthTrace, Identity};
+use crate::bindings::exports::keygate::gateway::policy::{
+    Decision, FailureContext, Labels, Reply, UpstreamFailure,
+};
+use crate::body::RequestBody;
+use crate::config::Policy;
+use crate::credentials::{self, Extracted};
+use crate::errors::GatewayError;
+use crate::plan;
+use crate::request::RequestInfo;
+use crate::router::Match;
+use keygate_policy::errors::{BAD_GATEWAY, NAME_RESOLUTION, NO_ROUTE, TIMEOUT, UNAVAILABLE};
+use wasip2::http::types::Method;
+
+/// Decide `info`. `body` is the client's body where this entry point has it (the portable
+/// path); without it, a policy that must read the body answers [`Decision::UseHandler`].
+pub fn decide(policy: &Policy, info: &RequestInfo, body: Option<&mut RequestBody>) -> Decision {
+    let compat = &policy.config.compat;
+    let listen_port = info.listen_port(policy.config.listen_port);
+    let Some(matched) = policy
+        .routes
+        .find(&policy.config.services, info, listen_port)
+    else {
+        let reply = GatewayError::new(404, NO_ROUTE).reply(info, compat);
+        return Decision::Respond(with_labels(reply, Labels::none()));
+    };
+    let key_auth = &policy.config.key_auth;
+    let preflight = matches!(info.method, Method::Options) && !key_auth.run_on_preflight;
+    let mut labels = route_labels(&matched);
+    let mut hidden = None;
+    let mut body = body;
+    let identity = if matched.route.auth && !preflight {
+        // `hide_credentials` with `key_in_body` rewrites the body whichever source the key
+        // came from: only the entry point that holds the body can do that.
+        if key_auth.hide_credentials && key_auth.key_in_body && body.is_none() {
+            return Decision::UseHandler;
+        }
+        let credential = match credentials::extract(key_auth, info, body.as_deref_mut()) {
+            Extracted::Done(credential) => credential,
+            Extracted::NeedsBody => return Decision::UseHandler,
+        };
+        if key_auth.hide_credentials {
+            hidden = credential.name().map(str::to_string);
+        }
+        let mut trace = AuthTrace::default();
+        let outcome = auth::authenticate(policy, credential, &mut trace);
+        labels.key_lookup = Some(trace.key_lookup.to_string());
+        labels.auth_call_ms = trace.auth_call_ms;
+        match outcome {
+            Ok(identity) => Some(identity),
+            // Kong's logical OR: a failed authentication proceeds as the anonymous
+            // consumer. An auth API that cannot answer is not a failed authentication.
+            Err(refusal) if refusal.status == 401 && policy.anonymous.is_some() => {
+                policy.anonymous_consumer().map(Identity::anonymous)
+            }
+            Err(refusal) => {
+                return Decision::Respond(with_labels(refusal.reply(info, compat), labels));
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(identity) = &identity {
+        labels.consumer = Some(identity.consumer.clone());
+    }
+    let mut new_length = None;
+    if let Some(body) = body {
+        if let Some(name) = &hidden
+            && key_auth.key_in_body
+        {
+            body.remove(name);
+        }
+        // Settles whether a body without a declared length has any bytes.
+        body.has_body();
+        new_length = body.new_length();
+    }
+    Decision::Forward(plan::forward_plan(
+        policy,
+        info,
+        &matched,
+        identity.as_ref(),
+        hidden.as_deref(),
+        new_length,
+        labels,
+    ))
+}
+
+/// What the client gets when the origin gave no response, in Kong's words: nginx's 502 and
+/// 504 (through Kong's error handler), the balancer's 503 for a name that does not resolve.
+pub fn upstream_error(failure: UpstreamFailure) -> GatewayError {
+    match failure {
+        UpstreamFailure::NameUnresolved => GatewayError::new(503, NAME_RESOLUTION),
+        UpstreamFailure::LimitReached => GatewayError::from_error_handler(503, UNAVAILABLE),
+        UpstreamFailure::ConnectTimeout | UpstreamFailure::ResponseTimeout => {
+            GatewayError::from_error_handler(504, TIMEOUT)
+        }
+        UpstreamFailure::ConnectionRefused
+        | UpstreamFailure::ConnectionReset
+        | UpstreamFailure::ProtocolError => GatewayError::from_error_handler(502, BAD_GATEWAY),
+    }
+}
+
+/// The reply to a forwarded request whose origin failed: the same words and negotiation on
+/// both paths.
+pub fn upstream_failed(policy: &Policy, context: FailureContext) -> Reply {
+    let error = upstream_error(context.failure);
+    let request = crate::errors::ErrorRequest {
+        id: &context.request_id,
+        accept: context.accept.as_deref(),
+        content_type: context.content_type.as_deref(),
+        is_head: context.method.eq_ignore_ascii_case("HEAD"),
+        elapsed_ms: context.elapsed_ms,
+    };
+    with_labels(
+        error.reply_to(&request, &policy.config.compat),
+        context.labels,
+    )
+}
+
+fn with_labels(mut reply: Reply, labels: Labels) -> Reply {
+    reply.labels = labels;
+    reply
+}
+
+impl Labels {
+    pub fn none() -> Self {
+        Self {
+            route: None,
+            service: None,
+            consumer: None,
+            key_lookup: None,
+            auth_call_ms: None,
+        }
+    }
+}
+
+fn route_labels(matched: &Match) -> Labels {
+    Labels {
+        route: Some(route_label(matched)),
+        service: Some(matched.service.name.clone()),
+        ..Labels::none()
+    }
+}
+
+/// The route's name, else its service's: how metrics and logs name a route.
+pub fn route_label(matched: &Match) -> String {
+    matched
+        .route
+        .name
+        .clone()
+        .unwrap_or_else(|| matched.service.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_get_kongs_status_and_words() {
+        let cases = [
+            (UpstreamFailure::ConnectionRefused, 502, BAD_GATEWAY),
+            (UpstreamFailure::ConnectionReset, 502, BAD_GATEWAY),
+            (UpstreamFailure::ProtocolError, 502, BAD_GATEWAY),
+            (UpstreamFailure::ResponseTimeout, 504, TIMEOUT),
+            (UpstreamFailure::ConnectTimeout, 504, TIMEOUT),
+            (UpstreamFailure::NameUnresolved, 503, NAME_RESOLUTION),
+            (UpstreamFailure::LimitReached, 503, UNAVAILABLE),
+        ];
+        for (failure, status, message) in cases {
+            let error = upstream_error(failure);
+            assert_eq!(
+                (error.status, error.message),
+                (status, message),
+                "{failure:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Small HTTP helpers shared by the request paths: hop-by-hop headers, ids.
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1). A proxy never
+/// forwards them, whatever a decision says.
+pub const HOP_BY_HOP: [http::HeaderName; 8] = [
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// Remove the hop-by-hop headers and those `Connection` names. `Upgrade` goes too unless the
+/// message is an upgrade being passed through.
+pub fn remove_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    remove_connection_tokens(headers, keep_upgrade);
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && name == http::header::CONNECTION {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(http::header::UPGRADE);
+    }
+}
+
+/// Headers named in `Connection` are hop-by-hop (RFC 9110 §7.6.1). wasi:http hides
+/// `Connection` from guests, so the host drops what it names, both ways.
+pub fn remove_connection_tokens(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    if !headers.contains_key(http::header::CONNECTION) {
+        return;
+    }
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| http::HeaderName::try_from(token.trim()).ok())
+        .filter(|name| !(keep_upgrade && name == http::header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// A 32-hex-character id for a response the host makes itself.
+pub fn request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = [0u8; 16];
+    for half in id.chunks_mut(8) {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    hex(&id)
+}

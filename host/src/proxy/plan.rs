@@ -1,0 +1,263 @@
+//! A forward plan checked against the active configuration. The guest is untrusted: the
+//! service must exist, the authority must be that service's, every header name and value must
+//! be valid HTTP; hop-by-hop headers are the host's to set and are dropped from the plan. A
+//! plan that fails any check is a 500 for that request (with a log line), never a forward.
+
+use crate::runtime::component::policy_api::{ForwardPlan, HeaderEdits, Labels};
+use keygate_policy::Config;
+use std::time::Duration;
+
+/// A plan the host may carry out.
+pub struct ValidPlan {
+    pub service: String,
+    pub uri: http::Uri,
+    pub request: ValidEdits,
+    pub response: ValidResponseEdits,
+    pub first_byte_timeout: Duration,
+    pub between_bytes_timeout: Duration,
+    pub max_request_body: Option<u64>,
+    pub request_id: String,
+    pub labels: Labels,
+}
+
+/// Header edits with names and values already parsed.
+pub struct ValidEdits {
+    pub remove: Vec<http::HeaderName>,
+    pub append: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+pub struct ValidResponseEdits {
+    pub headers: ValidEdits,
+    pub via: Option<http::HeaderValue>,
+    pub server_if_absent: Option<http::HeaderValue>,
+    pub upstream_latency_header: Option<http::HeaderName>,
+    pub proxy_latency_header: Option<http::HeaderName>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("service {0:?} is not in the active configuration")]
+    UnknownService(String),
+    #[error("{scheme}://{authority} is not the origin of service {service:?}")]
+    WrongOrigin {
+        service: String,
+        scheme: String,
+        authority: String,
+    },
+    #[error("service {0:?} is https, which native forwarding does not support yet")]
+    Https(String),
+    #[error("path {0:?} is not a valid origin-form request target")]
+    Path(String),
+    #[error("header name {0:?} is not valid")]
+    HeaderName(String),
+    #[error("the value of header {0} is not valid")]
+    HeaderValue(String),
+}
+
+/// Check `plan` against `config`.
+pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanError> {
+    let service = config
+        .services
+        .iter()
+        .find(|service| service.name == plan.service)
+        .ok_or_else(|| PlanError::UnknownService(plan.service.clone()))?;
+    if plan.scheme != service.url.scheme() || plan.authority != service.url.authority {
+        return Err(PlanError::WrongOrigin {
+            service: plan.service,
+            scheme: plan.scheme,
+            authority: plan.authority,
+        });
+    }
+    if service.url.https {
+        return Err(PlanError::Https(plan.service));
+    }
+    if !plan.path_with_query.starts_with('/') {
+        return Err(PlanError::Path(plan.path_with_query));
+    }
+    let path = http::uri::PathAndQuery::try_from(plan.path_with_query.as_str())
+        .map_err(|_| PlanError::Path(plan.path_with_query.clone()))?;
+    let uri = http::Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(service.url.authority.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| PlanError::Path(plan.path_with_query.clone()))?;
+    let response = plan.response;
+    Ok(ValidPlan {
+        service: plan.service,
+        uri,
+        request: edits(plan.request_headers)?,
+        response: ValidResponseEdits {
+            headers: edits(response.headers)?,
+            via: response.via.map(value_of("via")).transpose()?,
+            server_if_absent: response
+                .server_if_absent
+                .map(value_of("server"))
+                .transpose()?,
+            upstream_latency_header: response
+                .upstream_latency_header
+                .map(|n| name(&n))
+                .transpose()?,
+            proxy_latency_header: response
+                .proxy_latency_header
+                .map(|n| name(&n))
+                .transpose()?,
+        },
+        first_byte_timeout: Duration::from_millis(plan.timeouts.first_byte_ms),
+        between_bytes_timeout: Duration::from_millis(plan.timeouts.between_bytes_ms),
+        max_request_body: plan.max_request_body,
+        request_id: plan.request_id,
+        labels: plan.labels,
+    })
+}
+
+fn edits(edits: HeaderEdits) -> Result<ValidEdits, PlanError> {
+    let remove = edits
+        .remove
+        .iter()
+        .map(|n| name(n))
+        .collect::<Result<_, _>>()?;
+    let mut append = Vec::with_capacity(edits.append.len());
+    for (raw_name, raw_value) in edits.append {
+        let name = name(&raw_name)?;
+        if is_hop_by_hop(&name) {
+            tracing::debug!(header = %name, "dropped a hop-by-hop header from a forward plan");
+            continue;
+        }
+        let value = http::HeaderValue::from_bytes(&raw_value)
+            .map_err(|_| PlanError::HeaderValue(name.to_string()))?;
+        append.push((name, value));
+    }
+    Ok(ValidEdits { remove, append })
+}
+
+fn name(text: &str) -> Result<http::HeaderName, PlanError> {
+    http::HeaderName::from_bytes(text.as_bytes()).map_err(|_| PlanError::HeaderName(text.into()))
+}
+
+fn value_of(header: &'static str) -> impl Fn(String) -> Result<http::HeaderValue, PlanError> {
+    move |text| {
+        http::HeaderValue::try_from(text).map_err(|_| PlanError::HeaderValue(header.to_string()))
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and `Upgrade`: the host's own business on each hop.
+pub fn is_hop_by_hop(name: &http::HeaderName) -> bool {
+    crate::http_util::HOP_BY_HOP.contains(name) || name == http::header::UPGRADE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::component::policy_api::{ResponseEdits, Timeouts};
+
+    fn config() -> Config {
+        keygate_policy::Config::from_toml(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[[services]]
+name = "api"
+url = "http://127.0.0.1:9000/v1"
+[[services.routes]]
+paths = ["/api"]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn plan() -> ForwardPlan {
+        ForwardPlan {
+            service: "api".into(),
+            scheme: "http".into(),
+            authority: "127.0.0.1:9000".into(),
+            path_with_query: "/v1/x?a=%20".into(),
+            request_headers: HeaderEdits {
+                remove: vec!["apikey".into()],
+                append: vec![("host".into(), b"127.0.0.1:9000".to_vec())],
+            },
+            response: ResponseEdits {
+                headers: HeaderEdits {
+                    remove: vec![],
+                    append: vec![],
+                },
+                via: Some("1.1 keygate".into()),
+                server_if_absent: None,
+                upstream_latency_header: None,
+                proxy_latency_header: None,
+            },
+            timeouts: Timeouts {
+                connect_ms: 1000,
+                first_byte_ms: 1000,
+                between_bytes_ms: 1000,
+            },
+            max_request_body: None,
+            request_id: "0".repeat(32),
+            labels: Labels {
+                route: None,
+                service: None,
+                consumer: None,
+                key_lookup: None,
+                auth_call_ms: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_plan_for_a_configured_service_is_accepted_verbatim() {
+        let valid = validate(plan(), &config()).unwrap();
+        assert_eq!(valid.uri.to_string(), "http://127.0.0.1:9000/v1/x?a=%20");
+        assert_eq!(valid.request.append.len(), 1);
+    }
+
+    #[test]
+    fn plans_that_leave_the_configuration_are_refused() {
+        let config = config();
+        let mut unknown = plan();
+        unknown.service = "other".into();
+        assert!(matches!(
+            validate(unknown, &config),
+            Err(PlanError::UnknownService(_))
+        ));
+        let mut elsewhere = plan();
+        elsewhere.authority = "169.254.169.254".into();
+        assert!(matches!(
+            validate(elsewhere, &config),
+            Err(PlanError::WrongOrigin { .. })
+        ));
+        let mut absolute = plan();
+        absolute.path_with_query = "http://evil/".into();
+        assert!(matches!(
+            validate(absolute, &config),
+            Err(PlanError::Path(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_headers_are_refused_and_hop_by_hop_ones_dropped() {
+        let config = config();
+        let mut split = plan();
+        split
+            .request_headers
+            .append
+            .push(("x-a".into(), b"1\r\nx-b: 2".to_vec()));
+        assert!(matches!(
+            validate(split, &config),
+            Err(PlanError::HeaderValue(_))
+        ));
+        let mut bad_name = plan();
+        bad_name
+            .request_headers
+            .append
+            .push(("x a".into(), b"1".to_vec()));
+        assert!(matches!(
+            validate(bad_name, &config),
+            Err(PlanError::HeaderName(_))
+        ));
+        let mut hop = plan();
+        hop.request_headers
+            .append
+            .push(("transfer-encoding".into(), b"chunked".to_vec()));
+        assert_eq!(validate(hop, &config).unwrap().request.append.len(), 1);
+    }
+}

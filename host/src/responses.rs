@@ -1,0 +1,114 @@
+//! Answers the host makes itself (guest failed, overloaded, malformed request, the admin
+//! listener), in Kong's error format, and the body type every response shares.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use keygate_policy::Compat;
+use keygate_policy::errors::{ErrorFormat, INTERNAL, JSON_CONTENT_TYPE, OVERLOADED, json_body};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// Response bodies as the guest produces them; the host's own answers and proxied bodies use
+/// the same type.
+pub type ResponseBody = HyperOutgoingBody;
+
+/// Why the host answered instead of the guest.
+pub enum HostFailure {
+    BadRequest(String),
+    Overloaded,
+    GuestFailed(String),
+    Internal(String),
+    /// The request's declared body is over the route's size limit.
+    BodyTooLarge,
+    /// An upgrade (WebSocket) request on the portable path, which `wasi:http` 0.2 cannot carry.
+    UpgradeUnsupported,
+}
+
+impl HostFailure {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::BadRequest(reason) => format!("bad request: {reason}"),
+            Self::Overloaded => "no guest instance available".into(),
+            Self::GuestFailed(reason) => format!("guest failed: {reason}"),
+            Self::Internal(reason) => format!("internal error: {reason}"),
+            Self::UpgradeUnsupported => "upgrade requested on the wasi:http path".into(),
+            Self::BodyTooLarge => "request body over its size limit".into(),
+        }
+    }
+
+    /// Answered as Kong's error handler would: the format from `Accept`, else the request's
+    /// `Content-Type`, else `compat.error_default_type`; header names from `compat.headers`.
+    pub fn into_response(
+        self,
+        asked: &ErrorContext,
+        compat: &Compat,
+        started: std::time::Instant,
+    ) -> hyper::Response<ResponseBody> {
+        let (status, message) = match self {
+            Self::BadRequest(reason) => {
+                tracing::debug!("refused a malformed request: {reason}");
+                (400, "Bad request")
+            }
+            Self::Overloaded => (503, OVERLOADED),
+            Self::GuestFailed(_) => (500, INTERNAL),
+            Self::UpgradeUnsupported => (501, UPGRADE_UNSUPPORTED),
+            // Kong's request-size-limiting wording.
+            Self::BodyTooLarge => (413, "Request size limit exceeded"),
+            Self::Internal(reason) => {
+                tracing::error!("internal error: {reason}");
+                (500, INTERNAL)
+            }
+        };
+        let text = |v: &Option<http::HeaderValue>| {
+            v.as_ref().and_then(|v| v.to_str().ok().map(str::to_string))
+        };
+        let format = ErrorFormat::negotiate_with_fallback(
+            text(&asked.accept).as_deref(),
+            text(&asked.content_type).as_deref(),
+            compat.error_default_type,
+        );
+        let names = compat.headers.names();
+        let id = crate::http_util::request_id();
+        let body = format.body(message, &id);
+        hyper::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, format.content_type())
+            .header(names.request_id, id)
+            .header(http::header::SERVER, names.server)
+            .header(
+                names.response_latency,
+                started.elapsed().as_millis().to_string(),
+            )
+            .body(full_body(body))
+            .expect("static parts form a valid response")
+    }
+}
+
+/// Why an upgrade request is refused where the guest's `wasi:http` handler serves.
+pub const UPGRADE_UNSUPPORTED: &str =
+    "Connection upgrades (WebSocket) are not supported with [guest] entry = \"wasi-http\"";
+
+/// What the client asked for that shapes an error the host makes itself.
+pub struct ErrorContext {
+    pub method: http::Method,
+    pub accept: Option<http::HeaderValue>,
+    pub content_type: Option<http::HeaderValue>,
+}
+
+/// A gateway-made JSON error in Kong's format (the admin listener's).
+pub fn error_response(status: u16, message: &str) -> hyper::Response<ResponseBody> {
+    let id = crate::http_util::request_id();
+    let body = json_body(message, &id);
+    hyper::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, JSON_CONTENT_TYPE)
+        .header("x-request-id", id)
+        .header(http::header::SERVER, "keygate")
+        .body(full_body(body))
+        .expect("static parts form a valid response")
+}
+
+pub fn full_body(body: impl Into<Bytes>) -> ResponseBody {
+    Full::new(body.into())
+        .map_err(|never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} })
+        .boxed_unsync()
+}

@@ -1,0 +1,442 @@
+//! The request-serving core: the swap unit (a component and the configuration it runs with),
+//! and the entry every client request takes. With a component that exports
+//! `keygate:gateway/policy` (and `[guest] entry = "auto"`), the guest decides from the head
+//! and the host forwards natively (`crate::proxy`); otherwise the request runs through the
+//! guest's `wasi:http` handler.
+
+use super::component::policy_api::{Decision, RequestHead};
+use super::component::{CompiledGuest, GuestSource};
+use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
+use super::pool::InstancePool;
+use super::precompiled::PrecompiledCache;
+use super::state::RequestState;
+use crate::capabilities::key_cache::KeyCache;
+use crate::capabilities::outgoing_http::{AllowList, OutgoingHttp};
+use crate::metrics::Metrics;
+use crate::proxy::forward::ForwardError;
+use crate::proxy::{self, Upstream};
+use crate::responses::{ErrorContext, HostFailure, ResponseBody};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use keygate_policy::{Config, GUEST_CONFIG_ENV, GuestEntry, internal_headers};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// What requests run against: a component and the configuration it was given. Swapped as a
+/// whole, so a request never sees a new component with an old config or the reverse; a request
+/// is decided and forwarded under the one it started with.
+pub struct Active {
+    pub guest: Arc<CompiledGuest>,
+    pub config: Arc<Config>,
+    /// SHA-256 of the configuration's canonical JSON: changes only when the meaning does.
+    pub revision: String,
+    /// The [`keygate_policy::GuestConfig`] JSON the guest reads from its environment.
+    guest_env: String,
+    pub(super) outgoing: OutgoingHttp,
+    /// Instances of this component + config waiting for their next request.
+    pub(super) pool: Arc<InstancePool>,
+    /// Whether requests take the fast path (the guest decides, the host forwards).
+    pub fast_path: bool,
+}
+
+/// The request-serving core: shared engine and pools, the active component and config.
+pub struct Gateway {
+    engine: Engine,
+    linker: Linker<RequestState>,
+    cache: Option<PrecompiledCache>,
+    active: ArcSwap<Active>,
+    pub(super) key_cache: Arc<KeyCache>,
+    outgoing: OutgoingHttp,
+    upstream: Upstream,
+    pub metrics: Arc<Metrics>,
+    pub(super) instances: Arc<Semaphore>,
+    busy_ticks: u64,
+    memory_limit: usize,
+    listen_port: u16,
+}
+
+impl Gateway {
+    /// Build the engine, compile the configured component and make it active.
+    pub fn new(config: Config, listen_port: u16) -> anyhow::Result<Arc<Self>> {
+        let engine = build_engine(&config.guest)?;
+        start_epoch_ticker(&engine);
+        let linker = build_linker(&engine)?;
+        let cache = open_cache(&config, &engine);
+        let source = GuestSource::from_config(config.guest.component.as_deref());
+        let guest =
+            CompiledGuest::compile(&engine, &linker, &source.read()?, source, cache.as_ref())?;
+        let metrics = Arc::new(Metrics::default());
+        let fill_wait = config
+            .auth_api
+            .as_ref()
+            .map_or(Duration::from_secs(2), |api| api.timeout.get())
+            + Duration::from_millis(500);
+        let capacity = config.auth_api.as_ref().map_or(1, |api| api.cache_capacity);
+        let key_cache = Arc::new(KeyCache::new(capacity, fill_wait, Arc::clone(&metrics)));
+        let connect_timeout = config
+            .services
+            .iter()
+            .map(|service| service.connect_timeout.get())
+            .chain(config.auth_api.iter().map(|api| api.timeout.get()))
+            .max()
+            .unwrap_or(Duration::from_secs(60));
+        let max_auth_calls = config.auth_api.as_ref().map_or(1, |api| api.max_in_flight);
+        let outgoing = OutgoingHttp::new(connect_timeout, max_auth_calls, Arc::clone(&metrics));
+        let upstream = Upstream::new(connect_timeout);
+        let busy_ticks =
+            (config.guest.busy_timeout.get().as_millis() / EPOCH_TICK.as_millis()).max(1);
+        let gateway = Self {
+            instances: Arc::new(Semaphore::new(config.guest.max_instances as usize)),
+            busy_ticks: u64::try_from(busy_ticks).unwrap_or(u64::MAX),
+            memory_limit: (config.guest.memory_limit_mb as usize) << 20,
+            active: ArcSwap::from_pointee(Active::new(
+                Arc::new(guest),
+                Arc::new(config),
+                &outgoing,
+                listen_port,
+            )),
+            engine,
+            linker,
+            cache,
+            key_cache,
+            outgoing,
+            upstream,
+            metrics,
+            listen_port,
+        };
+        Ok(Arc::new(gateway))
+    }
+
+    pub fn active(&self) -> Arc<Active> {
+        self.active.load_full()
+    }
+
+    pub fn key_cache(&self) -> &KeyCache {
+        &self.key_cache
+    }
+
+    /// Compile a component for this gateway (blocking: run it off the request path).
+    pub fn compile(&self, bytes: &[u8], source: GuestSource) -> anyhow::Result<CompiledGuest> {
+        CompiledGuest::compile(
+            &self.engine,
+            &self.linker,
+            bytes,
+            source,
+            self.cache.as_ref(),
+        )
+    }
+
+    /// Make `guest` + `config` what new requests run; in-flight ones finish on what they had.
+    pub fn activate(&self, guest: Arc<CompiledGuest>, config: Arc<Config>) {
+        self.active.store(Arc::new(Active::new(
+            guest,
+            config,
+            &self.outgoing,
+            self.listen_port,
+        )));
+    }
+
+    /// Run synthetic requests through `guest` + `config` before they take traffic: proves the
+    /// component instantiates under the pool's limits and answers without trapping, and, on
+    /// the fast path, that it decides a route with key auth (a static key's request must be
+    /// forwarded under a plan the host accepts; a request without a key refused). It uses a
+    /// throwaway key cache and may not call out, so it changes nothing anywhere. The status
+    /// reported is the no-route request's.
+    pub async fn trial(
+        &self,
+        guest: Arc<CompiledGuest>,
+        config: Arc<Config>,
+    ) -> anyhow::Result<u16> {
+        let mut active = Active::new(guest, config, &self.outgoing, self.listen_port);
+        active.outgoing = self.outgoing.with_allowed(AllowList::default());
+        let scratch_cache = Arc::new(KeyCache::new(
+            16,
+            Duration::from_millis(100),
+            Arc::new(Metrics::default()),
+        ));
+        let request = hyper::Request::get("/.well-known/keygate-trial")
+            .header(http::header::HOST, "keygate-trial.invalid")
+            .body(Full::new(Bytes::new()))
+            .expect("static parts form a valid request");
+        let client = SocketAddr::from(([127, 0, 0, 1], 0));
+        if active.fast_path {
+            self.trial_decisions(&active, &scratch_cache).await?;
+        }
+        let response = self
+            .run_handler(&active, scratch_cache, request, client)
+            .await
+            .map_err(|failure| {
+                anyhow::anyhow!("the trial request failed: {}", failure.describe())
+            })?;
+        let status = response.status().as_u16();
+        tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+            .await
+            .context("the trial response body did not finish within 5s")?
+            .map_err(|err| anyhow::anyhow!("the trial response body failed: {err}"))?;
+        Ok(status)
+    }
+
+    /// The fast path's part of the trial: decide a keyed route with and without a key.
+    async fn trial_decisions(
+        &self,
+        active: &Active,
+        scratch_cache: &Arc<KeyCache>,
+    ) -> anyhow::Result<()> {
+        let config = &active.config;
+        let Some((service, route)) = config
+            .services
+            .iter()
+            .flat_map(|s| s.routes.iter().map(move |r| (s, r)))
+            .find(|(_, r)| {
+                r.auth && r.methods.is_empty() && r.hosts.is_empty() && r.headers.is_empty()
+            })
+        else {
+            return Ok(());
+        };
+        let Some(path) = route.paths.first().and_then(|p| p.literal_prefix()) else {
+            return Ok(());
+        };
+        let head = |headers: Vec<(String, Vec<u8>)>| RequestHead {
+            method: "GET".into(),
+            scheme: "http".into(),
+            authority: "keygate-trial.invalid".into(),
+            path_with_query: path.to_string(),
+            headers,
+            client_ip: Some("127.0.0.1".into()),
+            local_port: self.listen_port,
+        };
+        let unkeyed = self
+            .decide(active, Arc::clone(scratch_cache), head(Vec::new()))
+            .await
+            .map_err(|f| anyhow::anyhow!("the trial decision failed: {}", f.describe()))?;
+        if matches!(unkeyed, Decision::Forward(_)) && config.key_auth.anonymous.is_none() {
+            anyhow::bail!(
+                "the trial request without a key to route {:?} was forwarded",
+                route.name
+            );
+        }
+        let key_name = config.key_auth.key_names.first();
+        let static_key = config.consumers.iter().flat_map(|c| c.keys.first()).next();
+        if let (Some(name), Some(key), true) = (key_name, static_key, config.key_auth.key_in_header)
+        {
+            let keyed = self
+                .decide(
+                    active,
+                    Arc::clone(scratch_cache),
+                    head(vec![(name.to_ascii_lowercase(), key.clone().into_bytes())]),
+                )
+                .await
+                .map_err(|f| anyhow::anyhow!("the trial decision failed: {}", f.describe()))?;
+            match keyed {
+                Decision::Forward(plan) => {
+                    proxy::plan::validate(plan, config).map_err(|err| {
+                        anyhow::anyhow!("the trial forward plan is not acceptable: {err}")
+                    })?;
+                    let _ = service;
+                }
+                Decision::UseHandler => {}
+                Decision::Respond(reply) => anyhow::bail!(
+                    "the trial request with a consumer's key to route {:?} was answered {} instead of forwarded",
+                    route.name,
+                    reply.status
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer one client request.
+    pub async fn handle(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+        client: SocketAddr,
+    ) -> hyper::Response<ResponseBody> {
+        self.metrics.in_flight().inc();
+        let started = Instant::now();
+        let active = self.active();
+        // Kept for an answer the host may have to make itself (cheap: shared bytes).
+        let asked = ErrorContext {
+            method: request.method().clone(),
+            accept: request.headers().get(http::header::ACCEPT).cloned(),
+            content_type: request.headers().get(http::header::CONTENT_TYPE).cloned(),
+        };
+        let outcome = if active.fast_path {
+            self.fast_path(&active, request, client, started, &asked)
+                .await
+        } else {
+            self.portable_path(&active, request, client).await
+        };
+        self.metrics.in_flight().dec();
+        let (response, route) = match outcome {
+            Ok(answer) => answer,
+            Err(failure) => (
+                failure.into_response(&asked, &active.config.compat, started),
+                None,
+            ),
+        };
+        self.metrics.request(
+            route.as_deref().unwrap_or("(none)"),
+            response.status().as_u16(),
+        );
+        response
+    }
+
+    /// The guest's `wasi:http` handler answers; the route label comes back in a header.
+    async fn portable_path(
+        &self,
+        active: &Active,
+        request: hyper::Request<hyper::body::Incoming>,
+        client: SocketAddr,
+    ) -> Result<(hyper::Response<ResponseBody>, Option<String>), HostFailure> {
+        let response = self
+            .run_handler(active, Arc::clone(&self.key_cache), request, client)
+            .await?;
+        let (mut parts, body) = response.into_parts();
+        let route = parts
+            .headers
+            .remove(internal_headers::ROUTE)
+            .and_then(|v| v.to_str().ok().map(str::to_string));
+        Ok((hyper::Response::from_parts(parts, body), route))
+    }
+
+    /// The guest decides from the head; the host forwards or answers.
+    async fn fast_path(
+        &self,
+        active: &Active,
+        request: hyper::Request<hyper::body::Incoming>,
+        client: SocketAddr,
+        started: Instant,
+        asked: &ErrorContext,
+    ) -> Result<(hyper::Response<ResponseBody>, Option<String>), HostFailure> {
+        let head = proxy::head::lower(&request, client, self.listen_port)?;
+        let decision = self
+            .decide(active, Arc::clone(&self.key_cache), head)
+            .await?;
+        match decision {
+            Decision::Respond(reply) => {
+                let route = reply.labels.route.clone();
+                Ok((proxy::reply::to_response(reply)?, route))
+            }
+            Decision::UseHandler => self.portable_path(active, request, client).await,
+            Decision::Forward(plan) => {
+                let plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
+                    tracing::error!("refused the guest's forward plan: {err}");
+                    HostFailure::Internal(format!("invalid forward plan: {err}"))
+                })?;
+                let route = plan.labels.route.clone();
+                let forwarded = self
+                    .upstream
+                    .forward(&plan, request, started, &self.metrics)
+                    .await;
+                match forwarded {
+                    Ok(response) => Ok((response, route)),
+                    Err(ForwardError::BodyTooLarge) => Err(HostFailure::BodyTooLarge),
+                    Err(ForwardError::Upstream(failure)) => {
+                        let context =
+                            proxy::forward::failure_context(plan, failure, asked, started);
+                        let reply = self
+                            .upstream_failed(active, Arc::clone(&self.key_cache), context)
+                            .await?;
+                        Ok((proxy::reply::to_response(reply)?, route))
+                    }
+                }
+            }
+        }
+    }
+
+    /// A store for one guest instance of `active`: its environment, outgoing client, limits.
+    pub(super) fn new_store(
+        &self,
+        active: &Active,
+        key_cache: Arc<KeyCache>,
+    ) -> Store<RequestState> {
+        let wasi = WasiCtxBuilder::new()
+            .env(GUEST_CONFIG_ENV, &active.guest_env)
+            .inherit_stderr()
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = RequestState::new(wasi, active.outgoing.clone(), key_cache, limits);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let busy_ticks = self.busy_ticks;
+        store.epoch_deadline_callback(move |mut store| {
+            Ok(if store.data_mut().busy.tick(busy_ticks) {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(1)
+            })
+        });
+        store
+    }
+}
+
+fn open_cache(config: &Config, engine: &Engine) -> Option<PrecompiledCache> {
+    if !config.guest.precompiled_cache {
+        return None;
+    }
+    let dir = config
+        .guest
+        .cache_dir
+        .clone()
+        .or_else(PrecompiledCache::default_dir)?;
+    match PrecompiledCache::open(&dir, engine) {
+        Ok(cache) => Some(cache),
+        Err(err) => {
+            tracing::warn!("precompiled component cache disabled: {err:#}");
+            None
+        }
+    }
+}
+
+impl Active {
+    fn new(
+        guest: Arc<CompiledGuest>,
+        config: Arc<Config>,
+        outgoing: &OutgoingHttp,
+        listen_port: u16,
+    ) -> Self {
+        let mut guest_config = config.guest_config();
+        guest_config.client_addr_header = Some(internal_headers::CLIENT_ADDR.to_string());
+        guest_config.listen_port = Some(listen_port);
+        guest_config.host_annotations = true;
+        let outgoing = outgoing.with_allowed(allowed_targets(&config));
+        let canonical = serde_json::to_string(&*config).expect("the config is plain data");
+        let fast_path = guest.has_policy() && config.guest.entry == GuestEntry::Auto;
+        Self {
+            revision: crate::http_util::hex(&Sha256::digest(canonical.as_bytes())),
+            guest_env: guest_config.to_json(),
+            pool: Arc::new(InstancePool::new(config.guest.instance_reuse)),
+            guest,
+            config,
+            outgoing,
+            fast_path,
+        }
+    }
+}
+
+/// Every origin and the auth API: the only places the guest may call. The auth API is named
+/// as such, so its calls are counted and capped by where they go.
+fn allowed_targets(config: &Config) -> AllowList {
+    let services = config
+        .services
+        .iter()
+        .map(|service| (service.url.host.clone(), service.url.port));
+    let mut allowed: AllowList = services.collect();
+    if let Some(api) = &config.auth_api
+        && let Ok(origin) = api.origin()
+    {
+        allowed.add_auth_api(origin.host, origin.port, api.url_path_prefix());
+    }
+    allowed
+}
