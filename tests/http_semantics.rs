@@ -735,7 +735,12 @@ async fn upgrade_on_the_portable_path_is_refused_clearly_and_never_reaches_the_o
     let seen = Arc::clone(&hits);
     let origin = origin(move |_request: hyper::Request<Incoming>| {
         seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        async move { hyper::Response::builder().status(200).body(empty()).unwrap() }
+        async move {
+            hyper::Response::builder()
+                .status(200)
+                .body(empty())
+                .unwrap()
+        }
     })
     .await;
     let auth = AuthApi::start().await;

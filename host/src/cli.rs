@@ -98,7 +98,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
     // Listen for signals before serving, so a SIGTERM right after start still drains.
-    let stop = shutdown_signal()?;
+    let stop = crate::signals::shutdown_signal()?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("listening for SIGHUP")?;
     let running = crate::start_from_file(&path).await?;
@@ -148,18 +148,4 @@ fn export(target: crate::export::Target, config: PathBuf, out: PathBuf) -> anyho
     }
     println!("run: {}", exported.run);
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM; the handlers are installed when this is called.
-pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = anyhow::Result<()>>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        Ok(())
-    })
 }

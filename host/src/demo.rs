@@ -29,7 +29,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .replace("http://127.0.0.1:9000", &format!("http://{auth}"))
         .replace("http://127.0.0.1:9001", &format!("http://{origin}"));
     let config = crate::config::parse(&config_text, None).context("the demo config")?;
-    let stop = crate::cli::shutdown_signal()?;
+    let stop = crate::signals::shutdown_signal()?;
     let running = crate::start(config).await?;
     let gw = running.addr;
     let admin = running

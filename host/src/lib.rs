@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod responses;
 pub mod runtime;
 pub mod server;
+pub mod signals;
 pub mod watch;
 
 use anyhow::Context;

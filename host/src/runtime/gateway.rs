@@ -191,7 +191,7 @@ impl Gateway {
         scratch_cache: &Arc<KeyCache>,
     ) -> anyhow::Result<()> {
         let config = &active.config;
-        let Some((service, route)) = config
+        let Some((_, route)) = config
             .services
             .iter()
             .flat_map(|s| s.routes.iter().map(move |r| (s, r)))
@@ -240,7 +240,6 @@ impl Gateway {
                     proxy::plan::validate(plan, config).map_err(|err| {
                         anyhow::anyhow!("the trial forward plan is not acceptable: {err}")
                     })?;
-                    let _ = service;
                 }
                 Decision::UseHandler => {}
                 Decision::Respond(reply) => anyhow::bail!(
