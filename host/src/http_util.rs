@@ -13,14 +13,11 @@ pub const HOP_BY_HOP: [http::HeaderName; 8] = [
     http::header::TRANSFER_ENCODING,
 ];
 
-/// Remove the hop-by-hop headers and those `Connection` names. `Upgrade` goes too unless the
-/// message is an upgrade being passed through.
+/// Remove the hop-by-hop headers and those `Connection` names. `Upgrade` stays when an
+/// upgrade is being passed through (the caller then sets `Connection: upgrade` itself).
 pub fn remove_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     remove_connection_tokens(headers, keep_upgrade);
     for name in &HOP_BY_HOP {
-        if keep_upgrade && name == http::header::CONNECTION {
-            continue;
-        }
         headers.remove(name);
     }
     if !keep_upgrade {
@@ -28,18 +25,21 @@ pub fn remove_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Headers named in `Connection` are hop-by-hop (RFC 9110 §7.6.1). wasi:http hides
-/// `Connection` from guests, so the host drops what it names, both ways.
-pub fn remove_connection_tokens(headers: &mut http::HeaderMap, keep_upgrade: bool) {
-    if !headers.contains_key(http::header::CONNECTION) {
-        return;
-    }
-    let named: Vec<http::HeaderName> = headers
+/// The tokens the `Connection` headers list.
+pub fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|token| http::HeaderName::try_from(token.trim()).ok())
+        .map(str::trim)
+}
+
+/// Headers named in `Connection` are hop-by-hop (RFC 9110 §7.6.1). wasi:http hides
+/// `Connection` from guests, so the host drops what it names, both ways.
+pub fn remove_connection_tokens(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    let named: Vec<http::HeaderName> = connection_tokens(headers)
+        .filter_map(|token| http::HeaderName::try_from(token).ok())
         .filter(|name| !(keep_upgrade && name == http::header::UPGRADE))
         .collect();
     for name in named {

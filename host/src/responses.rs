@@ -58,12 +58,9 @@ impl HostFailure {
                 (500, INTERNAL)
             }
         };
-        let text = |v: &Option<http::HeaderValue>| {
-            v.as_ref().and_then(|v| v.to_str().ok().map(str::to_string))
-        };
         let format = ErrorFormat::negotiate_with_fallback(
-            text(&asked.accept).as_deref(),
-            text(&asked.content_type).as_deref(),
+            asked.accept().as_deref(),
+            asked.content_type().as_deref(),
             compat.error_default_type,
         );
         let names = compat.headers.names();
@@ -85,13 +82,27 @@ impl HostFailure {
 
 /// Why an upgrade request is refused where the guest's `wasi:http` handler serves.
 pub const UPGRADE_UNSUPPORTED: &str =
-    "Connection upgrades (WebSocket) are not supported with [guest] entry = \"wasi-http\"";
+    "Connection upgrades (WebSocket) are not supported on the wasi:http path";
 
 /// What the client asked for that shapes an error the host makes itself.
 pub struct ErrorContext {
     pub method: http::Method,
     pub accept: Option<http::HeaderValue>,
     pub content_type: Option<http::HeaderValue>,
+}
+
+impl ErrorContext {
+    pub fn accept(&self) -> Option<String> {
+        text(self.accept.as_ref())
+    }
+
+    pub fn content_type(&self) -> Option<String> {
+        text(self.content_type.as_ref())
+    }
+}
+
+fn text(value: Option<&http::HeaderValue>) -> Option<String> {
+    value.and_then(|v| v.to_str().ok().map(str::to_string))
 }
 
 /// A gateway-made JSON error in Kong's format (the admin listener's).

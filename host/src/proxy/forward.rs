@@ -5,7 +5,7 @@
 
 use super::plan::ValidPlan;
 use crate::capabilities::outgoing_http::{IdleTimeoutBody, client_error, pooled_client};
-use crate::http_util::remove_hop_by_hop;
+use crate::http_util::{connection_tokens, remove_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::responses::{ErrorContext, ResponseBody};
 use crate::runtime::component::policy_api::{FailureContext, UpstreamFailure};
@@ -210,16 +210,13 @@ pub fn failure_context(
     asked: &ErrorContext,
     started: Instant,
 ) -> FailureContext {
-    let text = |v: &Option<http::HeaderValue>| {
-        v.as_ref().and_then(|v| v.to_str().ok().map(str::to_string))
-    };
     FailureContext {
         failure,
         request_id: plan.request_id,
         service: plan.service,
         labels: plan.labels,
-        accept: text(&asked.accept),
-        content_type: text(&asked.content_type),
+        accept: asked.accept(),
+        content_type: asked.content_type(),
         method: asked.method.as_str().to_string(),
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
@@ -227,13 +224,9 @@ pub fn failure_context(
 
 /// The client's `Upgrade` value when it asks for one (`Connection: upgrade` and `Upgrade`).
 fn requested_upgrade(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
-    let asks = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(http::header::UPGRADE).cloned())
+    connection_tokens(headers)
+        .any(|token| token.eq_ignore_ascii_case("upgrade"))
+        .then(|| headers.get(http::header::UPGRADE).cloned())
         .flatten()
 }
 

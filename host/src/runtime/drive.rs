@@ -38,25 +38,7 @@ pub enum Head {
 
 /// Make a guest call panic-safe (a panic in host code it calls fails this request only) and
 /// raise `waited` whenever the guest waits on I/O, which restarts its busy timeout.
-pub fn guarded(
-    waited: Arc<AtomicBool>,
-    call: impl Future<Output = Result<(), GuestError>> + Send + 'static,
-) -> GuestCall {
-    let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
-    Box::pin(std::future::poll_fn(move |cx| {
-        match call.as_mut().poll(cx) {
-            Poll::Ready(outcome) => Poll::Ready(outcome.unwrap_or(Err(GuestError::Panic))),
-            Poll::Pending => {
-                waited.store(true, Ordering::Relaxed);
-                Poll::Pending
-            }
-        }
-    }))
-}
-
-/// A guest call that returns a value (the policy's): panic-safe, and raising `waited`
-/// whenever the guest waits on I/O, like [`guarded`].
-pub async fn guarded_value<T>(
+pub async fn guarded<T>(
     waited: Arc<AtomicBool>,
     call: impl Future<Output = Result<T, GuestError>> + Send,
 ) -> Result<T, GuestError> {

@@ -191,11 +191,8 @@ impl Gateway {
         scratch_cache: &Arc<KeyCache>,
     ) -> anyhow::Result<()> {
         let config = &active.config;
-        let Some((_, route)) = config
-            .services
-            .iter()
-            .flat_map(|s| s.routes.iter().map(move |r| (s, r)))
-            .find(|(_, r)| {
+        let Some(route) =
+            config.services.iter().flat_map(|s| &s.routes).find(|r| {
                 r.auth && r.methods.is_empty() && r.hosts.is_empty() && r.headers.is_empty()
             })
         else {

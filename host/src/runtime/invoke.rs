@@ -83,11 +83,8 @@ impl Gateway {
     ) -> Result<PolicyAnswer, HostFailure> {
         let mut worker = self.worker(active, key_cache).await?;
         let waited = worker.store.data().busy.waited_flag();
-        let guest = Arc::clone(&active.guest);
-        let pool = Arc::clone(&active.pool);
-        let metrics = Arc::clone(&self.metrics);
-        let outcome = drive::guarded_value(waited, async move {
-            let instance = instance_of(&mut worker, &guest, &metrics).await?;
+        let outcome = drive::guarded(waited, async move {
+            let instance = instance_of(&mut worker, &active.guest, &self.metrics).await?;
             let Some(policy) = &instance.policy else {
                 return Err(GuestError::Call(wasmtime::Error::msg(
                     "the component does not export keygate:gateway/policy",
@@ -106,7 +103,7 @@ impl Gateway {
             }
             .map_err(GuestError::Call)?;
             worker.instance = Some(instance);
-            pool.give_back(worker);
+            active.pool.give_back(worker);
             Ok(answer)
         })
         .await;
@@ -154,7 +151,7 @@ impl Gateway {
         let metrics = Arc::clone(&self.metrics);
         // The guest keeps running after it hands over the response head: it streams the body.
         // Only when it returns normally does its instance go back to the pool.
-        let call = drive::guarded(waited, async move {
+        let call: drive::GuestCall = Box::pin(drive::guarded(waited, async move {
             let instance = instance_of(&mut worker, &guest, &metrics).await?;
             instance
                 .proxy
@@ -165,7 +162,7 @@ impl Gateway {
             worker.instance = Some(instance);
             pool.give_back(worker);
             Ok(())
-        });
+        }));
         let metrics = Arc::clone(&self.metrics);
         let on_end = move |outcome| {
             if let Err(failure) = outcome {
