@@ -169,21 +169,8 @@ fn edit_response(
         headers.remove(name);
     }
     if let Some(ours) = &edits.via {
-        let via = match headers.remove(http::header::VIA) {
-            None => ours.clone(),
-            Some(first) => {
-                let mut joined = first.as_bytes().to_vec();
-                for more in headers.get_all(http::header::VIA) {
-                    joined.extend_from_slice(b", ");
-                    joined.extend_from_slice(more.as_bytes());
-                }
-                joined.extend_from_slice(b", ");
-                joined.extend_from_slice(ours.as_bytes());
-                http::HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone())
-            }
-        };
-        headers.remove(http::header::VIA);
-        headers.append(http::header::VIA, via);
+        let via = joined_via(headers, ours);
+        headers.insert(http::header::VIA, via);
     }
     if let Some(server) = &edits.server_if_absent
         && !headers.contains_key(http::header::SERVER)
@@ -201,6 +188,20 @@ fn edit_response(
     for (name, value) in &edits.headers.append {
         headers.append(name.clone(), value.clone());
     }
+}
+
+/// Every `Via` value the origin sent, in order, then `ours`, as one value (RFC 9110 §7.6.3).
+fn joined_via(headers: &http::HeaderMap, ours: &http::HeaderValue) -> http::HeaderValue {
+    let mut joined = Vec::new();
+    for value in headers.get_all(http::header::VIA) {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    if joined.is_empty() {
+        return ours.clone();
+    }
+    joined.extend_from_slice(ours.as_bytes());
+    http::HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone())
 }
 
 /// What the guest needs to word an origin failure.
@@ -314,5 +315,23 @@ impl Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_keeps_every_value_the_origin_sent_then_ours() {
+        let ours = http::HeaderValue::from_static("1.1 keygate");
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(joined_via(&headers, &ours), "1.1 keygate");
+        headers.append(http::header::VIA, "1.1 a".parse().unwrap());
+        headers.append(http::header::VIA, "1.0 b, 1.1 c".parse().unwrap());
+        assert_eq!(
+            joined_via(&headers, &ours),
+            "1.1 a, 1.0 b, 1.1 c, 1.1 keygate"
+        );
     }
 }
