@@ -13,26 +13,25 @@ use crate::errors::GatewayError;
 use crate::plan;
 use crate::request::RequestInfo;
 use crate::router::Match;
+use keygate_policy::Compat;
 use keygate_policy::errors::{BAD_GATEWAY, NAME_RESOLUTION, NO_ROUTE, TIMEOUT, UNAVAILABLE};
 use wasip2::http::types::Method;
 
 /// Decide `info`. `body` is the client's body where this entry point has it (the portable
 /// path); without it, a policy that must read the body answers [`Decision::UseHandler`].
-pub fn decide(policy: &Policy, info: &RequestInfo, body: Option<&mut RequestBody>) -> Decision {
+pub fn decide(policy: &Policy, info: &RequestInfo, mut body: Option<&mut RequestBody>) -> Decision {
     let compat = &policy.config.compat;
     let listen_port = info.listen_port(policy.config.listen_port);
     let Some(matched) = policy
         .routes
         .find(&policy.config.services, info, listen_port)
     else {
-        let reply = GatewayError::new(404, NO_ROUTE).reply(info, compat);
-        return Decision::Respond(with_labels(reply, Labels::none()));
+        return Decision::Respond(GatewayError::new(404, NO_ROUTE).reply(info, compat));
     };
     let key_auth = &policy.config.key_auth;
     let preflight = matches!(info.method, Method::Options) && !key_auth.run_on_preflight;
     let mut labels = route_labels(&matched);
     let mut hidden = None;
-    let mut body = body;
     let identity = if matched.route.auth && !preflight {
         // `hide_credentials` with `key_in_body` rewrites the body whichever source the key
         // came from: only the entry point that holds the body can do that.
@@ -106,7 +105,7 @@ pub fn upstream_error(failure: UpstreamFailure) -> GatewayError {
 
 /// The reply to a forwarded request whose origin failed: the same words and negotiation on
 /// both paths.
-pub fn upstream_failed(policy: &Policy, context: FailureContext) -> Reply {
+pub fn upstream_failed(compat: &Compat, context: FailureContext) -> Reply {
     let error = upstream_error(context.failure);
     let request = crate::errors::ErrorRequest {
         id: &context.request_id,
@@ -115,10 +114,7 @@ pub fn upstream_failed(policy: &Policy, context: FailureContext) -> Reply {
         is_head: context.method.eq_ignore_ascii_case("HEAD"),
         elapsed_ms: context.elapsed_ms,
     };
-    with_labels(
-        error.reply_to(&request, &policy.config.compat),
-        context.labels,
-    )
+    with_labels(error.reply_to(&request, compat), context.labels)
 }
 
 fn with_labels(mut reply: Reply, labels: Labels) -> Reply {

@@ -101,15 +101,21 @@ pub fn forward(
     let mut entries = response.headers().entries();
     let edits = &plan.response;
     let tokens = plan::connection_tokens(&entries);
-    entries
-        .retain(|(name, _)| !plan::HOP_BY_HOP.contains(&name.as_str()) && !tokens.contains(name));
-    entries.retain(|(name, _)| !edits.headers.remove.iter().any(|r| r == name));
+    // Hop-by-hop headers and the plan's removals go; `Via` values are gathered to be joined
+    // with ours.
     let mut via: Vec<String> = Vec::new();
     entries.retain(|(name, value)| {
+        if plan::HOP_BY_HOP.contains(&name.as_str())
+            || tokens.contains(name)
+            || edits.headers.remove.iter().any(|r| r == name)
+        {
+            return false;
+        }
         if name == "via" {
             via.push(String::from_utf8_lossy(value).into_owned());
+            return false;
         }
-        name != "via"
+        true
     });
     let has_server = entries.iter().any(|(name, _)| name == "server");
     let response_headers = HeaderList::default();
@@ -193,7 +199,7 @@ fn upstream_failed(
         method: info.method_name.clone(),
         elapsed_ms: info.elapsed_ms(),
     };
-    let reply = decide::upstream_failed(policy, context);
+    let reply = decide::upstream_failed(&policy.config.compat, context);
     send_reply(reply, out, policy.config.host_annotations);
 }
 

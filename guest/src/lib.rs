@@ -21,9 +21,7 @@ mod plan;
 mod request;
 mod router;
 
-use bindings::exports::keygate::gateway::policy::{
-    Decision, FailureContext, Labels, Reply, RequestHead,
-};
+use bindings::exports::keygate::gateway::policy::{Decision, FailureContext, Reply, RequestHead};
 use body::RequestBody;
 use errors::{GatewayError, send_reply};
 use keygate_policy::Compat;
@@ -44,23 +42,10 @@ impl bindings::exports::keygate::gateway::policy::Guest for Gateway {
     }
 
     fn upstream_failed(context: FailureContext) -> Reply {
-        match config::policy() {
-            Ok(policy) => decide::upstream_failed(policy, context),
-            Err(_) => {
-                let mut reply = decide::upstream_error(context.failure).reply_to(
-                    &errors::ErrorRequest {
-                        id: &context.request_id,
-                        accept: context.accept.as_deref(),
-                        content_type: context.content_type.as_deref(),
-                        is_head: context.method.eq_ignore_ascii_case("HEAD"),
-                        elapsed_ms: context.elapsed_ms,
-                    },
-                    &Compat::default(),
-                );
-                reply.labels = context.labels;
-                reply
-            }
-        }
+        // Without a usable configuration the words are still Kong's, in the default format.
+        let default = Compat::default();
+        let compat = config::policy().map_or(&default, |policy| &policy.config.compat);
+        decide::upstream_failed(compat, context)
     }
 }
 
@@ -98,9 +83,7 @@ impl bindings::exports::wasi::http::incoming_handler::Guest for Gateway {
 /// to stderr, where the host logs it.
 fn no_policy(reason: &str, info: &RequestInfo) -> Reply {
     eprintln!("keygate guest has no usable configuration: {reason}");
-    let mut reply = GatewayError::from_error_handler(500, INTERNAL).reply(info, &Compat::default());
-    reply.labels = Labels::none();
-    reply
+    GatewayError::from_error_handler(500, INTERNAL).reply(info, &Compat::default())
 }
 
 // Only the wasm build exports the handler: native builds exist to run the unit tests.

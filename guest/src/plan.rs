@@ -28,30 +28,25 @@ pub const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
-/// Set by the gateway only: a client's copy is never forwarded (Kong overwrites or clears
-/// them whenever key-auth runs; keygate does on every route).
-const GATEWAY_SET: &[&str] = &[
+/// Set by the gateway: a client's copy is never forwarded (Kong overwrites or clears them
+/// whenever key-auth runs; keygate does on every route), except that a client in
+/// `proxy.trusted_ips` may tell the origin these itself.
+const FORWARDED: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-port",
     "x-forwarded-path",
     "x-forwarded-prefix",
     "x-real-ip",
+];
+
+/// Set by the gateway only, from the consumer a key belongs to.
+const CONSUMER: &[&str] = &[
     "x-consumer-id",
     "x-consumer-username",
     "x-consumer-custom-id",
     "x-credential-identifier",
     "x-anonymous-consumer",
-];
-
-/// What a client in `proxy.trusted_ips` may tell the origin itself.
-const TRUSTED_FORWARDED: &[&str] = &[
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-path",
-    "x-forwarded-prefix",
-    "x-real-ip",
 ];
 
 /// `hidden`: with `hide_credentials`, the key name whose header and query argument the origin
@@ -152,7 +147,7 @@ fn request_edits(
                 via.push(String::from_utf8_lossy(value).into_owned());
                 false
             }
-            _ if trusted && TRUSTED_FORWARDED.contains(&name) => {
+            _ if trusted && FORWARDED.contains(&name) => {
                 if !claimed.iter().any(|(n, _)| *n == name) {
                     claimed.push((name, String::from_utf8_lossy(value).into_owned()));
                 }
@@ -160,7 +155,8 @@ fn request_edits(
             }
             _ => {
                 !(HOP_BY_HOP.contains(&name)
-                    || GATEWAY_SET.contains(&name)
+                    || FORWARDED.contains(&name)
+                    || CONSUMER.contains(&name)
                     || name == names.request_id
                     || tokens.iter().any(|t| t == name)
                     || Some(name) == client_addr_header
