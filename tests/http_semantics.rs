@@ -23,6 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::servers::Received;
 use support::{AuthApi, Origin, basic_config, start_gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -82,37 +83,13 @@ fn empty() -> OriginBody {
 }
 
 /// What an origin received of one request, body included.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    /// The request target as it arrived (path and query).
-    uri: String,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Received {
-    fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
-    }
-}
-
 type Log = Arc<Mutex<Vec<Received>>>;
 
 /// Read a request whole and add it to `log`.
 async fn record(log: &Log, request: hyper::Request<Incoming>) -> Received {
     let (parts, body) = request.into_parts();
     let body = body.collect().await.expect("request body").to_bytes();
-    let received = Received {
-        method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
-        headers: parts.headers,
-        body,
-    };
+    let received = Received::new(parts, body);
     log.lock().unwrap().push(received.clone());
     received
 }
@@ -123,6 +100,11 @@ fn last(log: &Log) -> Received {
         .last()
         .cloned()
         .expect("the origin saw a request")
+}
+
+/// A request carrying the consumer's key.
+fn keyed(method: &str, addr: SocketAddr, path: &str) -> http::request::Builder {
+    support::request(method, addr, path).header(KEY.0, KEY.1)
 }
 
 /// The gateway of `support::basic_config` (service `http://ORIGIN/v1`, route `/api`,
@@ -236,8 +218,7 @@ async fn head_is_answered_with_the_origins_content_length_and_no_body() {
         .await
         .unwrap();
     tokio::spawn(connection);
-    let head = support::request("HEAD", gw.addr, "/api/file")
-        .header(KEY.0, KEY.1)
+    let head = keyed("HEAD", gw.addr, "/api/file")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let response = within("HEAD answer", sender.send_request(head))
@@ -259,8 +240,7 @@ async fn head_is_answered_with_the_origins_content_length_and_no_body() {
     within("connection ready after HEAD", sender.ready())
         .await
         .expect("the connection stays usable after a HEAD");
-    let get = support::request("GET", gw.addr, "/api/file")
-        .header(KEY.0, KEY.1)
+    let get = keyed("GET", gw.addr, "/api/file")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let response = within("GET after HEAD", sender.send_request(get))
@@ -332,8 +312,7 @@ async fn chunked_origin_response_streams_to_the_client_before_the_origin_finishe
     .await;
     let gw = gateway_to(origin).await;
 
-    let request = support::request("GET", gw.addr, "/api/stream")
-        .header(KEY.0, KEY.1)
+    let request = keyed("GET", gw.addr, "/api/stream")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let response = within("response head", support::client::open(gw.addr, request)).await;
@@ -559,8 +538,7 @@ async fn compressed_bodies_pass_through_untouched() {
     }
 
     // Upload: a gzip request body reaches the origin as sent.
-    let request = support::request("POST", gw.addr, "/api/greeting")
-        .header(KEY.0, KEY.1)
+    let request = keyed("POST", gw.addr, "/api/greeting")
         .header("content-type", "text/plain")
         .header("content-encoding", "gzip")
         .body(Full::new(Bytes::from_static(GZIP)))
@@ -616,8 +594,7 @@ async fn large_upload_and_download_stream_through_unchanged() {
     .await;
     let gw = gateway_to(origin).await;
 
-    let request = support::request("POST", gw.addr, "/api/upload")
-        .header(KEY.0, KEY.1)
+    let request = keyed("POST", gw.addr, "/api/upload")
         .header("content-type", "application/octet-stream")
         .body(Full::new(data.clone()))
         .unwrap();

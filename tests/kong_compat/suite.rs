@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::AuthApi;
 use support::client::{Reply, get};
+use support::servers::Received;
 use tokio::net::TcpListener;
 
 mod errors;
@@ -46,32 +47,6 @@ async fn start_gateway(toml: &str) -> keygate::RunningGateway {
 // ---------------------------------------------------------------------------------------
 // Test servers and helpers
 // ---------------------------------------------------------------------------------------
-
-/// What the origin received.
-#[derive(Debug, Clone)]
-struct Received {
-    uri: String,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
-    }
-
-    fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
 
 /// An origin that records every request whole and answers 200 `{"ok":true}`. Request headers
 /// steer the answer: `x-echo-via` / `x-echo-server` / `x-echo-request-id` are sent back as
@@ -130,11 +105,7 @@ impl Echo {
                 response = response.header(to, value);
             }
         }
-        self.seen.lock().unwrap().push(Received {
-            uri: parts.uri.to_string(),
-            headers: parts.headers,
-            body,
-        });
+        self.seen.lock().unwrap().push(Received::new(parts, body));
         response
             .body(Full::new(Bytes::from_static(b"{\"ok\":true}")))
             .unwrap()

@@ -41,6 +41,43 @@ impl Seen {
     }
 }
 
+/// A request an origin read whole, body included.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// The request target as it arrived (path and query).
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn new(parts: http::request::Parts, body: Bytes) -> Self {
+        Self {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 /// An origin API. Paths it understands (as it receives them):
 /// - `.../download/N`: streams N bytes;
 /// - `.../upload`: reads the body as a stream and answers `{"bytes":N,"sum":S}`;
