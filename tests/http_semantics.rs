@@ -94,6 +94,21 @@ async fn record(log: &Log, request: hyper::Request<Incoming>) -> Received {
     received
 }
 
+/// An origin that records each request whole in `log`, then answers as `answer` says.
+async fn recording_origin(
+    log: &Log,
+    answer: impl Fn(&Received) -> OriginResponse + Send + Sync + 'static,
+) -> SocketAddr {
+    let log = Arc::clone(log);
+    let answer = Arc::new(answer);
+    origin(move |request| {
+        let log = Arc::clone(&log);
+        let answer = Arc::clone(&answer);
+        async move { answer(&record(&log, request).await) }
+    })
+    .await
+}
+
 fn last(log: &Log) -> Received {
     log.lock()
         .unwrap()
@@ -407,18 +422,11 @@ async fn no_content_and_not_modified_arrive_without_a_body() {
 #[tokio::test]
 async fn expect_100_continue_gets_continue_before_the_body_and_then_the_origins_answer() {
     let log = Log::default();
-    let origin = origin({
-        let log = Arc::clone(&log);
-        move |request| {
-            let log = Arc::clone(&log);
-            async move {
-                let received = record(&log, request).await;
-                hyper::Response::builder()
-                    .status(201)
-                    .body(full(format!("stored {} bytes", received.body.len())))
-                    .unwrap()
-            }
-        }
+    let origin = recording_origin(&log, |received| {
+        hyper::Response::builder()
+            .status(201)
+            .body(full(format!("stored {} bytes", received.body.len())))
+            .unwrap()
     })
     .await;
     let gw = gateway_to(origin).await;
@@ -469,15 +477,8 @@ async fn expect_100_continue_gets_continue_before_the_body_and_then_the_origins_
 #[tokio::test]
 async fn percent_encoded_paths_and_queries_keep_their_escapes_at_the_origin() {
     let log = Log::default();
-    let origin = origin({
-        let log = Arc::clone(&log);
-        move |request| {
-            let log = Arc::clone(&log);
-            async move {
-                record(&log, request).await;
-                hyper::Response::builder().body(full("ok")).unwrap()
-            }
-        }
+    let origin = recording_origin(&log, |_| {
+        hyper::Response::builder().body(full("ok")).unwrap()
     })
     .await;
     let gw = gateway_to(origin).await;
