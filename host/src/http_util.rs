@@ -47,6 +47,12 @@ pub fn remove_connection_tokens(headers: &mut http::HeaderMap, keep_upgrade: boo
     }
 }
 
+/// The client's IP as the guest is told it on either path (an IPv4 client of a dual-stack
+/// listener as IPv4, not `::ffff:a.b.c.d`).
+pub fn client_ip(client: std::net::SocketAddr) -> String {
+    client.ip().to_canonical().to_string()
+}
+
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -39,7 +39,7 @@ pub fn lower<B>(
             .map_or("/", |pq| pq.as_str())
             .to_string(),
         headers,
-        client_ip: Some(client.ip().to_canonical().to_string()),
+        client_ip: Some(crate::http_util::client_ip(client)),
         local_port,
     })
 }

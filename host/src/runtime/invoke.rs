@@ -129,7 +129,7 @@ impl Gateway {
         }
         crate::http_util::remove_connection_tokens(headers, false);
         headers.remove(internal_headers::CLIENT_ADDR);
-        if let Ok(ip) = client.ip().to_string().parse() {
+        if let Ok(ip) = crate::http_util::client_ip(client).parse() {
             headers.insert(internal_headers::CLIENT_ADDR, ip);
         }
         let mut worker = self.worker(active, key_cache).await?;
