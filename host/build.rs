@@ -18,6 +18,11 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "keygate_test_tagged_guest.wasm",
         "KEYGATE_TEST_TAGGED_WASM",
     ),
+    (
+        "keygate-test-hostile-guest",
+        "keygate_test_hostile_guest.wasm",
+        "KEYGATE_TEST_HOSTILE_WASM",
+    ),
     // Key-cache adapters that `keygate export` plugs into the guest for other hosts.
     (
         "keygate-key-cache-memory",

@@ -1,4 +1,5 @@
-//! Scenarios: a guest that traps, spins or hogs memory loses that request only.
+//! Scenarios: a guest that traps, spins or hogs memory loses that request only; a policy whose
+//! decisions try to leave the configuration gets nothing forwarded.
 
 mod support;
 
@@ -131,4 +132,64 @@ async fn instance_reuse_of_one_means_a_fresh_instance_per_request() {
     for _ in 0..3 {
         assert_eq!(get(gw.addr, "/count", &[]).await.text(), "1");
     }
+}
+
+/// A gateway running the hostile policy, with service `api` on `origin`.
+async fn hostile_gateway(origin: std::net::SocketAddr) -> keygate::RunningGateway {
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[guest]
+component = "{}"
+
+[[services]]
+name = "api"
+url = "http://{origin}"
+
+[[services.routes]]
+paths = ["/"]
+"#,
+        env!("KEYGATE_TEST_HOSTILE_WASM")
+    );
+    start_gateway(&config).await
+}
+
+#[tokio::test]
+async fn decisions_that_leave_the_configuration_are_refused_and_never_forwarded() {
+    let origin = support::Origin::start("origin").await;
+    let elsewhere = support::Origin::start("elsewhere").await;
+    let gw = hostile_gateway(origin.addr).await;
+    assert!(gw.gateway.active().fast_path, "the policy decides");
+    let origin_target = origin.addr.to_string();
+    let elsewhere_target = elsewhere.addr.to_string();
+
+    // The plan a good guest makes is carried out: the setup itself works.
+    let reply = get(gw.addr, "/", &[("x-target", &origin_target)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(origin.hits(), 1);
+
+    for (hostile, target) in [
+        ("foreign-authority", &elsewhere_target),
+        ("unknown-service", &origin_target),
+        ("header-injection", &origin_target),
+        ("absolute-path", &origin_target),
+        ("informational-reply", &origin_target),
+    ] {
+        let reply = get(
+            gw.addr,
+            "/",
+            &[("x-hostile", hostile), ("x-target", target)],
+        )
+        .await;
+        assert_eq!(reply.status, 500, "{hostile}: {}", reply.text());
+        assert_eq!(reply.json()["message"], "An unexpected error occurred");
+    }
+    assert_eq!(origin.hits(), 1, "no refused plan reached the origin");
+    assert_eq!(
+        elsewhere.hits(),
+        0,
+        "nothing reached a host the config does not name"
+    );
 }

@@ -1,0 +1,135 @@
+//! A policy that decides what the request's `x-hostile` header asks for, to prove the host
+//! treats decisions as untrusted: `foreign-authority` forwards to `x-target` (not the
+//! service's origin), `unknown-service` names a service the config lacks, `header-injection`
+//! appends a value with a line break, `absolute-path` sends an absolute URL as the path,
+//! `informational-reply` answers with status 101; anything else forwards to the `api`
+//! service's origin `x-target`, the plan a good guest makes. Its `wasi:http` handler answers
+//! 200 `handler`.
+
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../../wit",
+        world: "keygate:gateway/gateway",
+        with: {
+            "wasi:http/types@0.2.12": wasip2::http::types,
+            "wasi:http/outgoing-handler@0.2.12": wasip2::http::outgoing_handler,
+            "wasi:io/poll@0.2.12": wasip2::io::poll,
+            "wasi:io/error@0.2.12": wasip2::io::error,
+            "wasi:io/streams@0.2.12": wasip2::io::streams,
+            "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+            "wasi:clocks/wall-clock@0.2.12": wasip2::clocks::wall_clock,
+            "wasi:random/random@0.2.12": wasip2::random::random,
+            "wasi:cli/stdout@0.2.12": wasip2::cli::stdout,
+            "wasi:cli/stderr@0.2.12": wasip2::cli::stderr,
+            "wasi:cli/stdin@0.2.12": wasip2::cli::stdin,
+            "keygate:gateway/key-cache@0.1.1": generate,
+        },
+        pub_export_macro: true,
+    });
+}
+
+use bindings::exports::keygate::gateway::policy::{
+    Decision, FailureContext, ForwardPlan, HeaderEdits, Labels, Reply, RequestHead, ResponseEdits,
+    Timeouts,
+};
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Hostile;
+
+fn labels() -> Labels {
+    Labels {
+        route: None,
+        service: None,
+        consumer: None,
+        key_lookup: None,
+        auth_call_ms: None,
+    }
+}
+
+fn header(head: &RequestHead, name: &str) -> String {
+    head.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+impl bindings::exports::keygate::gateway::policy::Guest for Hostile {
+    fn decide(head: RequestHead) -> Decision {
+        let target = header(&head, "x-target");
+        let mut plan = ForwardPlan {
+            service: "api".into(),
+            scheme: "http".into(),
+            authority: target.clone(),
+            path_with_query: "/".into(),
+            request_headers: HeaderEdits {
+                remove: vec![],
+                append: vec![("host".into(), target.into_bytes())],
+            },
+            response: ResponseEdits {
+                headers: HeaderEdits {
+                    remove: vec![],
+                    append: vec![],
+                },
+                via: None,
+                server_if_absent: None,
+                upstream_latency_header: None,
+                proxy_latency_header: None,
+            },
+            timeouts: Timeouts {
+                connect_ms: 2000,
+                first_byte_ms: 2000,
+                between_bytes_ms: 2000,
+            },
+            max_request_body: None,
+            request_id: "0".repeat(32),
+            labels: labels(),
+        };
+        match header(&head, "x-hostile").as_str() {
+            // The target is then not the configured origin: the test points it elsewhere.
+            "foreign-authority" => {}
+            "unknown-service" => plan.service = "not-configured".into(),
+            "header-injection" => plan
+                .request_headers
+                .append
+                .push(("x-a".into(), b"1\r\nx-injected: yes".to_vec())),
+            "absolute-path" => plan.path_with_query = format!("http://{}/", plan.authority),
+            "informational-reply" => {
+                return Decision::Respond(Reply {
+                    status: 101,
+                    headers: vec![],
+                    body: vec![],
+                    labels: labels(),
+                });
+            }
+            _ => {}
+        }
+        Decision::Forward(plan)
+    }
+
+    fn upstream_failed(_context: FailureContext) -> Reply {
+        Reply {
+            status: 502,
+            headers: vec![],
+            body: b"upstream failed".to_vec(),
+            labels: labels(),
+        }
+    }
+}
+
+impl bindings::exports::wasi::http::incoming_handler::Guest for Hostile {
+    fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+        let response = OutgoingResponse::new(Fields::new());
+        let body = response.body().expect("fresh response has a body");
+        ResponseOutparam::set(out, Ok(response));
+        let stream = body.write().expect("fresh body has a stream");
+        stream.blocking_write_and_flush(b"handler").expect("write");
+        drop(stream);
+        OutgoingBody::finish(body, None).expect("finish");
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+bindings::export!(Hostile with_types_in bindings);
