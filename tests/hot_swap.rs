@@ -340,6 +340,71 @@ async fn config_swap_moves_a_route_to_another_origin() {
     assert!(old.hits() > 0 && new.hits() > 0);
 }
 
+/// A forwarded request is decided and carried out under the component + config it started
+/// with: a swap that moves its route while its body streams does not cut or redirect it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_in_flight_finishes_from_its_origin_when_a_swap_moves_the_route() {
+    const SIZE: u64 = 32 << 20;
+    let old = Origin::start("old").await;
+    let new = Origin::start("new").await;
+    let auth = AuthApi::start().await;
+    let config = support::basic_config_with_admin(&old, &auth);
+    let deployment = Deployment::start(&config, None).await;
+    let first = deployment.status().await["config"]["revision"].clone();
+    assert_eq!(deployment.status().await["entry"], "policy");
+
+    let request = support::request(
+        "GET",
+        deployment.gateway.addr,
+        &format!("/api/download/{SIZE}"),
+    )
+    .header("apikey", "static-key")
+    .body(Empty::<Bytes>::new())
+    .unwrap();
+    let response = support::client::open(deployment.gateway.addr, request).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    let mut sum = 0u64;
+    let mut add = |data: &[u8]| {
+        received += data.len() as u64;
+        sum = data.iter().fold(sum, |s, &b| s.wrapping_add(u64::from(b)));
+    };
+    // The first bytes are here: the download is under way, most of it still at the origin.
+    let first_frame = body.frame().await.expect("a first frame").unwrap();
+    add(first_frame.data_ref().expect("data"));
+
+    let text = std::fs::read_to_string(deployment.path("keygate.toml")).unwrap();
+    replace(
+        &deployment.path("keygate.toml"),
+        text.replace(&old.addr.to_string(), &new.addr.to_string())
+            .as_bytes(),
+    );
+    deployment
+        .wait_until("the new config", |s| s["config"]["revision"] != first)
+        .await;
+    let after = get(
+        deployment.gateway.addr,
+        "/api/x",
+        &[("apikey", "static-key")],
+    )
+    .await;
+    assert_eq!(after.header("x-origin"), Some("new"), "the swap has landed");
+
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.expect("the download is not cut").data_ref() {
+            add(data);
+        }
+    }
+    assert_eq!(received, SIZE);
+    assert_eq!(sum, support::servers::download_sum(SIZE));
+    assert_eq!(
+        old.hits(),
+        1,
+        "the download came from the origin it was decided for"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_config_is_rejected_and_the_old_one_serves() {
     let origin = Origin::start("origin").await;
