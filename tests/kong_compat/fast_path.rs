@@ -1,7 +1,7 @@
 //! The Kong compatibility suite on keygate's fast path: the guest decides from the head
 //! (`keygate:gateway/policy`), the host forwards natively.
 
-const ENTRY: keygate_policy::GuestEntry = keygate_policy::GuestEntry::Auto;
+const HOST: suite::Host = suite::Host::FastPath;
 
 #[path = "suite.rs"]
 mod suite;

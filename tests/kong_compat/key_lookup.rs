@@ -272,6 +272,9 @@ async fn unparsable_body_means_no_key_not_an_error() {
 
 #[tokio::test]
 async fn body_larger_than_body_buffer_size_holds_no_key_and_is_forwarded_whole() {
+    excluded_on_wasmtime_serve!(
+        "wasmtime serve answers before reading a large body and then closes the connection, so this chunked upload may fail with a broken pipe before its 401 is read"
+    );
     let (origin, gw) = gateway("[key_auth]\nkey_in_body = true\nbody_buffer_size = \"1k\"\n").await;
     let big = format!("apikey=alice-key&pad={}", "x".repeat(2000));
     let reply = send_body(gw.addr, "POST", "/api/x", &[FORM], big.clone()).await;

@@ -3,9 +3,11 @@
 //!
 //! Every test runs the real host and guest against real servers on 127.0.0.1: an echo origin
 //! (below) that records exactly what reached it, body included, and for the auth API the
-//! shared test server. The suite is one module run by several test binaries, one per way of
-//! running the guest (`fast_path.rs`, `portable.rs`), so the appliers of a decision cannot
-//! drift apart: each binary names its entry in `crate::ENTRY`.
+//! shared test server. The suite is one module run by several test binaries, one per host of
+//! the guest (`fast_path.rs`, `portable.rs`, `wasmtime_serve.rs`), so the appliers of a
+//! decision cannot drift apart: each binary names its host in `crate::HOST`. Tests that need
+//! what a host cannot give a component (the client's address on `wasmtime serve`) say so with
+//! `excluded_on_wasmtime_serve!`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -33,16 +35,80 @@ mod key_auth_options;
 mod key_lookup;
 mod routing;
 
-/// Start keygate on the entry this binary tests, and check it is really on it.
-async fn start_gateway(toml: &str) -> keygate::RunningGateway {
-    let gw = support::start_gateway_with(toml, |config| config.guest.entry = crate::ENTRY).await;
+/// Where the suite runs the gateway: each test binary names one in `crate::HOST`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each binary names one
+pub enum Host {
+    /// keygate, the guest deciding and the host forwarding (`[guest] entry = "auto"`).
+    FastPath,
+    /// keygate running the guest's `wasi:http` handler (`[guest] entry = "wasi-http"`).
+    Portable,
+    /// The exported component on `wasmtime serve` 48 (`keygate export --for wasmtime`).
+    WasmtimeServe,
+}
+
+/// A gateway under test, on whichever host; stopped when dropped.
+struct TestGateway {
+    addr: SocketAddr,
+    _running: Running,
+}
+
+#[allow(dead_code)] // held, never read: dropping it stops the gateway
+enum Running {
+    Keygate(keygate::RunningGateway),
+    Wasmtime(support::wasmtime_serve::WasmtimeServe, tempfile::TempDir),
+}
+
+/// Start the gateway of `toml` on the host this binary tests, and check it is really there.
+async fn start_gateway(toml: &str) -> TestGateway {
+    let entry = match crate::HOST {
+        Host::FastPath => keygate_policy::GuestEntry::Auto,
+        Host::Portable => keygate_policy::GuestEntry::WasiHttp,
+        Host::WasmtimeServe => return start_on_wasmtime_serve(toml).await,
+    };
+    let gw = support::start_gateway_with(toml, |config| config.guest.entry = entry).await;
     assert_eq!(
         gw.gateway.active().fast_path,
-        crate::ENTRY == keygate_policy::GuestEntry::Auto,
+        crate::HOST == Host::FastPath,
         "the suite runs on the path its binary names"
     );
-    gw
+    TestGateway {
+        addr: gw.addr,
+        _running: Running::Keygate(gw),
+    }
 }
+
+/// `keygate export --for wasmtime` of `toml`, served by its `serve.sh`.
+async fn start_on_wasmtime_serve(toml: &str) -> TestGateway {
+    support::wasmtime_serve::require_wasmtime();
+    let toml = toml.to_string();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keygate.toml");
+        std::fs::write(&config, toml).unwrap();
+        let out = dir.path().join("export");
+        keygate::export::export(keygate::export::Target::Wasmtime, &config, &out)
+            .expect("the suite's config exports");
+        let serve = support::wasmtime_serve::WasmtimeServe::start(&out.join("serve.sh"));
+        TestGateway {
+            addr: serve.addr,
+            _running: Running::Wasmtime(serve, dir),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Ends a test that cannot run on `wasmtime serve`, saying why (the README lists them).
+macro_rules! excluded_on_wasmtime_serve {
+    ($why:literal) => {
+        if crate::HOST == crate::suite::Host::WasmtimeServe {
+            eprintln!("excluded on wasmtime serve: {}", $why);
+            return;
+        }
+    };
+}
+use excluded_on_wasmtime_serve;
 
 // ---------------------------------------------------------------------------------------
 // Test servers and helpers
@@ -162,14 +228,14 @@ url = "http://{origin}/base"
 const API_ROUTE: &str = "[[services.routes]]\nname = \"api\"\npaths = [\"/api\"]\n";
 
 /// The echo origin and a gateway with `sections` and the `/api` route.
-async fn gateway(sections: &str) -> (Echo, keygate::RunningGateway) {
+async fn gateway(sections: &str) -> (Echo, TestGateway) {
     let origin = Echo::start().await;
     let gw = start_gateway(&config(&origin, sections, API_ROUTE)).await;
     (origin, gw)
 }
 
 /// The echo origin and a gateway with `sections` and `routes`.
-async fn gateway_with_routes(sections: &str, routes: &str) -> (Echo, keygate::RunningGateway) {
+async fn gateway_with_routes(sections: &str, routes: &str) -> (Echo, TestGateway) {
     let origin = Echo::start().await;
     let gw = start_gateway(&config(&origin, sections, routes)).await;
     (origin, gw)

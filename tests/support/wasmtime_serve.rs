@@ -46,9 +46,13 @@ pub struct WasmtimeServe {
 }
 
 impl WasmtimeServe {
-    /// Run `SCRIPT 127.0.0.1:0` and wait until wasmtime says where it is serving.
+    /// Run `sh SCRIPT 127.0.0.1:0` and wait until wasmtime says where it is serving. Through
+    /// `sh`, not by executing the script: a script written by this process can be held open
+    /// for writing by another test thread's fork for a moment, and executing it then fails
+    /// with "Text file busy". (`tests/export.rs` executes `serve.sh` directly once.)
     pub fn start(script: &Path) -> Self {
-        let mut child = Command::new(script)
+        let mut child = Command::new("sh")
+            .arg(script)
             .arg("127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
