@@ -46,6 +46,19 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// Point the config file's services at `new` instead of `old` and wait until the gateway
+    /// runs it (its revision is no longer `first`).
+    async fn move_origin(&self, old: &Origin, new: &Origin, first: &serde_json::Value) {
+        let text = std::fs::read_to_string(self.path("keygate.toml")).unwrap();
+        replace(
+            &self.path("keygate.toml"),
+            text.replace(&old.addr.to_string(), &new.addr.to_string())
+                .as_bytes(),
+        );
+        self.wait_until("the new config", |s| s["config"]["revision"] != *first)
+            .await;
+    }
+
     async fn start(config: &str, component: Option<&[u8]>) -> Self {
         support::init_logging();
         let dir = tempfile::tempdir().unwrap();
@@ -317,15 +330,7 @@ async fn config_swap_moves_a_route_to_another_origin() {
     let load = Load::start(deployment.gateway.addr, "/api/x", headers, "x-origin");
     load.answered_more(500).await;
 
-    let text = std::fs::read_to_string(deployment.path("keygate.toml")).unwrap();
-    replace(
-        &deployment.path("keygate.toml"),
-        text.replace(&old.addr.to_string(), &new.addr.to_string())
-            .as_bytes(),
-    );
-    deployment
-        .wait_until("the new config", |s| s["config"]["revision"] != first)
-        .await;
+    deployment.move_origin(&old, &new, &first).await;
     let swapped = Instant::now();
     load.answered_more(1000).await;
     let answers = load.stop().await;
@@ -374,15 +379,7 @@ async fn a_download_in_flight_finishes_from_its_origin_when_a_swap_moves_the_rou
     let first_frame = body.frame().await.expect("a first frame").unwrap();
     add(first_frame.data_ref().expect("data"));
 
-    let text = std::fs::read_to_string(deployment.path("keygate.toml")).unwrap();
-    replace(
-        &deployment.path("keygate.toml"),
-        text.replace(&old.addr.to_string(), &new.addr.to_string())
-            .as_bytes(),
-    );
-    deployment
-        .wait_until("the new config", |s| s["config"]["revision"] != first)
-        .await;
+    deployment.move_origin(&old, &new, &first).await;
     let after = get(
         deployment.gateway.addr,
         "/api/x",
