@@ -58,6 +58,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("wasm-components");
+    ensure_wasm_target();
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -65,7 +66,7 @@ fn main() {
         .args([
             "build",
             "--target",
-            "wasm32-wasip2",
+            WASM_TARGET,
             "--profile",
             "guest",
             "--locked",
@@ -93,16 +94,69 @@ fn main() {
         .unwrap_or_else(|err| panic!("could not run cargo to build the guest component: {err}"));
     if !status.success() {
         panic!(
-            "building the guest component failed ({status}); is the wasm32-wasip2 target installed? \
-             (`rustup target add wasm32-wasip2`, which rust-toolchain.toml requests)"
+            "building the guest component failed ({status}); is the {WASM_TARGET} target installed? \
+             (`rustup target add {WASM_TARGET}`, which rust-toolchain.toml requests)"
         );
     }
-    let built = target_dir.join("wasm32-wasip2").join("guest");
+    let built = target_dir.join(WASM_TARGET).join("guest");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     for (_, file, var) in COMPONENTS {
         let path = copy(&built.join(file), &out_dir.join(file));
         println!("cargo:rustc-env={var}={}", path.display());
     }
+}
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// rustup installs a toolchain file's `targets` only when it installs the toolchain, so a
+/// machine that already had 1.95.0 lacks the wasm target: add it here rather than ask the user
+/// for a third command. Without rustup, the build fails below with the message saying what to
+/// install.
+fn ensure_wasm_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let installed = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+        .is_some_and(|libdir| has_rlibs(&libdir));
+    if installed {
+        return;
+    }
+    // Set by rustup's proxies: the toolchain this build runs on (rust-toolchain.toml's).
+    let Some(toolchain) = env::var_os("RUSTUP_TOOLCHAIN") else {
+        println!(
+            "cargo:warning=the {WASM_TARGET} target is missing and rustup is not in use; \
+             install the Rust standard library for {WASM_TARGET} to build the guest component"
+        );
+        return;
+    };
+    println!(
+        "cargo:warning=installing the {WASM_TARGET} target for toolchain {} \
+         (`rustup target add {WASM_TARGET}`): the guest component is built for it",
+        toolchain.to_string_lossy()
+    );
+    let added = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET, "--toolchain"])
+        .arg(&toolchain)
+        .status();
+    match added {
+        Ok(status) if status.success() => {}
+        Ok(status) => println!("cargo:warning=`rustup target add {WASM_TARGET}` failed ({status})"),
+        Err(err) => println!("cargo:warning=could not run rustup: {err}"),
+    }
+}
+
+/// Whether a target's library directory holds the standard library (file names carry a hash).
+fn has_rlibs(libdir: &Path) -> bool {
+    std::fs::read_dir(libdir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libstd-") && name.ends_with(".rlib")
+        })
+    })
 }
 
 fn copy(from: &Path, to: &Path) -> PathBuf {

@@ -3,14 +3,20 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
 use support::client::get;
 use support::start_gateway;
 
 async fn misbehaving_gateway() -> keygate::RunningGateway {
-    misbehaving_gateway_reusing(1000).await
+    misbehaving_gateway_with("").await
 }
 
 async fn misbehaving_gateway_reusing(reuse: u32) -> keygate::RunningGateway {
+    misbehaving_gateway_with(&format!("instance_reuse = {reuse}")).await
+}
+
+/// `guest_settings`: more `[guest]` lines.
+async fn misbehaving_gateway_with(guest_settings: &str) -> keygate::RunningGateway {
     let config = format!(
         r#"
 [server]
@@ -20,7 +26,7 @@ listen = "127.0.0.1:0"
 component = "{}"
 busy_timeout = "200ms"
 memory_limit_mb = 32
-instance_reuse = {reuse}
+{guest_settings}
 "#,
         env!("KEYGATE_TEST_MISBEHAVING_WASM")
     );
@@ -92,18 +98,52 @@ async fn guest_memory_hog_hits_the_limit() {
     let gw = misbehaving_gateway().await;
     assert_eq!(get(gw.addr, "/grow", &[]).await.status, 500);
     assert_eq!(get(gw.addr, "/ok", &[]).await.status, 200);
+    let metrics = gw.gateway.metrics.render(0);
+    assert!(
+        metrics.contains("keygate_guest_failures_total{reason=\"memory_limit\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("reason=\"trap\""),
+        "the memory limit is told apart from other traps: {metrics}"
+    );
 }
 
 #[tokio::test]
 async fn many_concurrent_requests_share_the_instance_pool() {
-    let gw = misbehaving_gateway().await;
-    let requests = (0..200).map(|_| {
+    const INSTANCES: usize = 2;
+    const REQUESTS: usize = 40;
+    const HOLD_MS: u64 = 50;
+    let gw = misbehaving_gateway_with(&format!("max_instances = {INSTANCES}")).await;
+    let started = Instant::now();
+    // Each request keeps its instance for HOLD_MS: they overlap, so most must wait for one.
+    let requests = (0..REQUESTS).map(|_| {
         let addr = gw.addr;
-        tokio::spawn(async move { get(addr, "/ok", &[]).await.status })
+        tokio::spawn(async move {
+            let reply = get(addr, &format!("/wait?ms={HOLD_MS}"), &[]).await;
+            (reply.status, reply.text())
+        })
     });
-    for status in futures::future::join_all(requests).await {
-        assert_eq!(status.unwrap(), 200);
+    let answers =
+        tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(requests))
+            .await
+            .expect("every queued request got an instance");
+    for answer in answers {
+        assert_eq!(answer.unwrap(), (200, "waited".to_string()));
     }
+    let elapsed = started.elapsed();
+    let metrics = gw.gateway.metrics.render(0);
+    assert!(
+        metrics.contains(&format!(
+            "keygate_guest_instances_created_total {INSTANCES}\n"
+        )),
+        "{REQUESTS} requests were served by exactly {INSTANCES} instances: {metrics}"
+    );
+    let rounds = u32::try_from(REQUESTS / INSTANCES).unwrap();
+    assert!(
+        elapsed >= Duration::from_millis(HOLD_MS) * rounds,
+        "no more than {INSTANCES} requests ran at once, so the rest queued: {elapsed:?}"
+    );
 }
 
 #[tokio::test]

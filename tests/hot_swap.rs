@@ -563,13 +563,11 @@ fn admin_off_loopback_without_token_is_refused() {
 #[tokio::test]
 async fn restarts_load_the_precompiled_component() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[guest]\ncache_dir = \"{}\"\n",
-        dir.path().display()
-    );
+    let config = format!("{ADMIN}[guest]\ncache_dir = \"{}\"\n", dir.path().display());
     let first = Instant::now();
     let gw = support::start_gateway(&config).await;
     let cold = first.elapsed();
+    assert_component_loaded_from(&gw, "compiled").await;
     gw.shutdown().await;
     let cached: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -580,5 +578,26 @@ async fn restarts_load_the_precompiled_component() {
     let gw = support::start_gateway(&config).await;
     let warm = second.elapsed();
     println!("start with compile: {cold:?}; start from the precompiled cache: {warm:?}");
+    assert_component_loaded_from(&gw, "precompiled_cache").await;
     assert_eq!(get(gw.addr, "/nowhere", &[]).await.status, 404);
+}
+
+/// The running component's native code came from `expected`, as status and metrics say.
+async fn assert_component_loaded_from(gw: &keygate::RunningGateway, expected: &str) {
+    let status = get(gw.admin_addr.unwrap(), "/admin/status", &[])
+        .await
+        .json();
+    assert_eq!(status["component"]["loaded_from"], expected, "{status}");
+    let metrics = gw.gateway.metrics.render(0);
+    let loads: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("keygate_component_loads_total{"))
+        .collect();
+    assert_eq!(
+        loads,
+        [format!(
+            "keygate_component_loads_total{{loaded_from=\"{expected}\"}} 1"
+        )],
+        "{metrics}"
+    );
 }

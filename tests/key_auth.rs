@@ -288,4 +288,29 @@ async fn auth_calls_beyond_the_cap_fail_fast_instead_of_queueing() {
         "shed requests were answered before the auth API answered anyone: {results:?}"
     );
     assert_eq!(origin.hits(), 0);
+
+    // Each request looked its key up once (a miss); a shed call is its own event, and not an
+    // auth API answer.
+    let metrics = gw.gateway.metrics.render(0);
+    let samples = |family: &str| -> Vec<&str> {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(family))
+            .collect()
+    };
+    assert_eq!(
+        samples("keygate_key_cache_lookups_total"),
+        ["keygate_key_cache_lookups_total{result=\"miss\"} 10"],
+        "{metrics}"
+    );
+    assert_eq!(
+        samples("keygate_auth_api_calls_shed_total"),
+        ["keygate_auth_api_calls_shed_total 8"],
+        "{metrics}"
+    );
+    assert_eq!(
+        samples("keygate_auth_api_responses_total"),
+        ["keygate_auth_api_responses_total{code=\"401\"} 2"],
+        "{metrics}"
+    );
 }

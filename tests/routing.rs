@@ -2,12 +2,18 @@
 
 mod support;
 
+use keygate_policy::{GuestEntry, internal_headers};
 use support::client::get;
-use support::{AuthApi, Origin, start_gateway};
+use support::{AuthApi, Origin, start_gateway, start_gateway_with};
 
 /// Two origins: `/orders` → orders (strip_path), `/users` → users (no strip), a public
 /// `/status` route without auth, and a GET-only regex route.
 async fn two_origins() -> (Origin, Origin, keygate::RunningGateway) {
+    two_origins_on(GuestEntry::Auto).await
+}
+
+/// [`two_origins`], with requests taking the path `entry` selects.
+async fn two_origins_on(entry: GuestEntry) -> (Origin, Origin, keygate::RunningGateway) {
     let orders = Origin::start("orders").await;
     let users = Origin::start("users").await;
     let auth = AuthApi::start().await;
@@ -56,7 +62,12 @@ auth = false
         orders = orders.addr,
         users = users.addr,
     );
-    let gateway = start_gateway(&config).await;
+    let gateway = start_gateway_with(&config, |config| config.guest.entry = entry).await;
+    assert_eq!(
+        gateway.gateway.active().fast_path,
+        entry == GuestEntry::Auto,
+        "requests take the path the test is about"
+    );
     (orders, users, gateway)
 }
 
@@ -207,11 +218,97 @@ async fn hop_by_hop_headers_are_dropped() {
     assert_eq!(seen.header("x-kept"), Some("yes"));
 }
 
+/// Asks the test origin to answer with every one of keygate's internal headers, forged.
+const FORGED_INTERNAL_HEADERS: &[(&str, &str)] = &[
+    ("x-test-respond-with", "keygate-route=forged-route"),
+    ("x-test-respond-with", "keygate-call=forged-call"),
+    ("x-test-respond-with", "keygate-client-addr=6.6.6.6"),
+];
+
+/// An origin that sends keygate's internal headers: the client gets none of them, and the
+/// request is counted under the route that really answered it.
+async fn assert_internal_headers_from_the_origin_are_stripped(entry: GuestEntry) {
+    let (orders, _users, gw) = two_origins_on(entry).await;
+    let direct = get(orders.addr, "/v1/list", FORGED_INTERNAL_HEADERS).await;
+    for name in internal_headers::ALL {
+        assert!(
+            direct.header(name).is_some(),
+            "the origin sends {name}: {:?}",
+            direct.headers
+        );
+    }
+
+    let headers: Vec<(&str, &str)> = KEY.iter().chain(FORGED_INTERNAL_HEADERS).copied().collect();
+    let reply = get(gw.addr, "/orders/list", &headers).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(orders.last().header_all("x-test-respond-with").len(), 3);
+    for name in internal_headers::ALL {
+        assert_eq!(
+            reply.header(name),
+            None,
+            "{name} reached the client: {:?}",
+            reply.headers
+        );
+    }
+    let metrics = gw.gateway.metrics.render(0);
+    assert!(
+        metrics.contains("keygate_http_requests_total{route=\"orders\",code=\"200\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("forged"), "{metrics}");
+}
+
 #[tokio::test]
 async fn key_auth_keygate_headers_are_stripped_from_responses() {
-    let (_orders, _users, gw) = two_origins().await;
-    let reply = get(gw.addr, "/orders/list", KEY).await;
-    assert_eq!(reply.header("keygate-route"), None);
+    assert_internal_headers_from_the_origin_are_stripped(GuestEntry::Auto).await;
+}
+
+#[tokio::test]
+async fn keygate_headers_are_stripped_from_responses_on_the_wasi_http_path() {
+    assert_internal_headers_from_the_origin_are_stripped(GuestEntry::WasiHttp).await;
+}
+
+/// Every answer is counted under the route that gave it: its name (not its service's), also
+/// for refusals, and `(none)` when no route matched.
+async fn assert_requests_are_counted_per_route(entry: GuestEntry) {
+    const NO_KEY: &[(&str, &str)] = &[];
+    let (_orders, _users, gw) = two_origins_on(entry).await;
+    // (path, headers, the route and status it is counted under)
+    let requests = [
+        ("/orders/list", KEY, "orders", 200),
+        ("/orders/42", KEY, "order-by-id", 200),
+        ("/users/7", KEY, "users", 200),
+        ("/status", NO_KEY, "status", 200),
+        ("/orders/list", NO_KEY, "orders", 401),
+        ("/elsewhere", KEY, "(none)", 404),
+    ];
+    for (path, headers, _, code) in requests {
+        assert_eq!(get(gw.addr, path, headers).await.status, code, "{path}");
+    }
+    let mut expected: Vec<String> = requests
+        .iter()
+        .map(|(_, _, route, code)| {
+            format!("keygate_http_requests_total{{route=\"{route}\",code=\"{code}\"}} 1")
+        })
+        .collect();
+    expected.sort();
+    let metrics = gw.gateway.metrics.render(0);
+    let mut counted: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("keygate_http_requests_total{"))
+        .collect();
+    counted.sort_unstable();
+    assert_eq!(counted, expected);
+}
+
+#[tokio::test]
+async fn requests_are_counted_under_the_route_that_answered() {
+    assert_requests_are_counted_per_route(GuestEntry::Auto).await;
+}
+
+#[tokio::test]
+async fn requests_are_counted_under_the_route_that_answered_on_the_wasi_http_path() {
+    assert_requests_are_counted_per_route(GuestEntry::WasiHttp).await;
 }
 
 #[tokio::test]

@@ -101,13 +101,15 @@ pub fn forward(
     let mut entries = response.headers().entries();
     let edits = &plan.response;
     let tokens = plan::connection_tokens(&entries);
-    // Hop-by-hop headers and the plan's removals go; `Via` values are gathered to be joined
-    // with ours.
+    // Hop-by-hop headers and the plan's removals go, and so do an origin's copies of keygate's
+    // internal headers (the route label the keygate host reads must be this guest's); `Via`
+    // values are gathered to be joined with ours.
     let mut via: Vec<String> = Vec::new();
     entries.retain(|(name, value)| {
         if plan::HOP_BY_HOP.contains(&name.as_str())
             || tokens.contains(name)
             || edits.headers.remove.iter().any(|r| r == name)
+            || internal_headers::ALL.contains(&name.as_str())
         {
             return false;
         }

@@ -101,6 +101,7 @@ impl Admin {
                 "source": active.guest.source.to_string(),
                 "sha256": active.guest.sha256,
                 "loaded_at_unix": active.guest.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "loaded_from": active.guest.loaded_from.label(),
                 "exports_policy": active.guest.has_policy(),
             },
             // Which export serves requests: `policy` (the guest decides, the host forwards)

@@ -47,6 +47,15 @@ pub fn remove_connection_tokens(headers: &mut http::HeaderMap, keep_upgrade: boo
     }
 }
 
+/// keygate's internal headers are a channel between the host and its guest: a copy sent by an
+/// origin (or left by a guest) would leak to clients and, on the portable path, could name
+/// the route in metrics.
+pub fn remove_internal_headers(headers: &mut http::HeaderMap) {
+    for name in keygate_policy::internal_headers::ALL {
+        headers.remove(name);
+    }
+}
+
 /// The client's IP as the guest is told it on either path (an IPv4 client of a dual-stack
 /// listener as IPv4, not `::ffff:a.b.c.d`).
 pub fn client_ip(client: std::net::SocketAddr) -> String {

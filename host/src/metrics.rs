@@ -15,8 +15,10 @@ pub struct Metrics {
     upstream_responses: Family<Labels, Counter>,
     auth_api_responses: Family<Labels, Counter>,
     key_cache_lookups: Family<Labels, Counter>,
+    auth_calls_shed: Counter,
     guest_failures: Family<Labels, Counter>,
     guest_instances: Counter,
+    component_loads: Family<Labels, Counter>,
     key_cache_entries: Gauge,
     in_flight: Gauge,
 }
@@ -28,7 +30,9 @@ impl Default for Metrics {
         let upstream_responses = Family::default();
         let auth_api_responses = Family::default();
         let key_cache_lookups = Family::default();
+        let auth_calls_shed = Counter::default();
         let guest_failures = Family::default();
+        let component_loads = Family::default();
         let key_cache_entries = Gauge::default();
         let in_flight = Gauge::default();
         let guest_instances = Counter::default();
@@ -49,18 +53,28 @@ impl Default for Metrics {
         );
         registry.register(
             "key_cache_lookups",
-            "Key cache lookups by result (fresh, stale, miss, coalesced; shed: the miss was refused because auth_api.max_in_flight calls were running)",
+            "Key cache lookups by result (fresh, stale, miss, coalesced)",
             key_cache_lookups.clone(),
         );
         registry.register(
+            "auth_api_calls_shed",
+            "Auth API calls not made because auth_api.max_in_flight calls were running (the request got a 503)",
+            auth_calls_shed.clone(),
+        );
+        registry.register(
             "guest_failures",
-            "Requests the guest failed (trap, busy timeout, instantiation)",
+            "Requests the guest failed, by reason (trap, busy_timeout, memory_limit, instantiate, panic)",
             guest_failures.clone(),
         );
         registry.register(
             "guest_instances_created",
             "Guest instances created (each serves up to guest.instance_reuse requests)",
             guest_instances.clone(),
+        );
+        registry.register(
+            "component_loads",
+            "Components loaded (at start and by reloads that change it), by where their native code came from (compiled, precompiled_cache)",
+            component_loads.clone(),
         );
         registry.register(
             "key_cache_entries",
@@ -78,8 +92,10 @@ impl Default for Metrics {
             upstream_responses,
             auth_api_responses,
             key_cache_lookups,
+            auth_calls_shed,
             guest_failures,
             guest_instances,
+            component_loads,
             key_cache_entries,
             in_flight,
         }
@@ -122,10 +138,18 @@ impl Metrics {
             .inc();
     }
 
-    /// An auth call refused because `auth_api.max_in_flight` calls were already running.
+    /// An auth call refused because `auth_api.max_in_flight` calls were already running. Its
+    /// lookup was already counted as a miss, and the auth API never saw it: counted apart so
+    /// neither the cache's hit rate nor the auth API's error rate is skewed by the cap.
     pub fn auth_call_shed(&self) {
-        self.key_cache_lookups
-            .get_or_create(&vec![("result", "shed".to_string())])
+        self.auth_calls_shed.inc();
+    }
+
+    /// A component was made ready to run; `loaded_from` tells whether a restart or a swap back
+    /// skipped compilation.
+    pub fn component_loaded(&self, loaded_from: &'static str) {
+        self.component_loads
+            .get_or_create(&vec![("loaded_from", loaded_from.to_string())])
             .inc();
     }
 

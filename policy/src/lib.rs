@@ -37,4 +37,6 @@ pub mod internal_headers {
     pub const ROUTE: &str = "keygate-route";
     /// On outgoing requests: `auth` or the service name (metrics label).
     pub const CALL: &str = "keygate-call";
+    /// What a client must never be sent, whoever set it (an origin, a guest).
+    pub const ALL: [&str; 3] = [CLIENT_ADDR, ROUTE, CALL];
 }

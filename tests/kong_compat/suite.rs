@@ -80,7 +80,6 @@ async fn start_gateway(toml: &str) -> TestGateway {
 
 /// `keygate export --for wasmtime` of `toml`, served by its `serve.sh`.
 async fn start_on_wasmtime_serve(toml: &str) -> TestGateway {
-    support::wasmtime_serve::require_wasmtime();
     let toml = toml.to_string();
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().unwrap();

@@ -82,6 +82,7 @@ impl Received {
 /// - `.../download/N`: streams N bytes;
 /// - `.../upload`: reads the body as a stream and answers `{"bytes":N,"sum":S}`;
 /// - header `x-test-delay-ms: N`: waits N ms before answering;
+/// - header `x-test-respond-with: NAME=VALUE` (repeatable): adds that header to the answer;
 /// - anything else: `{"origin":NAME,"method":…,"uri":…}`.
 #[derive(Clone)]
 pub struct Origin {
@@ -170,9 +171,18 @@ impl Origin {
         } else {
             serde_json::json!({"origin": self.name, "method": parts.method.as_str(), "uri": uri})
         };
-        hyper::Response::builder()
+        let mut response = hyper::Response::builder()
             .header("content-type", "application/json")
-            .header("x-origin", self.name)
+            .header("x-origin", self.name);
+        let asked_for = parts
+            .headers
+            .get_all("x-test-respond-with")
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split_once('='));
+        for (name, value) in asked_for {
+            response = response.header(name, value);
+        }
+        response
             .body(Full::new(Bytes::from(json.to_string())).boxed())
             .unwrap()
     }

@@ -76,7 +76,7 @@ fn make_room(entries: &mut HashMap<String, Entry>, now: u64) {
     if entries.len() >= CAPACITY
         && let Some(soonest) = entries
             .iter()
-            .min_by_key(|(_, entry)| entry.stale_until_ms)
+            .min_by_key(|(_, entry)| entry.deadlines.stale_until_ms)
             .map(|(fingerprint, _)| fingerprint.clone())
     {
         entries.remove(&soonest);

@@ -3,6 +3,7 @@
 //! unseen key costs one auth-API call, not one per request.
 
 use crate::metrics::Metrics;
+use keygate_key_cache_core::{self as cache_core, Deadlines, Freshness};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -48,70 +49,52 @@ struct State {
 struct Entry {
     verdict: PackedVerdict,
     /// Milliseconds since the cache was created.
-    fresh_until: u64,
-    stale_until: u64,
+    deadlines: Deadlines,
 }
 
-/// A verdict in one allocation (or none for `invalid`): each consumer field as a presence
-/// byte, a u32 length and the bytes. Four `Option<String>`s would take 96 bytes plus four
-/// allocations per entry.
+/// A verdict in one allocation (or none for `invalid`): the consumer as the key-cache core
+/// encodes it, the same bytes the adapters store. Four `Option<String>`s would take 96 bytes
+/// plus four allocations per entry.
 struct PackedVerdict(Option<Box<[u8]>>);
 
 impl PackedVerdict {
-    fn pack(verdict: &Verdict) -> Self {
+    /// Takes the verdict by value so its strings move into the core's consumer, not copy.
+    fn pack(verdict: Verdict) -> Self {
         let Verdict::Valid(consumer) = verdict else {
             return Self(None);
         };
-        let fields = [
-            &consumer.id,
-            &consumer.username,
-            &consumer.custom_id,
-            &consumer.credential_id,
-        ];
-        let mut bytes = Vec::with_capacity(
-            fields
-                .iter()
-                .map(|f| 5 + f.as_ref().map_or(0, String::len))
-                .sum(),
-        );
-        for field in fields {
-            match field {
-                Some(text) => {
-                    bytes.push(1);
-                    bytes.extend_from_slice(
-                        &u32::try_from(text.len()).unwrap_or(u32::MAX).to_le_bytes(),
-                    );
-                    bytes.extend_from_slice(&text.as_bytes()[..text.len().min(u32::MAX as usize)]);
-                }
-                None => bytes.push(0),
-            }
-        }
+        let mut bytes = Vec::new();
+        cache_core::encode_consumer(&to_core(consumer), &mut bytes);
+        // `encode_consumer` reserved exactly, so this keeps the buffer as it is.
         Self(Some(bytes.into_boxed_slice()))
     }
 
-    fn unpack(&self) -> Verdict {
-        let Some(bytes) = &self.0 else {
-            return Verdict::Invalid;
-        };
-        let mut rest: &[u8] = bytes;
-        let mut next = || -> Option<String> {
-            let (&present, tail) = rest.split_first()?;
-            rest = tail;
-            if present == 0 {
-                return None;
-            }
-            let (len, tail) = rest.split_at_checked(4)?;
-            let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-            let (text, tail) = tail.split_at_checked(len)?;
-            rest = tail;
-            Some(String::from_utf8_lossy(text).into_owned())
-        };
-        Verdict::Valid(Consumer {
-            id: next(),
-            username: next(),
-            custom_id: next(),
-            credential_id: next(),
-        })
+    /// `None` only if the bytes are not what `pack` wrote, which cannot happen; the caller
+    /// treats it as a miss, so the key is checked again rather than served a wrong consumer.
+    fn unpack(&self) -> Option<Verdict> {
+        match &self.0 {
+            None => Some(Verdict::Invalid),
+            Some(bytes) => cache_core::decode_consumer(bytes).map(|c| Verdict::Valid(from_core(c))),
+        }
+    }
+}
+
+/// The bindgen and core consumers have the same four fields: converting moves the strings.
+fn to_core(c: Consumer) -> cache_core::Consumer {
+    cache_core::Consumer {
+        id: c.id,
+        username: c.username,
+        custom_id: c.custom_id,
+        credential_id: c.credential_id,
+    }
+}
+
+fn from_core(c: cache_core::Consumer) -> Consumer {
+    Consumer {
+        id: c.id,
+        username: c.username,
+        custom_id: c.custom_id,
+        credential_id: c.credential_id,
     }
 }
 
@@ -152,13 +135,20 @@ impl KeyCache {
             {
                 let mut state = self.lock();
                 let now = self.now_ms();
-                let found = match state.entries.get(&fingerprint) {
-                    Some(entry) if now < entry.fresh_until => {
-                        self.metrics.key_cache_lookup("fresh");
-                        return Lookup::Fresh(entry.verdict.unpack());
+                let found = state.entries.get(&fingerprint).and_then(|entry| {
+                    match entry.deadlines.freshness(now) {
+                        Freshness::Fresh => entry.verdict.unpack().map(Lookup::Fresh),
+                        Freshness::Stale => entry.verdict.unpack().map(Lookup::Stale),
+                        Freshness::Expired => None,
                     }
-                    Some(entry) if now < entry.stale_until => Lookup::Stale(entry.verdict.unpack()),
-                    _ => Lookup::Miss,
+                });
+                let found = match found {
+                    Some(fresh @ Lookup::Fresh(_)) => {
+                        self.metrics.key_cache_lookup("fresh");
+                        return fresh;
+                    }
+                    Some(found) => found,
+                    None => Lookup::Miss,
                 };
                 match state.filling.get(&fingerprint) {
                     Some(filler) if !waited => {
@@ -183,11 +173,9 @@ impl KeyCache {
 
     pub fn put(&self, fingerprint: Fingerprint, verdict: Verdict, ttl: Duration, stale: Duration) {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let fresh_until = self.now_ms().saturating_add(millis(ttl));
         let entry = Entry {
-            verdict: PackedVerdict::pack(&verdict),
-            fresh_until,
-            stale_until: fresh_until.saturating_add(millis(stale)),
+            verdict: PackedVerdict::pack(verdict),
+            deadlines: Deadlines::new(self.now_ms(), millis(ttl), millis(stale)),
         };
         let mut state = self.lock();
         state.entries.put(fingerprint, entry);
@@ -219,8 +207,9 @@ impl KeyCache {
     }
 }
 
-/// Parse a guest-supplied fingerprint. Anything but 64 hex characters is hashed, so a buggy
-/// or hostile guest still gets a well-formed, collision-free key and never a panic.
+/// Parse a guest-supplied fingerprint. Anything but 64 hex characters (either case) is hashed
+/// with SHA-256, so a buggy or hostile guest still gets a well-formed, collision-free key and
+/// never a panic.
 pub fn parse_fingerprint(text: &str) -> Fingerprint {
     let mut out = [0u8; 32];
     let bytes = text.as_bytes();
@@ -443,24 +432,95 @@ mod tests {
             custom_id: Some(String::new()),
             credential_id: Some("cred é".into()),
         };
-        match PackedVerdict::pack(&Verdict::Valid(consumer)).unpack() {
-            Verdict::Valid(c) => {
+        let packed = PackedVerdict::pack(Verdict::Valid(consumer));
+        let mut encoded = Vec::new();
+        cache_core::encode_consumer(
+            &cache_core::Consumer {
+                id: Some("id-1".into()),
+                username: None,
+                custom_id: Some(String::new()),
+                credential_id: Some("cred é".into()),
+            },
+            &mut encoded,
+        );
+        assert_eq!(
+            packed.0.as_deref(),
+            Some(&encoded[..]),
+            "kept as the key-value adapter stores it"
+        );
+        match packed.unpack() {
+            Some(Verdict::Valid(c)) => {
                 assert_eq!(c.id.as_deref(), Some("id-1"));
                 assert_eq!(c.username, None);
                 assert_eq!(c.custom_id.as_deref(), Some(""));
                 assert_eq!(c.credential_id.as_deref(), Some("cred é"));
             }
-            Verdict::Invalid => panic!("valid verdict came back invalid"),
+            other => panic!("valid verdict came back as {other:?}"),
         }
-        assert!(matches!(
-            PackedVerdict::pack(&Verdict::Invalid).unpack(),
-            Verdict::Invalid
-        ));
+        let invalid = PackedVerdict::pack(Verdict::Invalid);
+        assert!(invalid.0.is_none(), "an invalid verdict allocates nothing");
+        assert!(matches!(invalid.unpack(), Some(Verdict::Invalid)));
+        assert!(
+            PackedVerdict(Some(Box::new([1, 9, 0, 0, 0])))
+                .unpack()
+                .is_none(),
+            "damaged bytes are no verdict"
+        );
+    }
+
+    /// Digests below are from `printf %s … | sha256sum`, not from the code under test.
+    fn hex(digest: &str) -> Fingerprint {
+        let mut out = [0u8; 32];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = u8::from_str_radix(&digest[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
     }
 
     #[test]
     fn fingerprints_parse_from_hex_or_are_hashed() {
-        assert_eq!(parse_fingerprint(&"ab".repeat(32)), [0xab; 32]);
-        assert_ne!(parse_fingerprint("not hex"), [0; 32]);
+        let ascending = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef].repeat(4);
+        assert_eq!(
+            parse_fingerprint(&"0123456789abcdef".repeat(4))[..],
+            ascending,
+            "64 hex characters are the fingerprint itself, high nibble first"
+        );
+        assert_eq!(
+            parse_fingerprint(&"0123456789ABCDEF".repeat(4))[..],
+            ascending,
+            "upper-case hex is the same fingerprint"
+        );
+        for (text, sha256) in [
+            (
+                "abc".to_string(),
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            ),
+            (
+                String::new(),
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ),
+            (
+                "g".repeat(64),
+                "4e52b0a8d918b923a15f50e49b43cd4f99cf19eb581bd84dcc2f0b288e55da04",
+            ),
+            (
+                "a".repeat(63),
+                "7d3e74a05d7db15bce4ad9ec0658ea98e3f06eeecf16b4c6fff2da457ddc2f34",
+            ),
+            (
+                "a".repeat(65),
+                "635361c48bb9eab14198e76ea8ab7f1a41685d6ad62aa9146d301d4f17eb0ae0",
+            ),
+            (
+                "0123456789abcdef".repeat(4) + "\n",
+                "694ff60b8fa08c3df3bc8acf79dd84ea9da54b66cf1597d9ecc4bd6d02d446c8",
+            ),
+        ] {
+            assert_eq!(
+                parse_fingerprint(&text),
+                hex(sha256),
+                "{text:?} is not 64 hex characters: it is hashed"
+            );
+        }
     }
 }

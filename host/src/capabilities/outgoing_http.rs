@@ -228,7 +228,6 @@ impl WasiHttpHooks for OutgoingHttp {
             match Arc::clone(&self.auth_calls).try_acquire_owned() {
                 Ok(slot) => Some(slot),
                 Err(_) => {
-                    self.metrics.outgoing("auth", None);
                     self.metrics.auth_call_shed();
                     return Box::new(async { Err(Error::ConnectionLimitReached) });
                 }

@@ -45,6 +45,23 @@ impl std::fmt::Display for GuestSource {
     }
 }
 
+/// Where a component's native code came from: whether a restart or a swap back to a known
+/// component really skipped Cranelift shows here (status and metrics), not only in timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadedFrom {
+    Compiled,
+    PrecompiledCache,
+}
+
+impl LoadedFrom {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Compiled => "compiled",
+            Self::PrecompiledCache => "precompiled_cache",
+        }
+    }
+}
+
 /// A compiled, link-checked component, ready to instantiate per request.
 pub struct CompiledGuest {
     pub pre: InstancePre<RequestState>,
@@ -54,6 +71,7 @@ pub struct CompiledGuest {
     pub source: GuestSource,
     pub sha256: String,
     pub loaded_at: SystemTime,
+    pub loaded_from: LoadedFrom,
 }
 
 impl GuestSource {
@@ -92,14 +110,21 @@ impl CompiledGuest {
         if !looks_like_component(bytes) {
             anyhow::bail!("{source} is not a valid WebAssembly component (bad header)");
         }
-        let component = match cache {
+        let (component, loaded_from) = match cache {
             Some(cache) => cache
                 .component(engine, bytes, &sha256)
                 .map(|(component, hit)| {
                     tracing::debug!(%source, hit, "precompiled cache");
-                    component
+                    let loaded_from = if hit {
+                        LoadedFrom::PrecompiledCache
+                    } else {
+                        LoadedFrom::Compiled
+                    };
+                    (component, loaded_from)
                 }),
-            None => Component::from_binary(engine, bytes).map_err(anyhow::Error::from),
+            None => Component::from_binary(engine, bytes)
+                .map(|component| (component, LoadedFrom::Compiled))
+                .map_err(anyhow::Error::from),
         }
         .with_context(|| format!("{source} is not a valid WebAssembly component"))?;
         crate::allocator::return_freed_memory();
@@ -118,6 +143,7 @@ impl CompiledGuest {
             source,
             sha256,
             loaded_at: SystemTime::now(),
+            loaded_from,
         })
     }
 }

@@ -9,7 +9,7 @@ use super::component::{CompiledGuest, GuestSource};
 use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
 use super::pool::InstancePool;
 use super::precompiled::PrecompiledCache;
-use super::state::RequestState;
+use super::state::{GuestLimits, RequestState};
 use crate::capabilities::key_cache::KeyCache;
 use crate::capabilities::outgoing_http::{AllowList, OutgoingHttp};
 use crate::metrics::Metrics;
@@ -74,6 +74,7 @@ impl Gateway {
         let guest =
             CompiledGuest::compile(&engine, &linker, &source.read()?, source, cache.as_ref())?;
         let metrics = Arc::new(Metrics::default());
+        metrics.component_loaded(guest.loaded_from.label());
         let fill_wait = config
             .auth_api
             .as_ref()
@@ -125,13 +126,15 @@ impl Gateway {
 
     /// Compile a component for this gateway (blocking: run it off the request path).
     pub fn compile(&self, bytes: &[u8], source: GuestSource) -> anyhow::Result<CompiledGuest> {
-        CompiledGuest::compile(
+        let guest = CompiledGuest::compile(
             &self.engine,
             &self.linker,
             bytes,
             source,
             self.cache.as_ref(),
-        )
+        )?;
+        self.metrics.component_loaded(guest.loaded_from.label());
+        Ok(guest)
     }
 
     /// Make `guest` + `config` what new requests run; in-flight ones finish on what they had.
@@ -271,13 +274,14 @@ impl Gateway {
             self.portable_path(&active, request, client).await
         };
         self.metrics.in_flight().dec();
-        let (response, route) = match outcome {
+        let (mut response, route) = match outcome {
             Ok(answer) => answer,
             Err(failure) => (
                 failure.into_response(&asked, &active.config.compat, started),
                 None,
             ),
         };
+        crate::http_util::remove_internal_headers(response.headers_mut());
         self.metrics.request(
             route.as_deref().unwrap_or("(none)"),
             response.status().as_u16(),
@@ -358,10 +362,10 @@ impl Gateway {
             .env(GUEST_CONFIG_ENV, &active.guest_env)
             .inherit_stderr()
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = GuestLimits::new(
+            self.memory_limit,
+            StoreLimitsBuilder::new().trap_on_grow_failure(true).build(),
+        );
         let state = RequestState::new(wasi, active.outgoing.clone(), key_cache, limits);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

@@ -7,7 +7,8 @@ use super::component::policy_api::{Decision, FailureContext, Reply, RequestHead}
 use super::component::{CompiledGuest, GuestInstance};
 use super::drive::{self, GuestError, Head};
 use super::gateway::{Active, Gateway};
-use super::pool::Worker;
+use super::pool::{Claim, Worker};
+use super::state::MemoryLimitExceeded;
 use crate::capabilities::key_cache::KeyCache;
 use crate::metrics::Metrics;
 use crate::responses::{HostFailure, ResponseBody};
@@ -21,22 +22,18 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 impl Gateway {
-    /// An idle instance of `active`, or a store for a new one (waiting for a slot of
-    /// `guest.max_instances` if all are taken), ready for a request.
+    /// An idle instance of `active`, or a store for a new one, ready for a request. When all
+    /// `guest.max_instances` slots are taken, the request waits for whichever comes first: an
+    /// instance given back (it keeps its slot) or a slot freed by a retired one.
     async fn worker(
         &self,
         active: &Active,
         key_cache: Arc<KeyCache>,
     ) -> Result<Worker, HostFailure> {
-        let mut worker = match active.pool.take() {
-            Some(worker) => worker,
-            None => {
-                let slot = Arc::clone(&self.instances)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| HostFailure::Overloaded)?;
-                Worker::new(self.new_store(active, key_cache), slot)
-            }
+        let claim = active.pool.claim(&self.instances).await;
+        let mut worker = match claim.map_err(|_| HostFailure::Overloaded)? {
+            Claim::Idle(worker) => worker,
+            Claim::Slot(slot) => Worker::new(self.new_store(active, key_cache), slot),
         };
         worker.store.data_mut().busy.restart();
         worker.store.set_epoch_deadline(1);
@@ -226,9 +223,13 @@ fn guest_failed(metrics: &Metrics, failure: GuestError) -> HostFailure {
             HostFailure::Overloaded
         }
         GuestError::Call(err) => {
-            let reason = match err.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => "busy_timeout",
-                _ => "trap",
+            let reason = if err.is::<MemoryLimitExceeded>() {
+                "memory_limit"
+            } else {
+                match err.downcast_ref::<Trap>() {
+                    Some(Trap::Interrupt) => "busy_timeout",
+                    _ => "trap",
+                }
             };
             metrics.guest_failure(reason);
             tracing::warn!(reason, "guest failed the request: {err:?}");

@@ -6,8 +6,8 @@
 
 use super::component::GuestInstance;
 use super::state::RequestState;
-use std::sync::Mutex;
-use tokio::sync::OwnedSemaphorePermit;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::Store;
 
 /// A store with (once instantiated) its guest instance.
@@ -30,9 +30,18 @@ impl Worker {
     }
 }
 
+/// What a request runs on: an instance that served before, or a slot to make one in.
+pub enum Claim {
+    Idle(Worker),
+    Slot(OwnedSemaphorePermit),
+}
+
 /// Idle workers of one component + config.
 pub struct InstancePool {
     idle: Mutex<Vec<Worker>>,
+    /// An idle worker keeps its slot, so a request waiting for a free slot would never see it:
+    /// it is woken here as well.
+    given_back: Notify,
     reuse_limit: u32,
 }
 
@@ -40,13 +49,36 @@ impl InstancePool {
     pub fn new(reuse_limit: u32) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
+            given_back: Notify::new(),
             reuse_limit,
         }
     }
 
     /// The most recently used idle worker (its memory is the warmest).
-    pub fn take(&self) -> Option<Worker> {
+    fn take(&self) -> Option<Worker> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// An idle worker, else one of `slots` (`guest.max_instances`) for a new instance; while
+    /// there is neither, whichever comes first.
+    pub async fn claim(&self, slots: &Arc<Semaphore>) -> Result<Claim, AcquireError> {
+        if let Some(worker) = self.take() {
+            return Ok(Claim::Idle(worker));
+        }
+        loop {
+            let given_back = self.given_back.notified();
+            let mut given_back = std::pin::pin!(given_back);
+            // Listening before looking: a worker given back in between still wakes this (or
+            // another) waiter, even when several come back at once.
+            given_back.as_mut().enable();
+            if let Some(worker) = self.take() {
+                return Ok(Claim::Idle(worker));
+            }
+            tokio::select! {
+                slot = Arc::clone(slots).acquire_owned() => return slot.map(Claim::Slot),
+                () = given_back => {}
+            }
+        }
     }
 
     /// Return a worker after a request that completed normally.
@@ -61,6 +93,7 @@ impl InstancePool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(worker);
+        self.given_back.notify_one();
     }
 
     /// Retire every idle instance (their slots return to the pool allocator).

@@ -5,8 +5,8 @@ use crate::capabilities::key_cache::{KeyCache, KeyCacheState, KeyCacheView};
 use crate::capabilities::outgoing_http::OutgoingHttp;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -16,8 +16,80 @@ pub struct RequestState {
     http: WasiHttpCtx,
     outgoing: OutgoingHttp,
     key_cache: KeyCacheState,
-    pub limits: StoreLimits,
+    pub limits: GuestLimits,
     pub busy: BusyWatch,
+}
+
+/// How a request fails when its guest grows its linear memory past `guest.memory_limit_mb`: an
+/// error type of its own, so the host tells (and counts) running out of memory apart from
+/// other traps.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest tried to grow its memory to {desired} bytes, over the {limit}-byte limit")]
+pub struct MemoryLimitExceeded {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+/// `StoreLimits` (which traps on any failed growth) with the memory limit checked first, so
+/// that hitting it fails with [`MemoryLimitExceeded`] rather than an anonymous message.
+pub struct GuestLimits {
+    memory_limit: usize,
+    others: StoreLimits,
+}
+
+impl GuestLimits {
+    pub fn new(memory_limit: usize, others: StoreLimits) -> Self {
+        Self {
+            memory_limit,
+            others,
+        }
+    }
+}
+
+impl ResourceLimiter for GuestLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired,
+                limit: self.memory_limit,
+            }));
+        }
+        self.others.memory_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.others.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.others.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.others.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.others.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.others.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.others.memories()
+    }
 }
 
 /// The busy timeout's bookkeeping. The deadline fires every epoch tick the guest spends in
@@ -62,7 +134,7 @@ impl RequestState {
         wasi: WasiCtx,
         outgoing: OutgoingHttp,
         key_cache: Arc<KeyCache>,
-        limits: StoreLimits,
+        limits: GuestLimits,
     ) -> Self {
         Self {
             table: ResourceTable::new(),

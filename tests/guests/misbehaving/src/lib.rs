@@ -1,7 +1,7 @@
 //! A guest that misbehaves on purpose, to prove the host contains it: `/trap` panics (a wasm
 //! trap), `/loop` spins forever, `/loop-on-host` spins calling the host (the clock) on every
-//! turn, `/wait` waits 600 ms on a timer before answering (waiting is not being busy),
-//! `/grow` allocates past any sane memory limit; anything else
+//! turn, `/wait` waits 600 ms on a timer before answering (waiting is not being busy;
+//! `/wait?ms=N` waits N ms), `/grow` allocates past any sane memory limit; anything else
 //! answers 200 `ok` so the test can show the next request is served normally. `/count` answers
 //! how many requests this instance has served, to observe instance reuse.
 
@@ -27,8 +27,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Misbehaving {
             Some("/loop-on-host") => loop {
                 std::hint::black_box(wasip2::clocks::monotonic_clock::now());
             },
-            Some("/wait") => {
-                wasip2::clocks::monotonic_clock::subscribe_duration(600_000_000).block();
+            Some(path) if path == "/wait" || path.starts_with("/wait?") => {
+                let ms: u64 = path
+                    .strip_prefix("/wait?ms=")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(600);
+                wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                 answer(out, "waited");
             }
             Some("/grow") => {

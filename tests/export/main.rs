@@ -1,0 +1,68 @@
+//! `keygate export`, by subject: what it writes (`output`), the wasmtime flavour run for real on
+//! `wasmtime serve` 48.0.8 (`wasmtime_serve`; the Kong and gateway scenarios run there too, in
+//! the `scenarios_wasmtime_serve` suite), the Spin flavour checked against a world of what
+//! Spin 3.x provides (`spin_world`), and the key-cache adapters that stand in for keygate's own
+//! cache on those hosts, run in a test host of their own (`adapters`).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod adapters;
+mod output;
+mod spin_world;
+mod wasmtime_serve;
+
+use std::path::{Path, PathBuf};
+use support::{AuthApi, Origin, basic_config, process};
+
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ sits in the workspace root")
+}
+
+/// `keygate export --for TARGET --config CONFIG --out DIR` (the real binary); panics with its
+/// output unless it succeeds.
+pub fn export(target: &str, config_toml: &str, dir: &Path) -> PathBuf {
+    let config = dir.join("keygate.toml");
+    std::fs::write(&config, config_toml).unwrap();
+    let out = dir.join(format!("{target}-export"));
+    let output = process::run(&[
+        "export",
+        "--for",
+        target,
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "keygate export --for {target} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// `basic_config` plus a second service, "other" on `/other` → `other`'s `/v2`, and a static
+/// consumer whose name is hard to quote in a shell script.
+pub fn two_origin_config(origin: &Origin, other: &Origin, auth: &AuthApi) -> String {
+    format!(
+        r#"{basic}
+[[consumers]]
+username = "o'brien \"$HOME\" `id`"
+keys = ["quote-key"]
+
+[[services]]
+name = "other"
+url = "http://{other}/v2"
+
+[[services.routes]]
+name = "other-route"
+paths = ["/other"]
+"#,
+        basic = basic_config(origin, auth),
+        other = other.addr,
+    )
+}
