@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::client::get;
-use support::start_gateway;
+use support::{GatewayConfig, start_gateway};
 
 async fn misbehaving_gateway() -> keygate::RunningGateway {
     misbehaving_gateway_with("").await
@@ -17,20 +17,11 @@ async fn misbehaving_gateway_reusing(reuse: u32) -> keygate::RunningGateway {
 
 /// `guest_settings`: more `[guest]` lines.
 async fn misbehaving_gateway_with(guest_settings: &str) -> keygate::RunningGateway {
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[guest]
-component = "{}"
-busy_timeout = "200ms"
-memory_limit_mb = 32
-{guest_settings}
-"#,
+    let config = GatewayConfig::new().tables(format_args!(
+        "[guest]\ncomponent = {:?}\nbusy_timeout = \"200ms\"\nmemory_limit_mb = 32\n{guest_settings}",
         env!("KEYGATE_TEST_MISBEHAVING_WASM")
-    );
-    start_gateway(&config).await
+    ));
+    start_gateway(&config.to_string()).await
 }
 
 #[tokio::test]
@@ -176,24 +167,14 @@ async fn instance_reuse_of_one_means_a_fresh_instance_per_request() {
 
 /// A gateway running the hostile policy, with service `api` on `origin`.
 async fn hostile_gateway(origin: std::net::SocketAddr) -> keygate::RunningGateway {
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[guest]
-component = "{}"
-
-[[services]]
-name = "api"
-url = "http://{origin}"
-
-[[services.routes]]
-paths = ["/"]
-"#,
-        env!("KEYGATE_TEST_HOSTILE_WASM")
-    );
-    start_gateway(&config).await
+    let config = GatewayConfig::new()
+        .tables(format_args!(
+            "[guest]\ncomponent = {:?}",
+            env!("KEYGATE_TEST_HOSTILE_WASM")
+        ))
+        .service("api", format_args!("http://{origin}"))
+        .route("paths = [\"/\"]");
+    start_gateway(&config.to_string()).await
 }
 
 #[tokio::test]

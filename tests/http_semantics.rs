@@ -3,7 +3,7 @@
 //! `Expect: 100-continue`, percent-escapes kept, untouched encodings, large bodies and
 //! protocol upgrades.
 //!
-//! Each test runs the real gateway (the `basic_config` layout: service `http://origin/v1`,
+//! Each test runs the real gateway (`config_to`: service `http://origin/v1`,
 //! route `/api`, `strip_path`) in front of an origin of its own: a hyper server on an
 //! ephemeral loopback port that does the one thing the scenario needs. Where the wire itself
 //! matters (100 Continue, bodiless responses, upgrades) the client is a raw `TcpStream`.
@@ -14,8 +14,6 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
@@ -23,10 +21,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::servers::Received;
-use support::{AuthApi, Origin, basic_config, start_gateway};
+use support::{GatewayConfig, Origin, start_gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const KEY: (&str, &str) = ("apikey", "static-key");
 
@@ -47,31 +44,14 @@ async fn within<T>(what: &str, step: impl Future<Output = T>) -> T {
 type OriginBody = BoxBody<Bytes, Infallible>;
 type OriginResponse = hyper::Response<OriginBody>;
 
-/// An origin on an ephemeral loopback port answering every request with `handler`
-/// (connections may be upgraded).
+/// An origin answering every request with `handler`, for the scenarios where the answer or
+/// the wire is the point (connections may be upgraded).
 async fn origin<F, Fut>(handler: F) -> SocketAddr
 where
     F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = OriginResponse> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let handler = Arc::clone(&handler);
-            let service = service_fn(move |request| {
-                let answer = handler(request);
-                async move { Ok::<_, Infallible>(answer.await) }
-            });
-            tokio::spawn(
-                http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades(),
-            );
-        }
-    });
-    addr
+    support::servers::serve(handler).await.addr
 }
 
 fn full(body: impl Into<Bytes>) -> OriginBody {
@@ -82,56 +62,24 @@ fn empty() -> OriginBody {
     Empty::new().boxed()
 }
 
-/// What an origin received of one request, body included.
-type Log = Arc<Mutex<Vec<Received>>>;
-
-/// Read a request whole and add it to `log`.
-async fn record(log: &Log, request: hyper::Request<Incoming>) -> Received {
-    let (parts, body) = request.into_parts();
-    let body = body.collect().await.expect("request body").to_bytes();
-    let received = Received::new(parts, body);
-    log.lock().unwrap().push(received.clone());
-    received
-}
-
-/// An origin that records each request whole in `log`, then answers as `answer` says.
-async fn recording_origin(
-    log: &Log,
-    answer: impl Fn(&Received) -> OriginResponse + Send + Sync + 'static,
-) -> SocketAddr {
-    let log = Arc::clone(log);
-    let answer = Arc::new(answer);
-    origin(move |request| {
-        let log = Arc::clone(&log);
-        let answer = Arc::clone(&answer);
-        async move { answer(&record(&log, request).await) }
-    })
-    .await
-}
-
-fn last(log: &Log) -> Received {
-    log.lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .expect("the origin saw a request")
-}
-
 /// A request carrying the consumer's key.
 fn keyed(method: &str, addr: SocketAddr, path: &str) -> http::request::Builder {
     support::request(method, addr, path).header(KEY.0, KEY.1)
 }
 
-/// The gateway of `support::basic_config` (service `http://ORIGIN/v1`, route `/api`,
-/// consumer key `static-key`), pointed at `origin`.
+/// The gateway's config for scenarios with an origin of their own: service `http://ORIGIN/v1`,
+/// route `/api` (strip_path), the static consumer key `static-key`.
+fn config_to(origin: SocketAddr) -> String {
+    GatewayConfig::new()
+        .consumer("static-user", None, &[KEY.1])
+        .service("api", format_args!("http://{origin}/v1"))
+        .route("name = \"api-route\"\npaths = [\"/api\"]")
+        .to_string()
+}
+
+/// A gateway of [`config_to`] `origin`.
 async fn gateway_to(origin: SocketAddr) -> keygate::RunningGateway {
-    let auth = AuthApi::start().await;
-    // basic_config takes the shared test origin; keep its layout, swap in ours.
-    let placeholder = Origin::start("placeholder").await;
-    let config = basic_config(&placeholder, &auth)
-        .replace(&placeholder.addr.to_string(), &origin.to_string());
-    assert!(config.contains(&origin.to_string()), "{config}");
-    start_gateway(&config).await
+    start_gateway(&config_to(origin)).await
 }
 
 /// Read one response head (through its blank line); returns it and any bytes read past it.
@@ -421,15 +369,14 @@ async fn no_content_and_not_modified_arrive_without_a_body() {
 
 #[tokio::test]
 async fn expect_100_continue_gets_continue_before_the_body_and_then_the_origins_answer() {
-    let log = Log::default();
-    let origin = recording_origin(&log, |received| {
+    let origin = Origin::answering(|seen| {
         hyper::Response::builder()
             .status(201)
-            .body(full(format!("stored {} bytes", received.body.len())))
+            .body(full(format!("stored {} bytes", seen.body.len())))
             .unwrap()
     })
     .await;
-    let gw = gateway_to(origin).await;
+    let gw = gateway_to(origin.addr).await;
 
     let body = pattern(100_000);
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
@@ -463,7 +410,7 @@ async fn expect_100_continue_gets_continue_before_the_body_and_then_the_origins_
     assert!(head.starts_with("HTTP/1.1 201 "), "{head}");
     assert_eq!(answer, format!("stored {} bytes", body.len()).as_bytes());
 
-    let seen = last(&log);
+    let seen = origin.last();
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.body.len(), body.len());
     assert!(seen.body == body, "the origin got other bytes than sent");
@@ -476,12 +423,8 @@ async fn expect_100_continue_gets_continue_before_the_body_and_then_the_origins_
 /// the same URI by RFC 3986.
 #[tokio::test]
 async fn percent_encoded_paths_and_queries_keep_their_escapes_at_the_origin() {
-    let log = Log::default();
-    let origin = recording_origin(&log, |_| {
-        hyper::Response::builder().body(full("ok")).unwrap()
-    })
-    .await;
-    let gw = gateway_to(origin).await;
+    let origin = Origin::answering(|_| hyper::Response::builder().body(full("ok")).unwrap()).await;
+    let gw = gateway_to(origin.addr).await;
 
     for (sent, expected) in [
         (
@@ -496,33 +439,25 @@ async fn percent_encoded_paths_and_queries_keep_their_escapes_at_the_origin() {
     ] {
         let reply = support::client::get(gw.addr, sent, &[KEY]).await;
         assert_eq!(reply.status, 200, "{sent}: {}", reply.text());
-        assert_eq!(last(&log).uri, expected, "sent {sent}");
+        assert_eq!(origin.last().uri, expected, "sent {sent}");
     }
 }
 
 #[tokio::test]
 async fn compressed_bodies_pass_through_untouched() {
-    let log = Log::default();
-    let origin = origin({
-        let log = Arc::clone(&log);
-        move |request: hyper::Request<Incoming>| {
-            let log = Arc::clone(&log);
-            async move {
-                if request.method() == http::Method::POST {
-                    record(&log, request).await;
-                    return hyper::Response::builder().body(full("stored")).unwrap();
-                }
-                hyper::Response::builder()
-                    .header("content-type", "text/plain")
-                    .header("content-encoding", "gzip")
-                    .header("vary", "accept-encoding")
-                    .body(full(GZIP))
-                    .unwrap()
-            }
+    let origin = Origin::answering(|seen| {
+        if seen.method == "POST" {
+            return hyper::Response::builder().body(full("stored")).unwrap();
         }
+        hyper::Response::builder()
+            .header("content-type", "text/plain")
+            .header("content-encoding", "gzip")
+            .header("vary", "accept-encoding")
+            .body(full(GZIP))
+            .unwrap()
     })
     .await;
-    let gw = gateway_to(origin).await;
+    let gw = gateway_to(origin.addr).await;
 
     // Download: the gzip bytes and their header as the origin sent them, not inflated.
     let reply = support::client::get(
@@ -546,7 +481,7 @@ async fn compressed_bodies_pass_through_untouched() {
         .unwrap();
     let reply = support::send(gw.addr, request).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let seen = last(&log);
+    let seen = origin.last();
     assert_eq!(seen.header_all("content-encoding"), ["gzip"]);
     assert_eq!(seen.body.as_ref(), GZIP);
 }
@@ -721,11 +656,7 @@ async fn upgrade_on_the_portable_path_is_refused_clearly_and_never_reaches_the_o
         }
     })
     .await;
-    let auth = AuthApi::start().await;
-    let placeholder = Origin::start("placeholder").await;
-    let config = basic_config(&placeholder, &auth)
-        .replace(&placeholder.addr.to_string(), &origin.to_string());
-    let gw = support::start_gateway_with(&config, |config| {
+    let gw = support::start_gateway_with(&config_to(origin), |config| {
         config.guest.entry = keygate_policy::GuestEntry::WasiHttp;
     })
     .await;

@@ -1,6 +1,6 @@
 //! `keygate export`, by subject: what it writes (`output`), the wasmtime flavour run for real on
-//! `wasmtime serve` 48.0.8 (`wasmtime_serve`; the Kong and gateway scenarios run there too, in
-//! the `scenarios_wasmtime_serve` suite), the Spin flavour checked against a world of what
+//! `wasmtime serve` 48.0.8 (`wasmtime_serve`; the whole scenario suite runs there too, as
+//! `scenarios_wasmtime_serve`), the Spin flavour checked against a world of what
 //! Spin 3.x provides (`spin_world`), and the key-cache adapters that stand in for keygate's own
 //! cache on those hosts, run in a test host of their own (`adapters`).
 

@@ -4,11 +4,13 @@
 #![allow(dead_code, unused_imports)] // each test file uses a different part
 
 pub mod client;
+pub mod config;
 pub mod process;
 pub mod servers;
 pub mod wasmtime_serve;
 
 pub use client::{request, send};
+pub use config::GatewayConfig;
 pub use servers::{AuthApi, Origin};
 
 use std::sync::Once;
@@ -55,41 +57,12 @@ pub fn init_logging() {
     });
 }
 
-/// A config with one service on `origin` (route `/api`, strip_path) and the auth API.
+/// [`GatewayConfig::basic`] as TOML.
 pub fn basic_config(origin: &Origin, auth: &AuthApi) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[auth_api]
-url = "http://{auth}/validate?apikey={{key}}"
-timeout = "2s"
-cache_ttl = "5m"
-negative_ttl = "30s"
-
-[[consumers]]
-username = "static-user"
-custom_id = "static-custom"
-keys = ["static-key"]
-
-[[services]]
-name = "api"
-url = "http://{origin}/v1"
-
-[[services.routes]]
-name = "api-route"
-paths = ["/api"]
-"#,
-        auth = auth.addr,
-        origin = origin.addr,
-    )
+    GatewayConfig::basic(origin, auth).to_string()
 }
 
 /// [`basic_config`] with an admin listener on an ephemeral loopback port.
 pub fn basic_config_with_admin(origin: &Origin, auth: &AuthApi) -> String {
-    basic_config(origin, auth).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-    )
+    GatewayConfig::basic(origin, auth).admin().to_string()
 }

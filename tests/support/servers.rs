@@ -15,52 +15,68 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type Response = hyper::Response<BoxBody>;
+
+/// A server on an ephemeral loopback port answering every request with `handler`, one task per
+/// connection (connections may be upgraded). The one HTTP server loop of the tests: [`Origin`]
+/// and [`AuthApi`] run on it, and scenarios about HTTP itself give it a handler of their own.
+pub async fn serve<F, Fut>(handler: F) -> Listening
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listening = Listening {
+        addr: listener.local_addr().unwrap(),
+        connections: Arc::default(),
+    };
+    let connections = Arc::clone(&listening.connections);
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let handler = Arc::clone(&handler);
+            let service = service_fn(move |request| {
+                let answer = handler(request);
+                async move { Ok::<_, Infallible>(answer.await) }
+            });
+            tokio::spawn(
+                http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    listening
+}
+
+/// Where a [`serve`]d server listens, and how many connections it accepted.
+#[derive(Clone)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Listening {
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
 
 /// What the origin saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
-    /// Path and query as received.
+    /// The request target as it arrived (path and query).
     pub uri: String,
     pub headers: http::HeaderMap,
+    /// The body, whole; empty for `.../upload`, which is only counted as it streams.
+    pub body: Bytes,
     pub body_bytes: u64,
 }
 
 impl Seen {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    pub fn header_all(&self, name: &str) -> Vec<String> {
-        self.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect()
-    }
-}
-
-/// A request an origin read whole, body included.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub method: String,
-    /// The request target as it arrived (path and query).
-    pub uri: String,
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-impl Received {
-    pub fn new(parts: http::request::Parts, body: Bytes) -> Self {
-        Self {
-            method: parts.method.to_string(),
-            uri: parts.uri.to_string(),
-            headers: parts.headers,
-            body,
-        }
-    }
-
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -78,42 +94,53 @@ impl Received {
     }
 }
 
-/// An origin API. Paths it understands (as it receives them):
-/// - `.../download/N`: streams N bytes;
+/// How an origin answers a request it has recorded.
+type Answer = Arc<dyn Fn(&Seen) -> Response + Send + Sync>;
+
+/// The tests' origin API: records every request (see [`Seen`]) and answers it. Its own answers,
+/// by path as received:
+/// - `.../download/N`: streams N bytes (see [`download_sum`]);
 /// - `.../upload`: reads the body as a stream and answers `{"bytes":N,"sum":S}`;
-/// - header `x-test-delay-ms: N`: waits N ms before answering;
-/// - header `x-test-respond-with: NAME=VALUE` (repeatable): adds that header to the answer;
-/// - anything else: `{"origin":NAME,"method":…,"uri":…}`.
+/// - anything else: `{"origin":NAME,"method":…,"uri":…}`;
+///
+/// and request headers steer any answer:
+/// - `x-test-delay-ms: N` waits N ms before answering;
+/// - `x-test-respond-with: NAME=VALUE` (repeatable) adds that header to the answer.
+///
+/// [`Origin::answering`] replaces its answers with the test's own.
 #[derive(Clone)]
 pub struct Origin {
     pub addr: SocketAddr,
     pub name: &'static str,
     seen: Arc<Mutex<Vec<Seen>>>,
-    connections: Arc<AtomicUsize>,
+    listening: Listening,
 }
 
 impl Origin {
     pub async fn start(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin = Self {
-            addr: listener.local_addr().unwrap(),
+        Self::start_answering(name, None).await
+    }
+
+    /// An origin that records each request and answers as `answer` says.
+    pub async fn answering(answer: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Self {
+        Self::start_answering("origin", Some(Arc::new(answer))).await
+    }
+
+    async fn start_answering(name: &'static str, answer: Option<Answer>) -> Self {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        let listening = serve(move |request| {
+            let log = Arc::clone(&log);
+            let answer = answer.clone();
+            async move { Self::answer(name, &log, answer.as_ref(), request).await }
+        })
+        .await;
+        Self {
+            addr: listening.addr,
             name,
-            seen: Arc::default(),
-            connections: Arc::default(),
-        };
-        let state = origin.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                state.connections.fetch_add(1, Ordering::SeqCst);
-                let state = state.clone();
-                let service = service_fn(move |request| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(state.answer(request).await) }
-                });
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-            }
-        });
-        origin
+            seen,
+            listening,
+        }
     }
 
     /// Requests that reached this origin so far.
@@ -131,10 +158,15 @@ impl Origin {
 
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.listening.connections()
     }
 
-    async fn answer(&self, request: hyper::Request<Incoming>) -> hyper::Response<BoxBody> {
+    async fn answer(
+        name: &'static str,
+        log: &Mutex<Vec<Seen>>,
+        answer: Option<&Answer>,
+        request: hyper::Request<Incoming>,
+    ) -> Response {
         let (parts, mut body) = request.into_parts();
         let uri = parts.uri.to_string();
         if let Some(delay) = parts
@@ -144,52 +176,66 @@ impl Origin {
         {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        // Streamed: never more than one frame in memory.
-        let (mut bytes, mut sum) = (0u64, 0u64);
+        let path = parts.uri.path().to_string();
+        let upload = answer.is_none() && path.ends_with("/upload");
+        // An upload is streamed: never more than one frame in memory.
+        let (mut kept, mut bytes, mut sum) = (Vec::new(), 0u64, 0u64);
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else { break };
             if let Some(data) = frame.data_ref() {
                 bytes += data.len() as u64;
                 sum = data.iter().fold(sum, |s, b| s.wrapping_add(u64::from(*b)));
+                if !upload {
+                    kept.extend_from_slice(data);
+                }
             }
         }
-        self.seen.lock().unwrap().push(Seen {
+        let seen = Seen {
             method: parts.method.to_string(),
             uri: uri.clone(),
-            headers: parts.headers.clone(),
+            headers: parts.headers,
+            body: Bytes::from(kept),
             body_bytes: bytes,
-        });
-        let path = parts.uri.path();
-        if let Some(n) = path
+        };
+        log.lock().unwrap().push(seen.clone());
+        let mut response = if let Some(answer) = answer {
+            answer(&seen)
+        } else if let Some(n) = path
             .rsplit_once("/download/")
             .and_then(|(_, n)| n.parse::<u64>().ok())
         {
-            return download(n);
-        }
-        let json = if path.ends_with("/upload") {
-            serde_json::json!({"bytes": bytes, "sum": sum})
+            download(n)
         } else {
-            serde_json::json!({"origin": self.name, "method": parts.method.as_str(), "uri": uri})
+            let json = if upload {
+                serde_json::json!({"bytes": bytes, "sum": sum})
+            } else {
+                serde_json::json!({"origin": name, "method": seen.method, "uri": uri})
+            };
+            hyper::Response::builder()
+                .header("content-type", "application/json")
+                .header("x-origin", name)
+                .body(Full::new(Bytes::from(json.to_string())).boxed())
+                .unwrap()
         };
-        let mut response = hyper::Response::builder()
-            .header("content-type", "application/json")
-            .header("x-origin", self.name);
-        let asked_for = parts
+        let asked_for = seen
             .headers
             .get_all("x-test-respond-with")
             .iter()
             .filter_map(|v| v.to_str().ok()?.split_once('='));
         for (name, value) in asked_for {
-            response = response.header(name, value);
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name),
+                http::HeaderValue::try_from(value),
+            ) {
+                response.headers_mut().append(name, value);
+            }
         }
         response
-            .body(Full::new(Bytes::from(json.to_string())).boxed())
-            .unwrap()
     }
 }
 
 /// `n` bytes of the repeating pattern 0..=250, in 64 KiB chunks.
-fn download(n: u64) -> hyper::Response<BoxBody> {
+pub fn download(n: u64) -> Response {
     const CHUNK: u64 = 64 * 1024;
     let chunks = (0..n.div_ceil(CHUNK)).map(move |i| {
         let start = i * CHUNK;
@@ -222,26 +268,22 @@ pub struct AuthApi {
 
 impl AuthApi {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let auth = Self {
-            addr: listener.local_addr().unwrap(),
-            keys: Arc::default(),
+        let keys: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
+        let mut auth = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            keys,
             calls: Arc::default(),
             answered: Arc::default(),
             down: Arc::default(),
             delay: Arc::default(),
         };
         let state = auth.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = state.clone();
-                let service = service_fn(move |request| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(state.answer(request).await) }
-                });
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-            }
-        });
+        auth.addr = serve(move |request| {
+            let state = state.clone();
+            async move { state.answer(request).await }
+        })
+        .await
+        .addr;
         auth
     }
 
@@ -273,7 +315,7 @@ impl AuthApi {
         *self.delay.lock().unwrap() = delay;
     }
 
-    async fn answer(&self, request: hyper::Request<Incoming>) -> hyper::Response<BoxBody> {
+    async fn answer(&self, request: hyper::Request<Incoming>) -> Response {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let delay = *self.delay.lock().unwrap();
         if !delay.is_zero() {

@@ -1,15 +1,11 @@
 //! Scenarios: bodies stream both ways, origin failures become Kong's errors, connections are
 //! pooled.
 
-mod support;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
-use support::client::get;
+use super::*;
+use support::basic_config;
 use support::servers::download_sum;
-use support::{AuthApi, Origin, basic_config, start_gateway};
 
-async fn setup() -> (Origin, keygate::RunningGateway) {
+async fn setup() -> (Origin, TestGateway) {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
     let gateway = start_gateway(&basic_config(&origin, &auth)).await;
@@ -90,13 +86,13 @@ async fn origin_refusing_connections_gets_502() {
 async fn origin_slower_than_read_timeout_gets_504() {
     let origin = Origin::start("slow").await;
     let auth = AuthApi::start().await;
-    let config = basic_config(&origin, &auth).replace(
-        &format!("url = \"http://{}/v1\"", origin.addr),
-        &format!(
-            "url = \"http://{}/v1\"\nread_timeout = \"200ms\"",
-            origin.addr
-        ),
-    );
+    let config = GatewayConfig::new()
+        .auth_api(&auth)
+        .consumer("static-user", None, &[KEY.1])
+        .service("api", format_args!("http://{}/v1", origin.addr))
+        .service_setting("read_timeout = \"200ms\"")
+        .route("paths = [\"/api\"]")
+        .to_string();
     let gw = start_gateway(&config).await;
     let reply = get(gw.addr, "/api/x", &[KEY, ("x-test-delay-ms", "3000")]).await;
     assert_eq!(reply.status, 504);
@@ -133,25 +129,12 @@ async fn origin_stalling_mid_body(
 async fn origin_going_quiet_mid_body_cuts_the_response_after_read_timeout() {
     let (release, stalled) = tokio::sync::oneshot::channel();
     let origin = origin_stalling_mid_body(stalled).await;
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[[consumers]]
-username = "alice"
-keys = ["static-key"]
-
-[[services]]
-name = "stalling"
-url = "http://{origin}"
-read_timeout = "300ms"
-
-[[services.routes]]
-name = "all"
-paths = ["/"]
-"#
-    );
+    let config = GatewayConfig::new()
+        .consumer("alice", None, &[KEY.1])
+        .service("stalling", format_args!("http://{origin}"))
+        .service_setting("read_timeout = \"300ms\"")
+        .route("name = \"all\"\npaths = [\"/\"]")
+        .to_string();
     let gw = start_gateway(&config).await;
     let request = support::request("GET", gw.addr, "/file")
         .header(KEY.0, KEY.1)
@@ -173,6 +156,7 @@ paths = ["/"]
 
 #[tokio::test]
 async fn several_request_threads_serve_concurrent_clients_and_drain_on_shutdown() {
+    excluded_on_wasmtime_serve!("keygate's request threads and shutdown");
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
     let config = basic_config(&origin, &auth).replace(
@@ -193,13 +177,17 @@ async fn several_request_threads_serve_concurrent_clients_and_drain_on_shutdown(
     for client in clients {
         assert_eq!(client.await.unwrap(), vec![200; 5]);
     }
-    tokio::time::timeout(std::time::Duration::from_secs(10), gw.shutdown())
-        .await
-        .expect("every request thread stops and drains");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        gw.into_keygate().shutdown(),
+    )
+    .await
+    .expect("every request thread stops and drains");
 }
 
 #[tokio::test]
 async fn sequential_requests_reuse_pooled_origin_connections() {
+    excluded_on_wasmtime_serve!("wasmtime serve opens a connection for each outgoing request");
     let (origin, gw) = setup().await;
     for _ in 0..50 {
         assert_eq!(get(gw.addr, "/api/x", &[KEY]).await.status, 200);
@@ -214,6 +202,7 @@ async fn sequential_requests_reuse_pooled_origin_connections() {
 
 #[tokio::test]
 async fn sequential_requests_reuse_one_guest_instance() {
+    excluded_on_wasmtime_serve!("keygate's metrics");
     let (_origin, gw) = setup().await;
     for _ in 0..20 {
         assert_eq!(get(gw.addr, "/api/x", &[KEY]).await.status, 200);
@@ -224,7 +213,7 @@ async fn sequential_requests_reuse_one_guest_instance() {
             .status,
         401
     );
-    let metrics = gw.gateway.metrics.render(0);
+    let metrics = gw.keygate().gateway.metrics.render(0);
     assert!(
         metrics.contains("keygate_guest_instances_created_total 1\n"),
         "one instance served all 21 requests:\n{metrics}"

@@ -1,6 +1,6 @@
 //! Kong §6 error responses.
 
-use super::*;
+use super::super::*;
 
 #[tokio::test]
 async fn error_body_is_kongs_json_template_byte_for_byte() {
@@ -120,7 +120,7 @@ async fn unmatched_request_is_404_no_route_matched_with_those_values() {
 
 #[tokio::test]
 async fn refused_origin_is_502_in_kongs_words() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     let dead = closed_port().await;
     let toml = config(&origin, "", API_ROUTE).replace(&origin.addr.to_string(), &dead.to_string());
     let gw = start_gateway(&toml).await;
@@ -134,14 +134,14 @@ async fn refused_origin_is_502_in_kongs_words() {
 
 #[tokio::test]
 async fn slow_origin_is_504_in_kongs_words() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     let toml =
         config(&origin, "", API_ROUTE).replace("/base\"\n", "/base\"\nread_timeout = \"150ms\"\n");
     let gw = start_gateway(&toml).await;
     let reply = get(
         gw.addr,
         "/api/x",
-        &[("apikey", "alice-key"), ("x-echo-delay-ms", "2000")],
+        &[("apikey", "alice-key"), ("x-test-delay-ms", "2000")],
     )
     .await;
     assert_refused(&reply, 504, "The upstream server is timing out");
@@ -149,7 +149,7 @@ async fn slow_origin_is_504_in_kongs_words() {
 
 #[tokio::test]
 async fn upstream_errors_use_accept_then_content_type_then_error_default_type() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     let dead = closed_port().await;
     let toml = config(
         &origin,

@@ -1,38 +1,35 @@
-//! Kong 3.9 compatibility, one test per behaviour a client or an origin can observe
-//! (`shared/reference/kong.md`; the README's "Kong compatibility" table points here).
+//! The scenario suite: what a client or an origin can observe of the gateway, run against
+//! every host of the guest. The gateway's own scenarios (`key_auth`, `routing`, `forwarding`)
+//! and Kong 3.9 compatibility, one test per behaviour (`kong/`, from
+//! `shared/reference/kong.md`; the README's "Kong compatibility" table points there).
 //!
-//! Every test runs the real host and guest against real servers on 127.0.0.1: an echo origin
-//! (below) that records exactly what reached it, body included, and for the auth API the
-//! shared test server. The suite is one module run by several test binaries, one per host of
-//! the guest (`fast_path.rs`, `portable.rs`, `wasmtime_serve.rs`), so the appliers of a
-//! decision cannot drift apart: each binary names its host in `crate::HOST`. Tests that need
-//! what a host cannot give a component (the client's address on `wasmtime serve`) say so with
-//! `excluded_on_wasmtime_serve!`.
+//! Every test runs the real host and guest against real servers on 127.0.0.1 (the shared test
+//! origin, which records exactly what reached it, body included, and the test auth API). The
+//! suite is one module run by several test binaries, one per host of the guest
+//! (`fast_path.rs`, `portable.rs`, `wasmtime_serve.rs`), so the appliers of a decision cannot
+//! drift apart: each binary names its host in `crate::HOST`. Tests that need what a host
+//! cannot give a component (the client's address on `wasmtime serve`), or that look inside
+//! keygate (its metrics), say so with `excluded_on_wasmtime_serve!`.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+
 use hyper_util::rt::TokioIo;
 use keygate_policy::fingerprint::{consumer_uuid, credential_uuid, fingerprint};
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use support::AuthApi;
+
 use support::client::{Reply, get};
-use support::servers::Received;
+use support::{AuthApi, GatewayConfig, Origin};
 use tokio::net::TcpListener;
 
-mod errors;
-mod headers;
-mod key_auth_options;
-mod key_lookup;
+mod forwarding;
+mod key_auth;
+mod kong;
 mod routing;
 
 /// Where the suite runs the gateway: each test binary names one in `crate::HOST`.
@@ -51,6 +48,29 @@ pub enum Host {
 struct TestGateway {
     addr: SocketAddr,
     _running: Running,
+}
+
+impl TestGateway {
+    /// The keygate gateway itself, for scenarios that look inside it (metrics); those are
+    /// `excluded_on_wasmtime_serve!`.
+    fn keygate(&self) -> &keygate::RunningGateway {
+        match &self._running {
+            Running::Keygate(gateway) => gateway,
+            Running::Wasmtime(..) => {
+                panic!("this scenario needs keygate: exclude it on wasmtime serve")
+            }
+        }
+    }
+
+    /// [`TestGateway::keygate`], to stop it.
+    fn into_keygate(self) -> keygate::RunningGateway {
+        match self._running {
+            Running::Keygate(gateway) => gateway,
+            Running::Wasmtime(..) => {
+                panic!("this scenario needs keygate: exclude it on wasmtime serve")
+            }
+        }
+    }
 }
 
 #[allow(dead_code)] // held, never read: dropping it stops the gateway
@@ -113,129 +133,32 @@ use excluded_on_wasmtime_serve;
 // Test servers and helpers
 // ---------------------------------------------------------------------------------------
 
-/// An origin that records every request whole and answers 200 `{"ok":true}`. Request headers
-/// steer the answer: `x-echo-via` / `x-echo-server` / `x-echo-request-id` are sent back as
-/// `Via` / `Server` / `X-Request-Id`, `x-echo-delay-ms` delays it.
-#[derive(Clone)]
-struct Echo {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Echo {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let echo = Self {
-            addr: listener.local_addr().unwrap(),
-            seen: Arc::default(),
-        };
-        let state = echo.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = state.clone();
-                let service = service_fn(move |request| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(state.answer(request).await) }
-                });
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-            }
-        });
-        echo
-    }
-
-    async fn answer(&self, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
-        let (parts, body) = request.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let steer = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        if let Some(delay) = steer("x-echo-delay-ms").and_then(|d| d.parse().ok()) {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        let mut response = hyper::Response::builder().header("content-type", "application/json");
-        for (from, to) in [
-            ("x-echo-via", "via"),
-            ("x-echo-server", "server"),
-            ("x-echo-request-id", "x-request-id"),
-        ] {
-            if let Some(value) = steer(from) {
-                response = response.header(to, value);
-            }
-        }
-        self.seen.lock().unwrap().push(Received::new(parts, body));
-        response
-            .body(Full::new(Bytes::from_static(b"{\"ok\":true}")))
-            .unwrap()
-    }
-
-    fn hits(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    fn last(&self) -> Received {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("the origin saw a request")
-    }
-}
-
 /// A gateway in front of `origin` (service `http://origin/base`) with three static consumers
-/// (alice with a custom_id, bob without, and the key-less "anonymous-user"), `sections`
-/// (whole TOML tables such as `[key_auth]`) and `routes` (`[[services.routes]]` tables).
-fn config(origin: &Echo, sections: &str, routes: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-{sections}
-
-[[consumers]]
-username = "alice"
-custom_id = "cust-alice"
-keys = ["alice-key"]
-
-[[consumers]]
-username = "bob"
-keys = ["bob-key"]
-
-[[consumers]]
-username = "anonymous-user"
-custom_id = "anon"
-
-[[services]]
-name = "api"
-url = "http://{origin}/base"
-
-{routes}
-"#,
-        origin = origin.addr,
-    )
+/// (alice with a custom_id, bob without, and the key-less "anonymous-user"), `tables` (whole
+/// TOML tables such as `[key_auth]`) and `routes` (`[[services.routes]]` tables).
+fn config(origin: &Origin, tables: &str, routes: &str) -> String {
+    GatewayConfig::new()
+        .tables(tables)
+        .consumer("alice", Some("cust-alice"), &["alice-key"])
+        .consumer("bob", None, &["bob-key"])
+        .consumer("anonymous-user", Some("anon"), &[])
+        .service("api", format_args!("http://{}/base", origin.addr))
+        .service_tables(routes)
+        .to_string()
 }
 
 const API_ROUTE: &str = "[[services.routes]]\nname = \"api\"\npaths = [\"/api\"]\n";
 
-/// The echo origin and a gateway with `sections` and the `/api` route.
-async fn gateway(sections: &str) -> (Echo, TestGateway) {
-    let origin = Echo::start().await;
+/// The test origin and a gateway with `sections` and the `/api` route.
+async fn gateway(sections: &str) -> (Origin, TestGateway) {
+    let origin = Origin::start("api").await;
     let gw = start_gateway(&config(&origin, sections, API_ROUTE)).await;
     (origin, gw)
 }
 
-/// The echo origin and a gateway with `sections` and `routes`.
-async fn gateway_with_routes(sections: &str, routes: &str) -> (Echo, TestGateway) {
-    let origin = Echo::start().await;
+/// The test origin and a gateway with `sections` and `routes`.
+async fn gateway_with_routes(sections: &str, routes: &str) -> (Origin, TestGateway) {
+    let origin = Origin::start("api").await;
     let gw = start_gateway(&config(&origin, sections, routes)).await;
     (origin, gw)
 }

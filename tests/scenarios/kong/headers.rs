@@ -1,6 +1,6 @@
 //! Kong §6 headers to the origin and to the client.
 
-use super::*;
+use super::super::*;
 
 #[tokio::test]
 async fn forwarded_headers_of_untrusted_clients_are_replaced() {
@@ -115,9 +115,9 @@ async fn proxied_responses_carry_via_server_latencies_and_request_id() {
     assert!(is_hex_id(reply.header("x-request-id").unwrap()));
     let steer = [
         ("apikey", "alice-key"),
-        ("x-echo-via", "1.1 origin-cache"),
-        ("x-echo-server", "origin/1.0"),
-        ("x-echo-request-id", "origin-id"),
+        ("x-test-respond-with", "via=1.1 origin-cache"),
+        ("x-test-respond-with", "server=origin/1.0"),
+        ("x-test-respond-with", "x-request-id=origin-id"),
     ];
     let reply = get(gw.addr, "/api/x", &steer).await;
     assert_eq!(reply.header("via"), Some("1.1 origin-cache, 1.1 keygate"));

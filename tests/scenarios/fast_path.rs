@@ -1,4 +1,4 @@
-//! The Kong compatibility suite on keygate's fast path: the guest decides from the head
+//! The scenario suite on keygate's fast path: the guest decides from the head
 //! (`keygate:gateway/policy`), the host forwards natively.
 
 const HOST: suite::Host = suite::Host::FastPath;

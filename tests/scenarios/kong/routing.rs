@@ -1,6 +1,6 @@
 //! Kong §2 routing.
 
-use super::*;
+use super::super::*;
 
 #[tokio::test]
 async fn prefix_paths_are_plain_string_prefixes() {
@@ -91,7 +91,7 @@ async fn host_with_port_matches_the_port_the_client_connected_to() {
     excluded_on_wasmtime_serve!(
         "needs the port the client connected to, which wasmtime serve does not give a component"
     );
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     // The gateway's port is part of the route, so pick it before starting.
     let port = closed_port().await.port();
     let routes =
@@ -159,7 +159,7 @@ async fn methods_must_match_exactly() {
 
 #[tokio::test]
 async fn route_priority_follows_kong_order() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     // One service per route, its path the route's name: the upstream path tells which won.
     let routes: String = [
         ("long-prefix", "paths = [\"/p/long/prefix\"]"),
@@ -238,7 +238,7 @@ async fn route_priority_follows_kong_order() {
 
 #[tokio::test]
 async fn strip_path_joins_with_the_service_path_like_kong_v0() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     let cases = [
         // (service path, strip_path, request, upstream)
         ("", true, "/api/users?x=1", "/users?x=1"),
@@ -255,10 +255,12 @@ async fn strip_path_joins_with_the_service_path_like_kong_v0() {
         ("/v1", true, "/api/x?", "/v1/x?"),
     ];
     for (base, strip, request, want) in cases {
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[key_auth]\n[[services]]\nname = \"s\"\nurl = \"http://{}{base}\"\n[[services.routes]]\npaths = [\"/api\"]\nstrip_path = {strip}\nauth = false\n",
-            origin.addr
-        );
+        let toml = GatewayConfig::new()
+            .service("s", format_args!("http://{}{base}", origin.addr))
+            .route(format_args!(
+                "paths = [\"/api\"]\nstrip_path = {strip}\nauth = false"
+            ))
+            .to_string();
         let gw = start_gateway(&toml).await;
         assert_eq!(get(gw.addr, request, &[]).await.status, 200);
         assert_eq!(origin.last().uri, want, "{base:?} strip={strip} {request}");

@@ -1,6 +1,6 @@
 //! Kong §1 key-auth: hide_credentials, preflight, realm, anonymous, consumer headers.
 
-use super::*;
+use super::super::*;
 
 #[tokio::test]
 async fn hide_credentials_removes_the_header_and_the_query_argument() {
@@ -203,7 +203,7 @@ async fn anonymous_consumer_can_be_named_by_id() {
 
 #[tokio::test]
 async fn anonymous_is_not_used_when_the_auth_api_cannot_answer() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     let auth = AuthApi::start().await;
     auth.set_down(true);
     let sections = format!(
@@ -222,7 +222,7 @@ async fn anonymous_is_not_used_when_the_auth_api_cannot_answer() {
 
 #[tokio::test]
 async fn anonymous_must_name_a_configured_consumer() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     let toml = config(&origin, "[key_auth]\nanonymous = \"ghost\"\n", API_ROUTE);
     let err = keygate::config::parse(&toml, None).unwrap_err();
     let err = format!("{err:#}");
@@ -234,7 +234,7 @@ async fn anonymous_must_name_a_configured_consumer() {
 
 #[tokio::test]
 async fn consumer_headers_are_set_or_removed_exactly() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     let auth = AuthApi::start().await;
     auth.allow("api-key-1", json!({"consumer": {"username": "carol"}}));
     let sections = format!(

@@ -1,12 +1,18 @@
 //! Scenarios: who gets through, who does not, and how often the auth API is asked.
 
-mod support;
+use super::*;
+use support::basic_config;
 
-use serde_json::json;
-use support::client::get;
-use support::{AuthApi, Origin, basic_config, start_gateway};
+/// Why the key-cache scenarios are not run on `wasmtime serve`.
+macro_rules! cache_is_per_instance_there {
+    () => {
+        excluded_on_wasmtime_serve!(
+            "its key cache lives in each instance (the export's memory adapter), without single-flight; tests/export/wasmtime_serve.rs checks that instances remember verdicts"
+        )
+    };
+}
 
-async fn setup() -> (Origin, AuthApi, keygate::RunningGateway) {
+async fn setup() -> (Origin, AuthApi, TestGateway) {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
     auth.allow(
@@ -132,6 +138,7 @@ async fn client_sent_consumer_headers_are_replaced() {
 
 #[tokio::test]
 async fn second_request_with_same_key_does_not_call_auth_api() {
+    cache_is_per_instance_there!();
     let (origin, auth, gw) = setup().await;
     for _ in 0..5 {
         assert_eq!(
@@ -147,6 +154,7 @@ async fn second_request_with_same_key_does_not_call_auth_api() {
 
 #[tokio::test]
 async fn invalid_verdict_is_cached_too() {
+    cache_is_per_instance_there!();
     let (_origin, auth, gw) = setup().await;
     for _ in 0..5 {
         assert_eq!(
@@ -193,6 +201,7 @@ async fn auth_api_unreachable_gets_503() {
 
 #[tokio::test]
 async fn auth_api_down_serves_cached_key() {
+    cache_is_per_instance_there!();
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
     auth.allow("good-key", json!({}));
@@ -224,6 +233,7 @@ async fn auth_api_down_serves_cached_key() {
 
 #[tokio::test]
 async fn concurrent_misses_for_one_key_call_auth_api_once() {
+    cache_is_per_instance_there!();
     let (origin, auth, gw) = setup().await;
     auth.set_delay(std::time::Duration::from_millis(200));
     let requests = (0..50).map(|_| {
@@ -243,9 +253,10 @@ async fn concurrent_misses_for_one_key_call_auth_api_once() {
 
 #[tokio::test]
 async fn keys_are_never_logged_in_metrics() {
+    excluded_on_wasmtime_serve!("keygate's metrics");
     let (_origin, _auth, gw) = setup().await;
     get(gw.addr, "/api/x", &[("apikey", "good-key")]).await;
-    let metrics = gw.gateway.metrics.render(0);
+    let metrics = gw.keygate().gateway.metrics.render(0);
     assert!(!metrics.contains("good-key"));
     assert!(
         metrics.contains("keygate_auth_api_responses_total{code=\"200\"} 1"),
@@ -255,6 +266,7 @@ async fn keys_are_never_logged_in_metrics() {
 
 #[tokio::test]
 async fn auth_calls_beyond_the_cap_fail_fast_instead_of_queueing() {
+    excluded_on_wasmtime_serve!("auth_api.max_in_flight is enforced by keygate's outgoing HTTP");
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
     auth.set_delay(std::time::Duration::from_millis(300));
@@ -291,7 +303,7 @@ async fn auth_calls_beyond_the_cap_fail_fast_instead_of_queueing() {
 
     // Each request looked its key up once (a miss); a shed call is its own event, and not an
     // auth API answer.
-    let metrics = gw.gateway.metrics.render(0);
+    let metrics = gw.keygate().gateway.metrics.render(0);
     let samples = |family: &str| -> Vec<&str> {
         metrics
             .lines()

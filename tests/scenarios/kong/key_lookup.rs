@@ -1,6 +1,6 @@
 //! Kong §1 key-auth: where the key is found.
 
-use super::*;
+use super::super::*;
 
 #[tokio::test]
 async fn key_names_are_tried_in_order() {
@@ -127,7 +127,7 @@ async fn missing_key_is_401_no_api_key_found() {
 
 #[tokio::test]
 async fn unknown_key_is_401_unauthorized() {
-    let origin = Echo::start().await;
+    let origin = Origin::start("api").await;
     let auth = AuthApi::start().await;
     let sections = format!(
         "[auth_api]\nurl = \"http://{}/validate?apikey={{key}}\"\n",

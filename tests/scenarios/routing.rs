@@ -1,73 +1,26 @@
 //! Scenarios: which origin a request reaches, at which path, with which headers.
 
-mod support;
-
-use keygate_policy::{GuestEntry, internal_headers};
-use support::client::get;
-use support::{AuthApi, Origin, start_gateway, start_gateway_with};
+use super::*;
+use keygate_policy::internal_headers;
 
 /// Two origins: `/orders` → orders (strip_path), `/users` → users (no strip), a public
 /// `/status` route without auth, and a GET-only regex route.
-async fn two_origins() -> (Origin, Origin, keygate::RunningGateway) {
-    two_origins_on(GuestEntry::Auto).await
-}
-
-/// [`two_origins`], with requests taking the path `entry` selects.
-async fn two_origins_on(entry: GuestEntry) -> (Origin, Origin, keygate::RunningGateway) {
+async fn two_origins() -> (Origin, Origin, TestGateway) {
     let orders = Origin::start("orders").await;
     let users = Origin::start("users").await;
     let auth = AuthApi::start().await;
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[auth_api]
-url = "http://{auth}/validate?apikey={{key}}"
-
-[[consumers]]
-username = "tester"
-keys = ["k"]
-
-[[services]]
-name = "orders"
-url = "http://{orders}/v1"
-
-[[services.routes]]
-name = "orders"
-paths = ["/orders"]
-methods = ["GET", "POST"]
-
-[[services.routes]]
-name = "order-by-id"
-paths = ["~/orders/\\d+$"]
-methods = ["GET"]
-strip_path = false
-
-[[services]]
-name = "users"
-url = "http://{users}"
-
-[[services.routes]]
-name = "users"
-paths = ["/users"]
-strip_path = false
-
-[[services.routes]]
-name = "status"
-paths = ["/status"]
-auth = false
-"#,
-        auth = auth.addr,
-        orders = orders.addr,
-        users = users.addr,
-    );
-    let gateway = start_gateway_with(&config, |config| config.guest.entry = entry).await;
-    assert_eq!(
-        gateway.gateway.active().fast_path,
-        entry == GuestEntry::Auto,
-        "requests take the path the test is about"
-    );
+    let config = GatewayConfig::new()
+        .auth_api(&auth)
+        .consumer("tester", None, &["k"])
+        .service("orders", format_args!("http://{}/v1", orders.addr))
+        .route("name = \"orders\"\npaths = [\"/orders\"]\nmethods = [\"GET\", \"POST\"]")
+        .route(
+            "name = \"order-by-id\"\npaths = ['~/orders/\\d+$']\nmethods = [\"GET\"]\nstrip_path = false",
+        )
+        .service("users", format_args!("http://{}", users.addr))
+        .route("name = \"users\"\npaths = [\"/users\"]\nstrip_path = false")
+        .route("name = \"status\"\npaths = [\"/status\"]\nauth = false");
+    let gateway = start_gateway(&config.to_string()).await;
     (orders, users, gateway)
 }
 
@@ -155,6 +108,9 @@ async fn route_without_auth_passes_without_key() {
 
 #[tokio::test]
 async fn forwarded_headers_describe_the_client() {
+    excluded_on_wasmtime_serve!(
+        "wasmtime serve gives a component neither the client's address nor the port it connected to"
+    );
     let (orders, _users, gw) = two_origins().await;
     let headers = [
         ("apikey", "k"),
@@ -204,17 +160,32 @@ async fn hop_by_hop_headers_are_dropped() {
     let (orders, _users, gw) = two_origins().await;
     let headers = [
         ("apikey", "k"),
-        ("connection", "keep-alive, x-private"),
-        ("x-private", "secret"),
         ("te", "trailers"),
         ("proxy-authorization", "Basic Zm9vOmJhcg=="),
         ("x-kept", "yes"),
     ];
     get(gw.addr, "/orders/list", &headers).await;
     let seen = orders.last();
-    assert_eq!(seen.header("x-private"), None, "named in Connection");
     assert_eq!(seen.header("te"), None);
     assert_eq!(seen.header("proxy-authorization"), None);
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+}
+
+#[tokio::test]
+async fn headers_named_in_connection_are_dropped() {
+    excluded_on_wasmtime_serve!(
+        "wasmtime serve strips `Connection` before the component sees the request (a forbidden header in wasmtime-wasi-http), so the headers it names cannot be known there"
+    );
+    let (orders, _users, gw) = two_origins().await;
+    let headers = [
+        ("apikey", "k"),
+        ("connection", "keep-alive, x-private"),
+        ("x-private", "secret"),
+        ("x-kept", "yes"),
+    ];
+    get(gw.addr, "/orders/list", &headers).await;
+    let seen = orders.last();
+    assert_eq!(seen.header("x-private"), None, "named in Connection");
     assert_eq!(seen.header("x-kept"), Some("yes"));
 }
 
@@ -227,8 +198,9 @@ const FORGED_INTERNAL_HEADERS: &[(&str, &str)] = &[
 
 /// An origin that sends keygate's internal headers: the client gets none of them, and the
 /// request is counted under the route that really answered it.
-async fn assert_internal_headers_from_the_origin_are_stripped(entry: GuestEntry) {
-    let (orders, _users, gw) = two_origins_on(entry).await;
+#[tokio::test]
+async fn key_auth_keygate_headers_are_stripped_from_responses() {
+    let (orders, _users, gw) = two_origins().await;
     let direct = get(orders.addr, "/v1/list", FORGED_INTERNAL_HEADERS).await;
     for name in internal_headers::ALL {
         assert!(
@@ -250,7 +222,10 @@ async fn assert_internal_headers_from_the_origin_are_stripped(entry: GuestEntry)
             reply.headers
         );
     }
-    let metrics = gw.gateway.metrics.render(0);
+    if crate::HOST == crate::suite::Host::WasmtimeServe {
+        return; // no metrics to look into
+    }
+    let metrics = gw.keygate().gateway.metrics.render(0);
     assert!(
         metrics.contains("keygate_http_requests_total{route=\"orders\",code=\"200\"} 1"),
         "{metrics}"
@@ -258,21 +233,13 @@ async fn assert_internal_headers_from_the_origin_are_stripped(entry: GuestEntry)
     assert!(!metrics.contains("forged"), "{metrics}");
 }
 
-#[tokio::test]
-async fn key_auth_keygate_headers_are_stripped_from_responses() {
-    assert_internal_headers_from_the_origin_are_stripped(GuestEntry::Auto).await;
-}
-
-#[tokio::test]
-async fn keygate_headers_are_stripped_from_responses_on_the_wasi_http_path() {
-    assert_internal_headers_from_the_origin_are_stripped(GuestEntry::WasiHttp).await;
-}
-
 /// Every answer is counted under the route that gave it: its name (not its service's), also
 /// for refusals, and `(none)` when no route matched.
-async fn assert_requests_are_counted_per_route(entry: GuestEntry) {
+#[tokio::test]
+async fn requests_are_counted_under_the_route_that_answered() {
+    excluded_on_wasmtime_serve!("keygate's metrics");
     const NO_KEY: &[(&str, &str)] = &[];
-    let (_orders, _users, gw) = two_origins_on(entry).await;
+    let (_orders, _users, gw) = two_origins().await;
     // (path, headers, the route and status it is counted under)
     let requests = [
         ("/orders/list", KEY, "orders", 200),
@@ -292,7 +259,7 @@ async fn assert_requests_are_counted_per_route(entry: GuestEntry) {
         })
         .collect();
     expected.sort();
-    let metrics = gw.gateway.metrics.render(0);
+    let metrics = gw.keygate().gateway.metrics.render(0);
     let mut counted: Vec<&str> = metrics
         .lines()
         .filter(|line| line.starts_with("keygate_http_requests_total{"))
@@ -302,45 +269,16 @@ async fn assert_requests_are_counted_per_route(entry: GuestEntry) {
 }
 
 #[tokio::test]
-async fn requests_are_counted_under_the_route_that_answered() {
-    assert_requests_are_counted_per_route(GuestEntry::Auto).await;
-}
-
-#[tokio::test]
-async fn requests_are_counted_under_the_route_that_answered_on_the_wasi_http_path() {
-    assert_requests_are_counted_per_route(GuestEntry::WasiHttp).await;
-}
-
-#[tokio::test]
 async fn hosts_and_hidden_credentials() {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[key_auth]
-hide_credentials = true
-
-[auth_api]
-url = "http://{auth}/validate?apikey={{key}}"
-
-[[consumers]]
-username = "tester"
-keys = ["k"]
-
-[[services]]
-name = "tenant"
-url = "http://{origin}"
-
-[[services.routes]]
-name = "wildcard"
-hosts = ["*.example.com"]
-"#,
-        auth = auth.addr,
-        origin = origin.addr,
-    );
+    let config = GatewayConfig::new()
+        .tables("[key_auth]\nhide_credentials = true")
+        .auth_api(&auth)
+        .consumer("tester", None, &["k"])
+        .service("tenant", format_args!("http://{}", origin.addr))
+        .route("name = \"wildcard\"\nhosts = [\"*.example.com\"]")
+        .to_string();
     let gw = start_gateway(&config).await;
     let reply = get(gw.addr, "/a?x=1&apikey=k", &[("host", "acme.example.com")]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
