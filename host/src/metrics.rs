@@ -1,15 +1,27 @@
 //! Prometheus metrics: what operators watch during a migration (calls per route and status,
 //! origin and auth-API status codes, cache behaviour, guest failures).
+//!
+//! What every request counts (its route and status, its origin's or the auth API's answer, its
+//! key-cache lookup, requests in flight) goes to a tally of the counting thread's own, merged
+//! into the exported families when `/metrics` is scraped: a shared counter would bounce its
+//! cache line between request threads, and a label lookup would allocate, on every request.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Tallies to spread request threads over; a thread keeps its shard for life.
+const SHARDS: usize = 64;
+
 pub struct Metrics {
+    shards: Box<[Shard]>,
     registry: Registry,
     requests: Family<Labels, Counter>,
     upstream_responses: Family<Labels, Counter>,
@@ -87,6 +99,7 @@ impl Default for Metrics {
             in_flight.clone(),
         );
         Self {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             registry,
             requests,
             upstream_responses,
@@ -103,33 +116,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A client request was answered.
     pub fn request(&self, route: &str, code: u16) {
-        self.requests
-            .get_or_create(&vec![
-                ("route", route.to_string()),
-                ("code", code.to_string()),
-            ])
-            .inc();
+        self.shard().requests.count(route, Some(code));
     }
 
     /// An outgoing call finished; `call` is what the guest said it was for.
     pub fn outgoing(&self, call: &str, code: Option<u16>) {
-        let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
+        let mut tally = self.shard();
         if call == "auth" {
-            self.auth_api_responses
-                .get_or_create(&vec![("code", code)])
-                .inc();
+            tally.auth_api_responses.count("", code);
         } else {
-            self.upstream_responses
-                .get_or_create(&vec![("service", call.to_string()), ("code", code)])
-                .inc();
+            tally.upstream_responses.count(call, code);
         }
     }
 
-    pub fn key_cache_lookup(&self, result: &'static str) {
-        self.key_cache_lookups
-            .get_or_create(&vec![("result", result.to_string())])
-            .inc();
+    pub fn key_cache_lookup(&self, result: LookupResult) {
+        self.shard().key_cache_lookups[result as usize] += 1;
     }
 
     pub fn guest_failure(&self, reason: &'static str) {
@@ -157,16 +160,143 @@ impl Metrics {
         self.guest_instances.inc();
     }
 
-    pub fn in_flight(&self) -> &Gauge {
-        &self.in_flight
+    /// A client request started; [`Metrics::request_done`] when it is answered.
+    pub fn request_started(&self) {
+        self.shard().in_flight += 1;
+    }
+
+    pub fn request_done(&self) {
+        self.shard().in_flight -= 1;
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self, key_cache_entries: usize) -> String {
         self.key_cache_entries
             .set(i64::try_from(key_cache_entries).unwrap_or(i64::MAX));
+        self.merge_tallies();
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+
+    /// This thread's tally. Uncontended unless more threads than shards count at once.
+    fn shard(&self) -> std::sync::MutexGuard<'_, Tally> {
+        thread_local! {
+            static SHARD: usize = {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            };
+        }
+        let index = SHARD.with(|shard| *shard) % self.shards.len();
+        self.shards[index]
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Move what the threads counted since the last scrape into the exported families.
+    fn merge_tallies(&self) {
+        let mut in_flight = 0;
+        for shard in &self.shards {
+            let mut tally = shard.0.lock().unwrap_or_else(|p| p.into_inner());
+            in_flight += tally.in_flight;
+            for (route, code, n) in tally.requests.drain() {
+                self.requests
+                    .get_or_create(&vec![("route", route), ("code", code_label(code))])
+                    .inc_by(n);
+            }
+            for (service, code, n) in tally.upstream_responses.drain() {
+                self.upstream_responses
+                    .get_or_create(&vec![("service", service), ("code", code_label(code))])
+                    .inc_by(n);
+            }
+            for (_, code, n) in tally.auth_api_responses.drain() {
+                self.auth_api_responses
+                    .get_or_create(&vec![("code", code_label(code))])
+                    .inc_by(n);
+            }
+            for (result, n) in LookupResult::ALL.iter().zip(&mut tally.key_cache_lookups) {
+                if *n > 0 {
+                    self.key_cache_lookups
+                        .get_or_create(&vec![("result", result.label().to_string())])
+                        .inc_by(std::mem::take(n));
+                }
+            }
+        }
+        self.in_flight.set(in_flight);
+    }
+}
+
+/// How a key-cache lookup went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    Fresh,
+    Stale,
+    Miss,
+    /// Waited for another request's fill of the same key.
+    Coalesced,
+}
+
+impl LookupResult {
+    const ALL: [Self; 4] = [Self::Fresh, Self::Stale, Self::Miss, Self::Coalesced];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Stale => "stale",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// A status code label; `error` when there was no answer.
+fn code_label(code: Option<u16>) -> String {
+    code.map_or_else(|| "error".to_string(), |c| c.to_string())
+}
+
+/// One tally, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Tally>);
+
+/// What the threads of one shard counted since the last scrape.
+#[derive(Default)]
+struct Tally {
+    requests: LabelledCounts,
+    upstream_responses: LabelledCounts,
+    auth_api_responses: LabelledCounts,
+    key_cache_lookups: [u64; 4],
+    /// Requests started minus answered by these threads (a request may end on another
+    /// thread than it started on, so one shard can go negative; the sum cannot).
+    in_flight: i64,
+}
+
+/// Counts by a name (route, service) and a status code. A name is allocated the first time a
+/// thread sees it, never again.
+#[derive(Default)]
+struct LabelledCounts(HashMap<Box<str>, Vec<(Option<u16>, u64)>>);
+
+impl LabelledCounts {
+    fn count(&mut self, name: &str, code: Option<u16>) {
+        let codes = match self.0.get_mut(name) {
+            Some(codes) => codes,
+            None => self.0.entry(name.into()).or_default(),
+        };
+        match codes.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => codes.push((code, 1)),
+        }
+    }
+
+    /// Every non-zero count, reset to zero (names and codes stay, so counting stays
+    /// allocation-free).
+    fn drain(&mut self) -> impl Iterator<Item = (String, Option<u16>, u64)> + '_ {
+        self.0.iter_mut().flat_map(|(name, codes)| {
+            codes
+                .iter_mut()
+                .filter(|(_, n)| *n > 0)
+                .map(|(code, n)| (name.to_string(), *code, std::mem::take(n)))
+        })
     }
 }

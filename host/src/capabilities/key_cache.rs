@@ -2,7 +2,7 @@
 //! shared by every request, with single-flight fills so a burst of requests carrying the same
 //! unseen key costs one auth-API call, not one per request.
 
-use crate::metrics::Metrics;
+use crate::metrics::{LookupResult, Metrics};
 use keygate_key_cache_core::{self as cache_core, Deadlines, Freshness};
 use lru::LruCache;
 use std::collections::HashMap;
@@ -144,7 +144,7 @@ impl KeyCache {
                 });
                 let found = match found {
                     Some(fresh @ Lookup::Fresh(_)) => {
-                        self.metrics.key_cache_lookup("fresh");
+                        self.metrics.key_cache_lookup(LookupResult::Fresh);
                         return fresh;
                     }
                     Some(found) => found,
@@ -159,14 +159,14 @@ impl KeyCache {
                     _ => {
                         state.filling.insert(fingerprint, Arc::new(Notify::new()));
                         self.metrics.key_cache_lookup(match found {
-                            Lookup::Stale(_) => "stale",
-                            _ => "miss",
+                            Lookup::Stale(_) => LookupResult::Stale,
+                            _ => LookupResult::Miss,
                         });
                         return found;
                     }
                 }
             }
-            self.metrics.key_cache_lookup("coalesced");
+            self.metrics.key_cache_lookup(LookupResult::Coalesced);
             waited = tokio::time::timeout(self.fill_wait, wakeup).await.is_err();
         }
     }

@@ -258,7 +258,7 @@ impl Gateway {
         request: hyper::Request<hyper::body::Incoming>,
         client: SocketAddr,
     ) -> hyper::Response<ResponseBody> {
-        self.metrics.in_flight().inc();
+        self.metrics.request_started();
         let started = Instant::now();
         let active = self.active();
         // Kept for an answer the host may have to make itself (cheap: shared bytes).
@@ -273,7 +273,7 @@ impl Gateway {
         } else {
             self.portable_path(&active, request, client).await
         };
-        self.metrics.in_flight().dec();
+        self.metrics.request_done();
         let (mut response, route) = match outcome {
             Ok(answer) => answer,
             Err(failure) => (
