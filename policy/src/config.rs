@@ -1,6 +1,6 @@
 //! `keygate.toml`: the schema, its defaults (Kong's where Kong has one) and its validation.
 
-use crate::{ByteSize, Compat, Duration, IpNet, RoutePath, ServiceUrl};
+use crate::{ByteSize, Compat, Duration, IpNet, Plugins, RoutePath, ServiceUrl};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,6 +42,9 @@ pub struct Config {
     pub proxy: Proxy,
     #[serde(default)]
     pub compat: Compat,
+    /// `[[plugins]]`, Kong's plugin model (see [`crate::plugins`]).
+    #[serde(default)]
+    pub plugins: Plugins,
 }
 
 /// How the gateway treats what clients say about themselves (Kong's `trusted_ips`).
@@ -298,6 +301,12 @@ impl Config {
     /// The consumer `key_auth.anonymous` names: by id (explicit or Kong's derived one), else
     /// by username, as Kong looks it up.
     pub fn anonymous_consumer(&self, name: &str) -> Option<&Consumer> {
+        self.find_consumer(name)
+    }
+
+    /// A `[[consumers]]` entry named by id (explicit or Kong's derived one), else by username:
+    /// Kong's order for a reference to a consumer.
+    pub fn find_consumer(&self, name: &str) -> Option<&Consumer> {
         self.consumers
             .iter()
             .find(|c| c.effective_id().as_deref() == Some(name))

@@ -18,6 +18,8 @@ pub const NAME_RESOLUTION: &str = "name resolution failed";
 pub const BAD_REQUEST: &str = "Bad request";
 pub const AUTH_UNAVAILABLE: &str = "The authentication service is currently unavailable";
 pub const OVERLOADED: &str = "The gateway is at capacity, try again later";
+/// rate-limiting's default `error_message`.
+pub const RATE_LIMITED: &str = "API rate limit exceeded";
 
 /// Kong's JSON error body (3.5+), byte for byte.
 pub fn json_body(message: &str, request_id: &str) -> String {

@@ -2,7 +2,7 @@
 //! the only channel that works the same on keygate, `wasmtime serve` and Spin.
 
 use crate::config::{Config, ConfigError, KeyAuth, Service};
-use crate::{Compat, Duration, IpNet};
+use crate::{Compat, Duration, IpNet, Plugins};
 use serde::{Deserialize, Serialize};
 
 impl Config {
@@ -38,6 +38,7 @@ impl Config {
                 })
                 .collect(),
             services: self.services.clone(),
+            plugins: self.plugins.for_guest(),
         }
     }
 }
@@ -63,6 +64,10 @@ pub struct GuestConfig {
     pub auth_api: Option<GuestAuthApi>,
     pub consumers: Vec<GuestConsumer>,
     pub services: Vec<Service>,
+    /// `[[plugins]]` at the same positions as in [`Config`], minus what the host keeps to
+    /// itself (Redis addresses and passwords: the host owns the counter store).
+    #[serde(default)]
+    pub plugins: Plugins,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

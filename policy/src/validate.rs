@@ -8,8 +8,15 @@ impl Config {
     /// Parse and validate a TOML document.
     #[cfg(feature = "toml")]
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::from_str(text).map_err(|err| ConfigError::Parse(err.to_string()))?;
+        let config: Self = toml::from_str(text).map_err(|err| {
+            // `[[plugins]]` errors name their field themselves; the line TOML would add is the
+            // first `[[plugins]]` header, whichever entry is at fault.
+            if err.message().starts_with("plugins[") {
+                ConfigError::Parse(err.message().to_string())
+            } else {
+                ConfigError::Parse(err.to_string())
+            }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -99,6 +106,7 @@ impl Config {
                 route.validate(&field)?;
             }
         }
+        self.validate_plugins()?;
         Ok(())
     }
 }
