@@ -13,7 +13,7 @@ mod spin_world;
 mod wasmtime_serve;
 
 use std::path::{Path, PathBuf};
-use support::{AuthApi, Origin, basic_config, process};
+use support::{AuthApi, GatewayConfig, Origin, process};
 
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,21 +48,9 @@ pub fn export(target: &str, config_toml: &str, dir: &Path) -> PathBuf {
 /// `basic_config` plus a second service, "other" on `/other` → `other`'s `/v2`, and a static
 /// consumer whose name is hard to quote in a shell script.
 pub fn two_origin_config(origin: &Origin, other: &Origin, auth: &AuthApi) -> String {
-    format!(
-        r#"{basic}
-[[consumers]]
-username = "o'brien \"$HOME\" `id`"
-keys = ["quote-key"]
-
-[[services]]
-name = "other"
-url = "http://{other}/v2"
-
-[[services.routes]]
-name = "other-route"
-paths = ["/other"]
-"#,
-        basic = basic_config(origin, auth),
-        other = other.addr,
-    )
+    GatewayConfig::basic(origin, auth)
+        .consumer(r#"o'brien "$HOME" `id`"#, None, &["quote-key"])
+        .service("other", format_args!("http://{}/v2", other.addr))
+        .route("name = \"other-route\"\npaths = [\"/other\"]")
+        .to_string()
 }
