@@ -21,13 +21,9 @@ pub fn workspace_root() -> &'static Path {
         .expect("host/ sits in the workspace root")
 }
 
-/// `keygate export --for TARGET --config CONFIG --out DIR` (the real binary); panics with its
-/// output unless it succeeds.
-pub fn export(target: &str, config_toml: &str, dir: &Path) -> PathBuf {
-    let config = dir.join("keygate.toml");
-    std::fs::write(&config, config_toml).unwrap();
-    let out = dir.join(format!("{target}-export"));
-    let output = process::run(&[
+/// `keygate export --for TARGET --config CONFIG --out OUT`, the real binary.
+pub fn run_export(target: &str, config: &Path, out: &Path) -> std::process::Output {
+    process::run(&[
         "export",
         "--for",
         target,
@@ -35,7 +31,16 @@ pub fn export(target: &str, config_toml: &str, dir: &Path) -> PathBuf {
         config.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ])
+}
+
+/// [`run_export`] of `config_toml` into a folder of `dir`; panics with its output unless it
+/// succeeds.
+pub fn export(target: &str, config_toml: &str, dir: &Path) -> PathBuf {
+    let config = dir.join("keygate.toml");
+    std::fs::write(&config, config_toml).unwrap();
+    let out = dir.join(format!("{target}-export"));
+    let output = run_export(target, &config, &out);
     assert!(
         output.status.success(),
         "keygate export --for {target} failed: {}{}",

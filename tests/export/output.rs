@@ -1,7 +1,7 @@
 //! What `keygate export` writes for each host, and how it refuses bad input.
 
-use crate::support::{AuthApi, Origin, basic_config, process};
-use crate::{export, two_origin_config};
+use crate::support::{AuthApi, Origin, basic_config};
+use crate::{export, run_export, two_origin_config};
 use keygate::export::{ComponentWorld, KEY_CACHE_KEYVALUE};
 use std::path::Path;
 
@@ -156,17 +156,7 @@ fn bad_target_and_bad_config_fail_clearly() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let run = |target: &str, config: &Path| {
-        process::run(&[
-            "export",
-            "--for",
-            target,
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    };
+    let run = |target: &str, config: &Path| run_export(target, config, &out);
 
     let output = run("docker", &config);
     assert!(!output.status.success());
