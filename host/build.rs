@@ -34,6 +34,12 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "keygate_key_cache_keyvalue.wasm",
         "KEYGATE_KEY_CACHE_KEYVALUE_WASM",
     ),
+    // The counters adapter `keygate export` plugs in where the host keeps no counters.
+    (
+        "keygate-counters-memory",
+        "keygate_counters_memory.wasm",
+        "KEYGATE_COUNTERS_MEMORY_WASM",
+    ),
 ];
 
 fn main() {

@@ -11,6 +11,7 @@ use crate::config::Policy;
 use crate::credentials::{self, Extracted};
 use crate::errors::GatewayError;
 use crate::plan;
+use crate::rate_limit::{self, Limited};
 use crate::request::RequestInfo;
 use crate::router::Match;
 use keygate_policy::Compat;
@@ -19,7 +20,11 @@ use wasip2::http::types::Method;
 
 /// Decide `info`. `body` is the client's body where this entry point has it (the portable
 /// path); without it, a policy that must read the body answers [`Decision::UseHandler`].
-pub fn decide(policy: &Policy, info: &RequestInfo, mut body: Option<&mut RequestBody>) -> Decision {
+pub fn decide(
+    policy: &'static Policy,
+    info: &RequestInfo,
+    mut body: Option<&mut RequestBody>,
+) -> Decision {
     let compat = &policy.config.compat;
     let listen_port = info.listen_port(policy.config.listen_port);
     let Some(matched) = policy
@@ -66,6 +71,13 @@ pub fn decide(policy: &Policy, info: &RequestInfo, mut body: Option<&mut Request
     if let Some(identity) = &identity {
         labels.consumer = Some(identity.consumer.clone());
     }
+    // Kong's rate-limiting runs after key-auth: a request without a valid key never counts.
+    let limit_headers = match rate_limit::check(policy, info, &matched, identity.as_ref()) {
+        Limited::Pass(headers) => headers,
+        Limited::Refuse(error) => {
+            return Decision::Respond(with_labels(error.reply(info, compat), labels));
+        }
+    };
     let mut new_length = None;
     if let Some(body) = body {
         if let Some(name) = &hidden
@@ -84,6 +96,7 @@ pub fn decide(policy: &Policy, info: &RequestInfo, mut body: Option<&mut Request
         identity.as_ref(),
         hidden.as_deref(),
         new_length,
+        limit_headers,
         labels,
     ))
 }

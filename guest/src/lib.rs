@@ -18,6 +18,7 @@ mod forward;
 mod outbound;
 mod percent;
 mod plan;
+mod rate_limit;
 mod request;
 mod router;
 

@@ -51,6 +51,8 @@ const CONSUMER: &[&str] = &[
 
 /// `hidden`: with `hide_credentials`, the key name whose header and query argument the origin
 /// must not see. `new_length`: the body's length when the gateway changed or measured it.
+/// `limit_headers`: rate limiting's headers for the client, which replace any the origin sent.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_plan(
     policy: &Policy,
     info: &RequestInfo,
@@ -58,6 +60,7 @@ pub fn forward_plan(
     identity: Option<&Identity>,
     hidden: Option<&str>,
     new_length: Option<usize>,
+    limit_headers: Vec<(String, String)>,
     labels: Labels,
 ) -> ForwardPlan {
     let service = matched.service;
@@ -72,12 +75,25 @@ pub fn forward_plan(
         response: ResponseEdits {
             headers: HeaderEdits {
                 // The origin's own copies of the gateway's headers are replaced.
-                remove: vec![
+                remove: [
+                    names.request_id,
+                    names.upstream_latency,
+                    names.proxy_latency,
+                ]
+                .into_iter()
+                .map(str::to_string)
+                .chain(limit_headers.iter().map(|(name, _)| name.clone()))
+                .collect(),
+                append: std::iter::once((
                     names.request_id.to_string(),
-                    names.upstream_latency.to_string(),
-                    names.proxy_latency.to_string(),
-                ],
-                append: vec![(names.request_id.to_string(), info.id.clone().into_bytes())],
+                    info.id.clone().into_bytes(),
+                ))
+                .chain(
+                    limit_headers
+                        .into_iter()
+                        .map(|(name, value)| (name, value.into_bytes())),
+                )
+                .collect(),
             },
             via: Some(names.via.to_string()),
             server_if_absent: Some(names.server.to_string()),

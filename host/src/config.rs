@@ -31,6 +31,18 @@ pub fn parse(text: &str, base_dir: Option<&Path>) -> anyhow::Result<Config> {
     {
         anyhow::bail!("auth_api.url: https is not supported yet; use http://");
     }
+    // Counting a Redis limit per node would silently allow N times what the operator wrote.
+    for (i, plugin) in config.plugins.iter().enumerate() {
+        if plugin
+            .rate_limiting()
+            .is_some_and(|limit| limit.policy == keygate_policy::plugins::Policy::Redis)
+        {
+            anyhow::bail!(
+                "plugins[{i}].config.policy: \"redis\" is not supported yet; use \"local\" \
+                 (counters per keygate node)"
+            );
+        }
+    }
     if let Some(component) = &config.guest.component
         && !component.is_file()
     {
@@ -40,4 +52,22 @@ pub fn parse(text: &str, base_dir: Option<&Path>) -> anyhow::Result<Config> {
         );
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redis_rate_limiting_policy_is_refused_until_it_is_implemented() {
+        let toml = "[[plugins]]\nname = \"rate-limiting\"\n[plugins.config]\nminute = 1\n\
+                    policy = \"redis\"\nredis = { host = \"127.0.0.1\" }\n";
+        let err = parse(toml, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("plugins[0].config.policy: \"redis\" is not supported yet"),
+            "{err}"
+        );
+        let local = "[[plugins]]\nname = \"rate-limiting\"\n[plugins.config]\nminute = 1\n";
+        assert!(parse(local, None).is_ok());
+    }
 }

@@ -6,6 +6,10 @@
 //! `wasi:keyvalue@0.2.0-draft2` store `default` for Spin 3.x (named as a component dependency
 //! in `spin.toml`; Spin plugs it in at load). The configuration travels as JSON in the
 //! `KEYGATE_CONFIG` environment variable on every host.
+//!
+//! The guest also imports `keygate:gateway/counters` (rate limiting). Neither host has a
+//! counter store keygate uses yet, so both get the in-instance memory adapter plugged in here:
+//! counts live per component instance (see the README's "Run it anywhere").
 
 use crate::runtime::GuestSource;
 use anyhow::{Context, bail};
@@ -20,8 +24,13 @@ pub const KEY_CACHE_MEMORY: &[u8] = include_bytes!(env!("KEYGATE_KEY_CACHE_MEMOR
 /// `keygate:gateway/key-cache` over `wasi:keyvalue@0.2.0-draft2` store `default` (Spin 3.x).
 pub const KEY_CACHE_KEYVALUE: &[u8] = include_bytes!(env!("KEYGATE_KEY_CACHE_KEYVALUE_WASM"));
 
-/// The import the adapters satisfy.
-pub const KEY_CACHE_INTERFACE: &str = "keygate:gateway/key-cache@0.1.1";
+/// `keygate:gateway/counters` over the instance's memory (wasmtime serve and Spin).
+pub const COUNTERS_MEMORY: &[u8] = include_bytes!(env!("KEYGATE_COUNTERS_MEMORY_WASM"));
+
+/// The import the key-cache adapters satisfy.
+pub const KEY_CACHE_INTERFACE: &str = "keygate:gateway/key-cache@0.1.2";
+/// The import the counters adapter satisfies.
+pub const COUNTERS_INTERFACE: &str = "keygate:gateway/counters@0.1.2";
 /// The request header in which Spin passes the client's address to components.
 pub const SPIN_CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 /// The key-value store the Spin adapter uses (Spin gives every app one named so).
@@ -99,10 +108,11 @@ fn export_wasmtime(
     world: &ComponentWorld,
     out: &Path,
 ) -> anyhow::Result<Exported> {
+    let guest = plug_counters(guest, world)?;
     let composed = if world.imports_key_cache() {
-        plug(guest, KEY_CACHE_MEMORY).context("plugging the key-cache adapter into the guest")?
+        plug(&guest, KEY_CACHE_MEMORY).context("plugging the key-cache adapter into the guest")?
     } else {
-        guest.to_vec()
+        guest
     };
     let composed_world =
         ComponentWorld::read(&composed).context("reading the composed component")?;
@@ -114,7 +124,7 @@ fn export_wasmtime(
     if !foreign.is_empty() {
         bail!(
             "{source} imports {foreign:?}, which wasmtime serve does not provide (it provides wasi:* \
-             only, and keygate's adapter covers {KEY_CACHE_INTERFACE})"
+             only, and keygate's adapters cover {KEY_CACHE_INTERFACE} and {COUNTERS_INTERFACE})"
         );
     }
     let wasm = out.join(GATEWAY_WASM);
@@ -143,6 +153,8 @@ fn export_spin(
     out: &Path,
 ) -> anyhow::Result<Exported> {
     let needs_adapter = world.imports_key_cache();
+    // Counters per instance for now (a wasi:keyvalue counters adapter is still to come).
+    let guest = &plug_counters(guest, world)?;
     let mut files = Vec::new();
     let wasm = out.join(GATEWAY_WASM);
     write_file(&wasm, guest, 0o644)?;
@@ -172,6 +184,15 @@ fn export_spin(
         ),
         files,
     })
+}
+
+/// The guest with the in-instance counters adapter plugged in, when it imports counters.
+fn plug_counters(guest: &[u8], world: &ComponentWorld) -> anyhow::Result<Vec<u8>> {
+    if world.imports_counters() {
+        plug(guest, COUNTERS_MEMORY).context("plugging the counters adapter into the guest")
+    } else {
+        Ok(guest.to_vec())
+    }
 }
 
 /// Plug `plug`'s exports into the same-named imports of `socket` (`wac plug`), and encode the
@@ -220,6 +241,13 @@ impl ComponentWorld {
         self.imports
             .iter()
             .any(|name| are_semver_compatible(name, KEY_CACHE_INTERFACE))
+    }
+
+    /// Imports the counters interface (any 0.1.x from 0.1.2 on).
+    pub fn imports_counters(&self) -> bool {
+        self.imports
+            .iter()
+            .any(|name| are_semver_compatible(name, COUNTERS_INTERFACE))
     }
 
     fn check_is_gateway(&self, source: &GuestSource) -> anyhow::Result<()> {

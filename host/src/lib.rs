@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod export;
+pub mod guest_log;
 pub mod http_util;
 pub mod metrics;
 pub mod proxy;

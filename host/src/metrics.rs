@@ -28,6 +28,8 @@ pub struct Metrics {
     auth_api_responses: Family<Labels, Counter>,
     key_cache_lookups: Family<Labels, Counter>,
     auth_calls_shed: Counter,
+    auth_calls_skipped: Counter,
+    auth_api_down: Gauge,
     guest_failures: Family<Labels, Counter>,
     guest_instances: Counter,
     component_loads: Family<Labels, Counter>,
@@ -43,6 +45,8 @@ impl Default for Metrics {
         let auth_api_responses = Family::default();
         let key_cache_lookups = Family::default();
         let auth_calls_shed = Counter::default();
+        let auth_calls_skipped = Counter::default();
+        let auth_api_down = Gauge::default();
         let guest_failures = Family::default();
         let component_loads = Family::default();
         let key_cache_entries = Gauge::default();
@@ -72,6 +76,16 @@ impl Default for Metrics {
             "auth_api_calls_shed",
             "Auth API calls not made because auth_api.max_in_flight calls were running (the request got a 503)",
             auth_calls_shed.clone(),
+        );
+        registry.register(
+            "auth_api_calls_skipped",
+            "Auth API calls not made because it did not answer the last calls and has not answered a probe since (the guest served a stale verdict or a 503 at once)",
+            auth_calls_skipped.clone(),
+        );
+        registry.register(
+            "auth_api_down",
+            "1 while the auth API is known to be down (it did not answer the last calls nor a probe since): misses are answered without asking it",
+            auth_api_down.clone(),
         );
         registry.register(
             "guest_failures",
@@ -106,6 +120,8 @@ impl Default for Metrics {
             auth_api_responses,
             key_cache_lookups,
             auth_calls_shed,
+            auth_calls_skipped,
+            auth_api_down,
             guest_failures,
             guest_instances,
             component_loads,
@@ -146,6 +162,16 @@ impl Metrics {
     /// neither the cache's hit rate nor the auth API's error rate is skewed by the cap.
     pub fn auth_call_shed(&self) {
         self.auth_calls_shed.inc();
+    }
+
+    /// An auth call not made because the auth API is known to be down.
+    pub fn auth_call_skipped(&self) {
+        self.auth_calls_skipped.inc();
+    }
+
+    /// The auth API's breaker opened (`true`) or closed.
+    pub fn auth_api_down(&self, down: bool) {
+        self.auth_api_down.set(i64::from(down));
     }
 
     /// A component was made ready to run; `loaded_from` tells whether a restart or a swap back

@@ -21,6 +21,10 @@ pub enum HostFailure {
     BodyTooLarge,
     /// An upgrade (WebSocket) request on the portable path, which `wasi:http` 0.2 cannot carry.
     UpgradeUnsupported,
+    /// A header line over the per-line limit (see `crate::server::MAX_HEADER_LINE_BYTES`).
+    HeaderTooLarge,
+    /// A request target over the per-line limit.
+    UriTooLong,
 }
 
 impl HostFailure {
@@ -32,6 +36,8 @@ impl HostFailure {
             Self::Internal(reason) => format!("internal error: {reason}"),
             Self::UpgradeUnsupported => "upgrade requested on the wasi:http path".into(),
             Self::BodyTooLarge => "request body over its size limit".into(),
+            Self::HeaderTooLarge => "a request header line over its size limit".into(),
+            Self::UriTooLong => "request target over its size limit".into(),
         }
     }
 
@@ -43,18 +49,28 @@ impl HostFailure {
         compat: &Compat,
         started: std::time::Instant,
     ) -> hyper::Response<ResponseBody> {
+        let id = crate::http_util::request_id();
         let (status, message) = match self {
             Self::BadRequest(reason) => {
-                tracing::debug!("refused a malformed request: {reason}");
+                tracing::debug!(request_id = %id, "refused a malformed request: {reason}");
                 (400, "Bad request")
             }
             Self::Overloaded => (503, OVERLOADED),
-            Self::GuestFailed(_) => (500, INTERNAL),
+            // The one line a guest failure logs (the wasm backtrace is at debug level, logged
+            // where the failure was caught): the reason and the id the client was answered with.
+            Self::GuestFailed(reason) => {
+                tracing::warn!(request_id = %id, "guest failed the request: {reason}");
+                (500, INTERNAL)
+            }
             Self::UpgradeUnsupported => (501, UPGRADE_UNSUPPORTED),
             // Kong's request-size-limiting wording.
             Self::BodyTooLarge => (413, "Request size limit exceeded"),
+            // Kong's (nginx's) wording; nginx answers these 400 (its 494), keygate with the
+            // status made for them, as hyper does for a head over the whole-head limit.
+            Self::HeaderTooLarge => (431, HEADER_TOO_LARGE),
+            Self::UriTooLong => (414, URI_TOO_LONG),
             Self::Internal(reason) => {
-                tracing::error!("internal error: {reason}");
+                tracing::error!(request_id = %id, "internal error: {reason}");
                 (500, INTERNAL)
             }
         };
@@ -64,7 +80,6 @@ impl HostFailure {
             compat.error_default_type,
         );
         let names = compat.headers.names();
-        let id = crate::http_util::request_id();
         let body = format.body(message, &id);
         hyper::Response::builder()
             .status(status)
@@ -83,6 +98,12 @@ impl HostFailure {
 /// Why an upgrade request is refused where the guest's `wasi:http` handler serves.
 pub const UPGRADE_UNSUPPORTED: &str =
     "Connection upgrades (WebSocket) are not supported on the wasi:http path";
+
+/// The message of a 431 for a header line over its limit (nginx's and Kong's words).
+pub const HEADER_TOO_LARGE: &str = "Request header or cookie too large";
+
+/// The message of a 414 for a request target over its limit (Kong's error page words).
+pub const URI_TOO_LONG: &str = "Request-URI too large";
 
 /// What the client asked for that shapes an error the host makes itself.
 pub struct ErrorContext {

@@ -11,6 +11,7 @@
 //! request threads served ~40 % more requests per second than one at the same CPU time per
 //! request, where a 2-worker work-stealing runtime cost 15 % more CPU per request.
 
+use crate::responses::{ErrorContext, HostFailure, ResponseBody};
 use crate::runtime::Gateway;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -19,12 +20,28 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 /// How long a client may take to send a request head before its connection is closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most a request head (request line and every header line) may take: nginx's (and so
+/// Kong's) `large_client_header_buffers 4 8k`. hyper enforces it while reading: past it, it
+/// answers 431 with an empty body and closes the connection, before anything else runs; it is
+/// also all the memory a head in progress holds.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// The most one header line (name and value) or the request target may take: one of nginx's
+/// 8k buffers. Past it the request is answered 431 (a header) or 414 (the target) in Kong's
+/// error format, the connection closed, and nothing forwarded.
+pub const MAX_HEADER_LINE_BYTES: usize = 8 * 1024;
+
+/// The most header lines a request may have: hyper's default (an explicit `max_headers` would
+/// move its parse buffer from the stack to the heap, ~5 % per request). Past it hyper answers
+/// 431 with an empty body and closes the connection.
+pub const MAX_HEADERS: usize = 100;
 
 /// A connection on its way to the request thread that will serve it.
 struct Accepted {
@@ -172,7 +189,8 @@ async fn serve_connections(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES);
     // Not `pipeline_flush`: it lets hyper queue response chunks without backpressure, which
     // held ~64 MiB of a 200 MiB download in memory (tests/cli.rs measures peak RSS).
     while let Some(Accepted {
@@ -190,10 +208,27 @@ async fn serve_connections(
             }
         };
         let _ = stream.set_nodelay(true);
+        let (stream, verdicts) = framing::Sniffing::new(stream);
         let gateway = Arc::clone(&gateway);
         let service = service_fn(move |request| {
             let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+            // This request's head, as the stream follower read it (in order, one per head).
+            let smuggling = verdicts
+                .lock()
+                .expect("never poisoned")
+                .pop_front()
+                .flatten();
+            async move {
+                if let Some(shape) = smuggling {
+                    let refusal =
+                        HostFailure::BadRequest(format!("request smuggling shape: {shape}"));
+                    return Ok::<_, Infallible>(refuse(&gateway, &request, refusal));
+                }
+                if let Some(refusal) = refuse_head(&request) {
+                    return Ok(refuse(&gateway, &request, refusal));
+                }
+                Ok(gateway.handle(request, peer).await)
+            }
         });
         // With upgrades: a WebSocket request is passed through to its origin (101, then both
         // directions streamed).
@@ -230,3 +265,47 @@ async fn serve_connections(
     }
     let _ = done.send(());
 }
+
+/// Why a request head hyper accepted is refused before the gateway sees it, if it is.
+fn refuse_head<B>(request: &hyper::Request<B>) -> Option<HostFailure> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target > MAX_HEADER_LINE_BYTES {
+        return Some(HostFailure::UriTooLong);
+    }
+    // ": " and the line's end are not counted, as nginx counts its buffer (close enough).
+    let over = request
+        .headers()
+        .iter()
+        .any(|(name, value)| name.as_str().len() + value.len() > MAX_HEADER_LINE_BYTES);
+    over.then_some(HostFailure::HeaderTooLarge)
+}
+
+/// Answer a refused head in Kong's error format and close the connection after the answer (the
+/// body, if any, is not read).
+fn refuse<B>(
+    gateway: &Gateway,
+    request: &hyper::Request<B>,
+    refusal: HostFailure,
+) -> hyper::Response<ResponseBody> {
+    let asked = ErrorContext {
+        method: request.method().clone(),
+        accept: request.headers().get(http::header::ACCEPT).cloned(),
+        content_type: request.headers().get(http::header::CONTENT_TYPE).cloned(),
+    };
+    tracing::debug!("refused a request head: {}", refusal.describe());
+    let mut response =
+        refusal.into_response(&asked, &gateway.active().config.compat, Instant::now());
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    gateway
+        .metrics
+        .request("(none)", response.status().as_u16());
+    response
+}
+
+mod framing;

@@ -80,7 +80,7 @@ async fn spin_export_references_what_it_writes() {
     let mut referenced = vec![gateway["source"].as_str().unwrap().to_string()];
     let dependencies = gateway["dependencies"].as_table().unwrap();
     for (name, dependency) in dependencies {
-        assert_eq!(name, "keygate:gateway/key-cache@0.1.1");
+        assert_eq!(name, "keygate:gateway/key-cache@0.1.2");
         referenced.push(dependency["path"].as_str().unwrap().to_string());
     }
     for file in &referenced {
@@ -140,10 +140,19 @@ async fn spin_export_references_what_it_writes() {
         std::fs::read(out.join(referenced[1].as_str())).unwrap(),
         KEY_CACHE_KEYVALUE
     );
+    // The gateway is the embedded guest with the in-instance counters plugged in (Spin has no
+    // counters adapter of its own yet); the key cache is Spin's to plug.
+    let gateway = std::fs::read(out.join(referenced[0].as_str())).unwrap();
     assert_eq!(
-        std::fs::read(out.join(referenced[0].as_str())).unwrap(),
-        keygate::runtime::component::EMBEDDED_GUEST
+        gateway,
+        keygate::export::plug(
+            keygate::runtime::component::EMBEDDED_GUEST,
+            keygate::export::COUNTERS_MEMORY
+        )
+        .unwrap()
     );
+    let world = keygate::export::ComponentWorld::read(&gateway).unwrap();
+    assert!(world.imports_key_cache() && !world.imports_counters());
 }
 
 #[test]

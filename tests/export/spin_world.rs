@@ -2,7 +2,7 @@
 
 use crate::export;
 use crate::support::{AuthApi, Origin, basic_config};
-use keygate::export::KEY_CACHE_MEMORY;
+use keygate::export::{COUNTERS_MEMORY, KEY_CACHE_MEMORY};
 
 /// Spin composes `[component.gateway.dependencies]` into the gateway at load (with wac-graph);
 /// the result must import only what Spin 3.x provides.
@@ -28,12 +28,13 @@ async fn spin_app_imports_only_what_spin3_provides() {
     let report = wac_graph::types::validate_target(&types, platform, bare.ty()).unwrap_err();
     assert_eq!(
         report.imports_not_in_target().collect::<Vec<_>>(),
-        vec!["keygate:gateway/key-cache@0.1.1"]
+        vec!["keygate:gateway/key-cache@0.1.2"]
     );
     // Nor does the wasmtime flavour's adapter world pass for anything but WASI (it imports
     // nothing Spin lacks, so the whole wasmtime export fits too).
     let memory_app = keygate::export::plug(
-        keygate::runtime::component::EMBEDDED_GUEST,
+        &keygate::export::plug(keygate::runtime::component::EMBEDDED_GUEST, COUNTERS_MEMORY)
+            .unwrap(),
         KEY_CACHE_MEMORY,
     )
     .unwrap();

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 mod forwarding;
 mod key_auth;
 mod kong;
+mod rate_limiting;
 mod routing;
 
 /// Where the suite runs the gateway: each test binary names one in `crate::HOST`.

@@ -2,6 +2,7 @@
 //! client: wasmtime's default opens a new TCP connection per request, which a gateway cannot
 //! afford. Calls may only reach the origins and auth API the config names.
 
+use super::auth_breaker::{AuthBreaker, FAILURES_TO_OPEN, PROBE_EVERY};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::HeaderName;
@@ -31,6 +32,8 @@ pub struct OutgoingHttp {
     allowed: Arc<AllowList>,
     /// Auth-API calls in flight (`auth_api.max_in_flight`): beyond it a call fails at once.
     auth_calls: Arc<Semaphore>,
+    /// Whether the auth API of this allow-list is known to be down.
+    auth_breaker: Arc<AuthBreaker>,
     metrics: Arc<Metrics>,
 }
 
@@ -57,6 +60,13 @@ impl AllowList {
             ports.push(port);
         }
         self.auth_api = Some((host, port, path_prefix));
+    }
+
+    /// What a probe of the auth API asks: its origin and path prefix, without a key.
+    fn auth_api_probe_uri(&self) -> Option<http::Uri> {
+        let (host, port, prefix) = self.auth_api.as_ref()?;
+        let path = if prefix.is_empty() { "/" } else { prefix };
+        format!("http://{host}:{port}{path}").parse().ok()
     }
 
     /// Whether a call to `host:port` + `path` goes to the auth API.
@@ -93,6 +103,7 @@ impl OutgoingHttp {
             pools: Arc::clone(&self.pools),
             allowed: Arc::new(allowed),
             auth_calls: Arc::clone(&self.auth_calls),
+            auth_breaker: Arc::default(),
             metrics: Arc::clone(&self.metrics),
         }
     }
@@ -106,6 +117,7 @@ impl OutgoingHttp {
             }),
             allowed: Arc::default(),
             auth_calls: Arc::new(Semaphore::new(max_auth_calls)),
+            auth_breaker: Arc::default(),
             metrics,
         }
     }
@@ -222,6 +234,11 @@ impl WasiHttpHooks for OutgoingHttp {
                 .filter(|l| l != "auth")
                 .unwrap_or_else(|| "unlabeled".to_string())
         };
+        // An auth API known to be down is not asked: the guest answers at once.
+        if to_auth_api && self.auth_breaker.is_open() {
+            self.metrics.auth_call_skipped();
+            return Box::new(async { Err(Error::ConnectionRefused) });
+        }
         // A flood of unknown keys must not pile up on the auth API: shed what exceeds the cap
         // now (the guest answers 503) instead of queueing without bound.
         let auth_slot = if to_auth_api {
@@ -237,10 +254,25 @@ impl WasiHttpHooks for OutgoingHttp {
         };
         let this = self.clone();
         Box::new(async move {
-            let result = this.send(request, options, &call).await;
+            let probe_timeout = options
+                .as_ref()
+                .and_then(|o| o.first_byte_timeout)
+                .unwrap_or(DEFAULT_TIMEOUT);
+            // Recorded even if the guest stops waiting first (its own deadline drops this).
+            let mut outcome = CallOutcome {
+                http: this.clone(),
+                call,
+                to_auth_api,
+                probe_timeout,
+                status: None,
+            };
+            let result = this.send(request, options, &outcome.call).await;
             drop(auth_slot);
-            this.metrics
-                .outgoing(&call, result.as_ref().ok().map(|r| r.status().as_u16()));
+            outcome.status = Some(match &result {
+                Ok(response) => Ok(response.status().as_u16()),
+                Err(err) => Err(no_answer(err)),
+            });
+            drop(outcome);
             let response = result?;
             Ok((
                 response,
@@ -250,7 +282,93 @@ impl WasiHttpHooks for OutgoingHttp {
     }
 }
 
+/// How an outgoing call ended, recorded when it is dropped: in metrics, and for the auth API
+/// in its breaker. A call dropped unfinished (the guest's deadline passed first) got no answer.
+struct CallOutcome {
+    http: OutgoingHttp,
+    call: String,
+    to_auth_api: bool,
+    probe_timeout: Duration,
+    /// The answer's status, or whether the failure means nothing answered.
+    status: Option<Result<u16, bool>>,
+}
+
+impl Drop for CallOutcome {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or(Err(true));
+        self.http.metrics.outgoing(&self.call, status.ok());
+        if !self.to_auth_api {
+            return;
+        }
+        let breaker = &self.http.auth_breaker;
+        match status {
+            Ok(_) => breaker.answered(),
+            Err(true) if breaker.failed() => {
+                self.http.metrics.auth_api_down(true);
+                tracing::warn!(
+                    "the auth API did not answer {FAILURES_TO_OPEN} calls in a row: misses are \
+                     answered without asking it until it answers a probe"
+                );
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(self.http.clone().probe_auth_api(self.probe_timeout));
+                    }
+                    // No runtime to probe from: let calls through again.
+                    Err(_) => {
+                        breaker.answered();
+                        self.http.metrics.auth_api_down(false);
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Failures that say nothing answered (as opposed to an answer the guest did not like).
+fn no_answer(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::ConnectionRefused
+            | Error::ConnectionTimeout
+            | Error::ConnectionReadTimeout
+            | Error::ConnectionTerminated
+            | Error::DestinationUnavailable
+            | Error::DestinationIpUnroutable
+            | Error::DnsTimeout
+    )
+}
+
 impl OutgoingHttp {
+    /// Ask the auth API's origin (its URL's path, no key) every [`PROBE_EVERY`] until any HTTP
+    /// answer comes, then let calls through again.
+    async fn probe_auth_api(self, timeout: Duration) {
+        let Some(uri) = self.allowed.auth_api_probe_uri() else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            if !self.auth_breaker.is_open() {
+                return;
+            }
+            let probe = http::Request::get(uri.clone())
+                .body(
+                    http_body_util::Empty::<Bytes>::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .expect("a GET of a valid URI");
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(timeout, self.pools.client().request(probe)).await
+            {
+                tracing::warn!("the auth API answers again: misses ask it again");
+                self.auth_breaker.answered();
+                self.metrics.auth_api_down(false);
+                return;
+            }
+        }
+    }
+
     async fn send(
         &self,
         request: http::Request<WasiBody>,

@@ -19,6 +19,7 @@ pub mod policy_bindings {
         exports: { default: async },
         with: {
             "keygate:gateway/key-cache": crate::capabilities::key_cache::bindings::keygate::gateway::key_cache,
+            "keygate:gateway/counters": crate::capabilities::key_cache::bindings::keygate::gateway::counters,
         },
     });
 }

@@ -1,7 +1,7 @@
 //! The wasmtime engine and linker, configured once for the process.
 
 use super::state::RequestState;
-use crate::capabilities::key_cache;
+use crate::capabilities::{counters, key_cache};
 use anyhow::Context;
 use keygate_policy::Guest as GuestLimits;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub fn build_engine(limits: &GuestLimits) -> anyhow::Result<Engine> {
 }
 
 /// Everything a request's store may use: WASI (the guest is a Rust std component, so it needs
-/// wasi:cli too), wasi:http, and the key cache.
+/// wasi:cli too), wasi:http, the key cache and the counters.
 pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -54,6 +54,9 @@ pub fn build_linker(engine: &Engine) -> anyhow::Result<Linker<RequestState>> {
     key_cache::add_to_linker(&mut linker, RequestState::key_cache)
         .map_err(anyhow::Error::from)
         .context("linking key-cache")?;
+    counters::add_to_linker(&mut linker, RequestState::counters)
+        .map_err(anyhow::Error::from)
+        .context("linking counters")?;
     Ok(linker)
 }
 

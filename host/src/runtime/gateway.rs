@@ -10,8 +10,10 @@ use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
 use super::pool::InstancePool;
 use super::precompiled::PrecompiledCache;
 use super::state::{GuestLimits, RequestState};
+use crate::capabilities::counters::{self, Counters};
 use crate::capabilities::key_cache::KeyCache;
 use crate::capabilities::outgoing_http::{AllowList, OutgoingHttp};
+use crate::guest_log::GuestLog;
 use crate::metrics::Metrics;
 use crate::proxy::forward::ForwardError;
 use crate::proxy::{self, Upstream};
@@ -41,6 +43,9 @@ pub struct Active {
     /// The [`keygate_policy::GuestConfig`] JSON the guest reads from its environment.
     guest_env: String,
     pub(super) outgoing: OutgoingHttp,
+    /// The rate-limit counters this component's requests count in: the gateway's (shared by
+    /// every component it swaps in), or a trial's throwaway ones.
+    pub(super) counters: Arc<Counters>,
     /// Instances of this component + config waiting for their next request.
     pub(super) pool: Arc<InstancePool>,
     /// Whether requests take the fast path (the guest decides, the host forwards).
@@ -54,9 +59,13 @@ pub struct Gateway {
     cache: Option<PrecompiledCache>,
     active: ArcSwap<Active>,
     pub(super) key_cache: Arc<KeyCache>,
+    /// `policy = "local"` rate-limit counters: per node, kept across swaps.
+    counters: Arc<Counters>,
     outgoing: OutgoingHttp,
     upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// The guests' stderr, with repeated lines summed up.
+    guest_log: GuestLog,
     pub(super) instances: Arc<Semaphore>,
     busy_ticks: u64,
     memory_limit: usize,
@@ -82,6 +91,7 @@ impl Gateway {
             + Duration::from_millis(500);
         let capacity = config.auth_api.as_ref().map_or(1, |api| api.cache_capacity);
         let key_cache = Arc::new(KeyCache::new(capacity, fill_wait, Arc::clone(&metrics)));
+        let counters = Arc::new(Counters::new(counters::DEFAULT_CAPACITY));
         let connect_timeout = config
             .services
             .iter()
@@ -102,15 +112,18 @@ impl Gateway {
                 Arc::new(guest),
                 Arc::new(config),
                 &outgoing,
+                &counters,
                 listen_port,
             )),
             engine,
             linker,
             cache,
             key_cache,
+            counters,
             outgoing,
             upstream,
             metrics,
+            guest_log: GuestLog::with_flusher(),
             listen_port,
         };
         Ok(Arc::new(gateway))
@@ -143,6 +156,7 @@ impl Gateway {
             guest,
             config,
             &self.outgoing,
+            &self.counters,
             self.listen_port,
         )));
     }
@@ -151,14 +165,22 @@ impl Gateway {
     /// component instantiates under the pool's limits and answers without trapping, and, on
     /// the fast path, that it decides a route with key auth (a static key's request must be
     /// forwarded under a plan the host accepts; a request without a key refused). It uses a
-    /// throwaway key cache and may not call out, so it changes nothing anywhere. The status
+    /// throwaway key cache and counters and may not call out, so it changes nothing anywhere. The status
     /// reported is the no-route request's.
     pub async fn trial(
         &self,
         guest: Arc<CompiledGuest>,
         config: Arc<Config>,
     ) -> anyhow::Result<u16> {
-        let mut active = Active::new(guest, config, &self.outgoing, self.listen_port);
+        // Trial requests count in throwaway counters: a trial must not use anyone's quota.
+        let scratch_counters = Arc::new(Counters::new(16));
+        let mut active = Active::new(
+            guest,
+            config,
+            &self.outgoing,
+            &scratch_counters,
+            self.listen_port,
+        );
         active.outgoing = self.outgoing.with_allowed(AllowList::default());
         let scratch_cache = Arc::new(KeyCache::new(
             16,
@@ -360,13 +382,19 @@ impl Gateway {
     ) -> Store<RequestState> {
         let wasi = WasiCtxBuilder::new()
             .env(GUEST_CONFIG_ENV, &active.guest_env)
-            .inherit_stderr()
+            .stderr(self.guest_log.clone())
             .build();
         let limits = GuestLimits::new(
             self.memory_limit,
             StoreLimitsBuilder::new().trap_on_grow_failure(true).build(),
         );
-        let state = RequestState::new(wasi, active.outgoing.clone(), key_cache, limits);
+        let state = RequestState::new(
+            wasi,
+            active.outgoing.clone(),
+            key_cache,
+            Arc::clone(&active.counters),
+            limits,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let busy_ticks = self.busy_ticks;
@@ -404,6 +432,7 @@ impl Active {
         guest: Arc<CompiledGuest>,
         config: Arc<Config>,
         outgoing: &OutgoingHttp,
+        counters: &Arc<Counters>,
         listen_port: u16,
     ) -> Self {
         let mut guest_config = config.guest_config();
@@ -420,6 +449,7 @@ impl Active {
             guest,
             config,
             outgoing,
+            counters: Arc::clone(counters),
             fast_path,
         }
     }

@@ -163,21 +163,21 @@ impl Gateway {
         let metrics = Arc::clone(&self.metrics);
         let on_end = move |outcome| {
             if let Err(failure) = outcome {
-                guest_failed(&metrics, failure);
+                // The client already has the guest's response head: no answer of the host's
+                // logs this one, so its one line is logged here.
+                let failure = guest_failed(&metrics, failure);
+                tracing::warn!("{} (while streaming the response body)", failure.describe());
             }
         };
         match drive::until_head(call, receiver, on_end).await {
             Head::Response(response) => Ok(response),
-            Head::ErrorCode(code) => {
-                tracing::warn!("guest answered with an error code instead of a response: {code:?}");
-                Err(HostFailure::GuestFailed(
-                    "error code instead of a response".into(),
-                ))
-            }
-            Head::Nothing(Ok(())) => {
-                tracing::warn!("guest returned without sending a response");
-                Err(HostFailure::GuestFailed("no response".into()))
-            }
+            Head::ErrorCode(code) => Err(HostFailure::GuestFailed(format!(
+                "error code instead of a response: {}",
+                one_line(&format!("{code:?}"))
+            ))),
+            Head::Nothing(Ok(())) => Err(HostFailure::GuestFailed(
+                "returned without sending a response".into(),
+            )),
             Head::Nothing(Err(failure)) => Err(guest_failed(&self.metrics, failure)),
         }
     }
@@ -214,12 +214,18 @@ async fn instance_of(
     }
 }
 
-/// Count and log a guest call that did not return normally; what the client is answered.
+/// Count a guest call that did not return normally and log its full error (a wasm backtrace
+/// of hundreds of lines) at debug level only; the answer made of the returned failure logs the
+/// one warning line with the reason and the request id (`HostFailure::into_response`).
 fn guest_failed(metrics: &Metrics, failure: GuestError) -> HostFailure {
     match failure {
         GuestError::Instantiate(err) => {
             metrics.guest_failure("instantiate");
-            tracing::error!("could not instantiate the guest: {err:#}");
+            tracing::error!(
+                "could not instantiate the guest: {}",
+                one_line(&err.root_cause().to_string())
+            );
+            tracing::debug!("instantiating the guest failed: {err:?}");
             HostFailure::Overloaded
         }
         GuestError::Call(err) => {
@@ -232,13 +238,31 @@ fn guest_failed(metrics: &Metrics, failure: GuestError) -> HostFailure {
                 }
             };
             metrics.guest_failure(reason);
-            tracing::warn!(reason, "guest failed the request: {err:?}");
-            HostFailure::GuestFailed(format!("{reason}: {err:#}"))
+            tracing::debug!(reason, "guest call failed: {err:?}");
+            HostFailure::GuestFailed(format!(
+                "{reason}: {}",
+                one_line(&err.root_cause().to_string())
+            ))
         }
         GuestError::Panic => {
             metrics.guest_failure("panic");
-            tracing::error!("a host function panicked during the guest call");
-            HostFailure::GuestFailed("panic".into())
+            HostFailure::GuestFailed("panic: a host function panicked during the guest call".into())
         }
     }
 }
+
+/// At most [`ONE_LINE`] characters of `text` on one line: what a log line quotes of an error
+/// (a root cause is wasmtime's words, but a guest's could quote what it was sent).
+fn one_line(text: &str) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(ONE_LINE)
+        .collect();
+    if text.chars().nth(ONE_LINE).is_some() {
+        line.push('…');
+    }
+    line
+}
+
+const ONE_LINE: usize = 160;

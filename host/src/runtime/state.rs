@@ -1,11 +1,12 @@
 //! The data of one request's store: WASI context, wasi:http context and hooks, the key-cache
-//! view and resource limits. Nothing here outlives the request.
+//! and counters views and resource limits. Nothing here outlives the request.
 
+use crate::capabilities::counters::{Counters, CountersView};
 use crate::capabilities::key_cache::{KeyCache, KeyCacheState, KeyCacheView};
 use crate::capabilities::outgoing_http::OutgoingHttp;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -16,9 +17,14 @@ pub struct RequestState {
     http: WasiHttpCtx,
     outgoing: OutgoingHttp,
     key_cache: KeyCacheState,
+    counters: Arc<Counters>,
     pub limits: GuestLimits,
     pub busy: BusyWatch,
 }
+
+/// Stdio streams and pollables an instance may keep from one request to the next: stdin,
+/// stdout and stderr with a pollable each.
+const HELD_FOR_LIFE: usize = 6;
 
 /// How a request fails when its guest grows its linear memory past `guest.memory_limit_mb`: an
 /// error type of its own, so the host tells (and counts) running out of memory apart from
@@ -134,6 +140,7 @@ impl RequestState {
         wasi: WasiCtx,
         outgoing: OutgoingHttp,
         key_cache: Arc<KeyCache>,
+        counters: Arc<Counters>,
         limits: GuestLimits,
     ) -> Self {
         Self {
@@ -142,6 +149,7 @@ impl RequestState {
             http: WasiHttpCtx::new(),
             outgoing,
             key_cache: KeyCacheState::new(key_cache),
+            counters,
             limits,
             busy: BusyWatch::default(),
         }
@@ -151,24 +159,63 @@ impl RequestState {
         self.key_cache.view()
     }
 
+    pub fn counters(&mut self) -> CountersView<'_> {
+        CountersView::new(&self.counters)
+    }
+
     /// After a request: release cache fills the guest did not settle.
     pub fn end_request(&mut self) {
         self.key_cache.release_fills();
     }
 
     /// Whether the instance can take another request: nothing of the last one is left in the
-    /// resource table. One leak is wasmtime-wasi-http's own: `outgoing-handler.handle` takes
-    /// ownership of the `request-options` it is given and never deletes it, so those entries
-    /// are swept here. Anything else left over retires the instance.
+    /// resource table but what an instance holds for its whole life. Two kinds of entries stay
+    /// legitimately:
+    /// - wasmtime-wasi-http's own leak: `outgoing-handler.handle` takes ownership of the
+    ///   `request-options` it is given and never deletes them; they are swept here.
+    /// - the stdio streams the guest's libc opened when it first wrote a log line (and a
+    ///   pollable for each), kept until the instance ends: up to [`HELD_FOR_LIFE`] streams and
+    ///   pollables are accepted.
+    ///
+    /// Anything else left over (or more of those) retires the instance. Without the second
+    /// rule, every instance that logged once (e.g. "auth API unavailable") was retired, so an
+    /// outage of a dependency cost a fresh instance per request.
     pub fn is_clean(&mut self) -> bool {
-        let only_leaked_options = self
+        self.sweep_request_options();
+        let mut held = 0;
+        for entry in self.table.iter_mut() {
+            let stdio_like = entry.is::<wasmtime_wasi::p2::DynOutputStream>()
+                || entry.is::<wasmtime_wasi::p2::DynInputStream>()
+                || entry.is::<wasmtime_wasi::p2::DynPollable>();
+            if !stdio_like {
+                return false;
+            }
+            held += 1;
+        }
+        held <= HELD_FOR_LIFE
+    }
+
+    /// Delete the `request-options` entries wasmtime-wasi-http left behind. The table has no
+    /// iterator with handles, so they are found by probing slots until all are seen.
+    fn sweep_request_options(&mut self) {
+        let mut left = self
             .table
             .iter_mut()
-            .all(|entry| entry.is::<wasmtime_wasi_http::RequestOptions>());
-        if only_leaked_options && !self.table.is_empty() {
-            self.table = ResourceTable::new();
+            .filter(|entry| entry.is::<wasmtime_wasi_http::RequestOptions>())
+            .count();
+        let mut slot = 0u32;
+        while left > 0 && slot < u32::MAX {
+            let is_options = self
+                .table
+                .get_any_mut(slot)
+                .is_ok_and(|entry| entry.is::<wasmtime_wasi_http::RequestOptions>());
+            if is_options {
+                let options = Resource::<wasmtime_wasi_http::RequestOptions>::new_own(slot);
+                let _ = self.table.delete(options);
+                left -= 1;
+            }
+            slot += 1;
         }
-        only_leaked_options
     }
 }
 
