@@ -215,7 +215,7 @@ async fn serve_connections(
             // This request's head, as the stream follower read it (in order, one per head).
             let smuggling = verdicts
                 .lock()
-                .expect("never poisoned")
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .pop_front()
                 .flatten();
             async move {

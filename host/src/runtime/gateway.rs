@@ -349,9 +349,9 @@ impl Gateway {
             }
             Decision::UseHandler => self.portable_path(active, request, client).await,
             Decision::Forward(plan) => {
+                // Logged once, with the request id, where the 500 is made.
                 let plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
-                    tracing::error!("refused the guest's forward plan: {err}");
-                    HostFailure::Internal(format!("invalid forward plan: {err}"))
+                    HostFailure::Internal(format!("refused the guest's forward plan: {err}"))
                 })?;
                 let route = plan.labels.route.clone();
                 let forwarded = self

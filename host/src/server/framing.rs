@@ -242,7 +242,10 @@ impl Follower {
             None
         };
         {
-            let mut verdicts = self.verdicts.lock().expect("never poisoned");
+            let mut verdicts = self
+                .verdicts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if verdicts.len() >= MAX_QUEUED {
                 self.state = State::Lost;
                 return;
