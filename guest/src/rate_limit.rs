@@ -11,7 +11,6 @@ use crate::config::Policy;
 use crate::errors::GatewayError;
 use crate::request::RequestInfo;
 use crate::router::{Match, normalize_path};
-use keygate_counters_core::Period as Windows;
 use keygate_policy::errors::INTERNAL;
 use keygate_policy::net::is_trusted;
 use keygate_policy::plugins::{
@@ -124,7 +123,7 @@ pub fn decide(config: &'static RateLimiting, before: &[u64], now: u64) -> Limite
             ));
         }
         if let Some((limit, remaining, period)) = chosen {
-            let seconds = windows_period(period).reset(now);
+            let seconds = period.reset(now);
             headers.push(("ratelimit-limit".into(), lua_number(limit)));
             headers.push(("ratelimit-remaining".into(), lua_number(remaining)));
             headers.push(("ratelimit-reset".into(), seconds.to_string()));
@@ -204,17 +203,6 @@ fn wit_period(period: Period) -> WitPeriod {
         Period::Day => WitPeriod::Day,
         Period::Month => WitPeriod::Month,
         Period::Year => WitPeriod::Year,
-    }
-}
-
-fn windows_period(period: Period) -> Windows {
-    match period {
-        Period::Second => Windows::Second,
-        Period::Minute => Windows::Minute,
-        Period::Hour => Windows::Hour,
-        Period::Day => Windows::Day,
-        Period::Month => Windows::Month,
-        Period::Year => Windows::Year,
     }
 }
 

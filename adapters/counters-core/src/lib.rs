@@ -37,6 +37,30 @@ impl Period {
         self as usize
     }
 
+    /// The config field, and the `<period>` of Kong's counter key.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Second => "second",
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+            Self::Month => "month",
+            Self::Year => "year",
+        }
+    }
+
+    /// The `<Period>` of `X-RateLimit-Limit-<Period>` / `X-RateLimit-Remaining-<Period>`.
+    pub const fn header_suffix(self) -> &'static str {
+        match self {
+            Self::Second => "Second",
+            Self::Minute => "Minute",
+            Self::Hour => "Hour",
+            Self::Day => "Day",
+            Self::Month => "Month",
+            Self::Year => "Year",
+        }
+    }
+
     /// Kong's `W` (`expiration.lua`): what `RateLimit-Reset` counts down from. Month and year
     /// are Kong's approximations (30 and 365 days); the windows themselves follow the calendar.
     pub const fn seconds(self) -> u64 {

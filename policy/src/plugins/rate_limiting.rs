@@ -7,66 +7,9 @@ use super::redis::{RawRedis, Redis};
 use crate::config::{ConfigError, invalid};
 use serde::{Deserialize, Serialize};
 
-/// One of Kong's fixed windows, aligned to UTC boundaries (the 1st of the month, Jan 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Period {
-    Second,
-    Minute,
-    Hour,
-    Day,
-    Month,
-    Year,
-}
-
-impl Period {
-    /// Shortest first: the order of Kong's limit-ordering rule and of its headers.
-    pub const ALL: [Self; 6] = [
-        Self::Second,
-        Self::Minute,
-        Self::Hour,
-        Self::Day,
-        Self::Month,
-        Self::Year,
-    ];
-
-    /// The config field, and the `<period>` of Kong's counter key.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Second => "second",
-            Self::Minute => "minute",
-            Self::Hour => "hour",
-            Self::Day => "day",
-            Self::Month => "month",
-            Self::Year => "year",
-        }
-    }
-
-    /// The `<Period>` of `X-RateLimit-Limit-<Period>` / `X-RateLimit-Remaining-<Period>`.
-    pub fn header_suffix(self) -> &'static str {
-        match self {
-            Self::Second => "Second",
-            Self::Minute => "Minute",
-            Self::Hour => "Hour",
-            Self::Day => "Day",
-            Self::Month => "Month",
-            Self::Year => "Year",
-        }
-    }
-
-    /// Kong's `W` for `RateLimit-Reset` and the counter TTL. Month (30 days) and year (365
-    /// days) are Kong's approximations; the window itself still starts on the calendar
-    /// boundary, so the reset Kong announces for them is approximate too.
-    pub fn seconds(self) -> u64 {
-        match self {
-            Self::Second => 1,
-            Self::Minute => 60,
-            Self::Hour => 3_600,
-            Self::Day => 86_400,
-            Self::Month => 2_592_000,
-            Self::Year => 31_536_000,
-        }
-    }
-}
+/// One of Kong's fixed windows, aligned to UTC boundaries (the 1st of the month, Jan 1): the
+/// counters' own type, so the rule and the numbers cannot disagree on a window.
+pub use keygate_counters_core::Period;
 
 /// Whose requests share a counter (Kong's `limit_by`). Every identity that is missing for a
 /// request (no consumer, no such header, another path) falls back to the client IP, as Kong's.
