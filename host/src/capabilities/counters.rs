@@ -12,6 +12,10 @@
 //!   counters too): a flood of new identities can make the gateway forget a count, never
 //!   refuse by mistake or grow without bound.
 
+/// Identities longer than this (a `limit_by = "header"` value can be kilobytes) are kept as
+/// their SHA-256, so a full table stays within tens of MiB whatever clients send.
+const MAX_IDENTITY: usize = 128;
+
 use super::key_cache::bindings::keygate::gateway::counters::{
     CounterError, Host, Period as WitPeriod, Usage, Window,
 };
@@ -86,6 +90,14 @@ impl Counters {
         now: u64,
         before: &mut Vec<u64>,
     ) -> bool {
+        let hashed;
+        let identity = if identity.len() > MAX_IDENTITY {
+            use sha2::Digest;
+            hashed = crate::http_util::hex(&sha2::Sha256::digest(identity.as_bytes()));
+            hashed.as_str()
+        } else {
+            identity
+        };
         let mut shard = self.shard(namespace, identity);
         if let Some(tracked) = shard
             .namespaces
@@ -286,6 +298,37 @@ mod tests {
         for expected in 0..4 {
             assert_eq!(hit(&counters, "a", true, NOW).1, vec![expected, expected]);
         }
+    }
+
+    #[test]
+    fn long_identities_are_kept_as_their_digest() {
+        let counters = Counters::new(100);
+        let long_a = "a".repeat(8 * 1024);
+        let long_b = format!("{}b", "a".repeat(8 * 1024 - 1));
+        hit(&counters, &long_a, false, NOW);
+        assert_eq!(
+            hit(&counters, &long_a, false, NOW).1,
+            vec![1, 1],
+            "same identity"
+        );
+        assert_eq!(
+            hit(&counters, &long_b, false, NOW).1,
+            vec![0, 0],
+            "another one"
+        );
+        let longest = counters
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap();
+                shard
+                    .namespaces
+                    .values()
+                    .flat_map(|identities| identities.keys().map(|key| key.len()))
+                    .collect::<Vec<_>>()
+            })
+            .max();
+        assert_eq!(longest, Some(64), "kept as a hex SHA-256, not 8 KiB");
     }
 
     #[test]
