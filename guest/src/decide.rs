@@ -72,9 +72,12 @@ pub fn decide(
         labels.consumer = Some(identity.consumer.clone());
     }
     // Kong's rate-limiting runs after key-auth: a request without a valid key never counts.
-    let limit_headers = match rate_limit::check(policy, info, &matched, identity.as_ref()) {
+    let limited = rate_limit::check(policy, info, &matched, identity.as_ref());
+    labels.rate_limit = rate_limit::outcome(&limited).map(str::to_string);
+    let limit_headers = match limited {
         Limited::Pass(headers) => headers,
-        Limited::Refuse(error) => {
+        Limited::NotApplied | Limited::Unavailable => Vec::new(),
+        Limited::Refuse(error) | Limited::Failed(error) => {
             return Decision::Respond(with_labels(error.reply(info, compat), labels));
         }
     };
@@ -143,6 +146,7 @@ impl Labels {
             consumer: None,
             key_lookup: None,
             auth_call_ms: None,
+            rate_limit: None,
         }
     }
 }

@@ -128,6 +128,9 @@ pub fn send_reply(reply: Reply, out: ResponseOutparam, route_header: bool) {
     if route_header && let Some(route) = &reply.labels.route {
         headers.append(internal_headers::ROUTE, route.as_bytes());
     }
+    if route_header && let Some(outcome) = &reply.labels.rate_limit {
+        headers.append(internal_headers::RATE_LIMIT, outcome.as_bytes());
+    }
     let response = OutgoingResponse::new(headers.into_fields());
     let _ = response.set_status_code(reply.status);
     let Ok(outgoing_body) = response.body() else {

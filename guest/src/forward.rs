@@ -148,6 +148,9 @@ pub fn forward(
     if annotate && let Some(route) = &plan.labels.route {
         set(internal_headers::ROUTE, route);
     }
+    if annotate && let Some(outcome) = &plan.labels.rate_limit {
+        set(internal_headers::RATE_LIMIT, outcome);
+    }
     let reply = OutgoingResponse::new(response_headers.into_fields());
     // 200 is a new response's status unless set.
     let status = response.status();

@@ -17,8 +17,25 @@ use keygate_policy::plugins::{
     ConsumerIdentity, LimitBy, Period, PluginKind, Policy as CounterPolicy, RateLimiting,
 };
 
+/// What rate limiting made of a request, for the `rate-limit` label (none: no instance applied).
+pub fn outcome(limited: &Limited) -> Option<&'static str> {
+    match limited {
+        Limited::NotApplied => None,
+        Limited::Pass(_) => Some("allowed"),
+        Limited::Failed(_) => Some("counters-unavailable"),
+        Limited::Refuse(_) => Some("limited"),
+        Limited::Unavailable => Some("counters-unavailable"),
+    }
+}
+
 /// What rate limiting makes of a request.
 pub enum Limited {
+    /// No rate-limiting instance applies.
+    NotApplied,
+    /// The counters failed and the instance is `fault_tolerant`: forward without headers.
+    Unavailable,
+    /// The counters failed and the instance is not `fault_tolerant`: answer this 500.
+    Failed(GatewayError),
     /// Forward it, adding these response headers (lower-case names; none when no instance
     /// applies, `hide_client_headers` is set, or the counters failed and `fault_tolerant`).
     Pass(Vec<(String, String)>),
@@ -44,11 +61,11 @@ pub fn check(
         consumer,
     );
     let Some(applicable) = plugins.applicable(PluginKind::RateLimiting, &scope) else {
-        return Limited::Pass(Vec::new());
+        return Limited::NotApplied;
     };
     let plugin = applicable.plugin;
     let Some(config) = plugin.rate_limiting() else {
-        return Limited::Pass(Vec::new());
+        return Limited::NotApplied;
     };
     // Kong's counter key holds the ids of the plugin's scope, not of the matched route: a
     // global or consumer-only instance counts across every route.
@@ -71,10 +88,10 @@ pub fn check(
         Err(CounterError::Unavailable(reason)) => {
             eprintln!("rate-limiting: the counters are unavailable: {reason}");
             if config.fault_tolerant {
-                Limited::Pass(Vec::new())
+                Limited::Unavailable
             } else {
                 // Kong raises a Lua error: its error handler answers.
-                Limited::Refuse(GatewayError::from_error_handler(500, INTERNAL))
+                Limited::Failed(GatewayError::from_error_handler(500, INTERNAL))
             }
         }
     }
@@ -251,6 +268,9 @@ mod tests {
         match limited {
             Limited::Pass(headers) => headers,
             Limited::Refuse(error) => panic!("refused with {}", error.status),
+            Limited::NotApplied | Limited::Unavailable | Limited::Failed(_) => {
+                panic!("decide always decides")
+            }
         }
     }
 

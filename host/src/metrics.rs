@@ -27,6 +27,7 @@ pub struct Metrics {
     upstream_responses: Family<Labels, Counter>,
     auth_api_responses: Family<Labels, Counter>,
     key_cache_lookups: Family<Labels, Counter>,
+    rate_limit_decisions: Family<Labels, Counter>,
     auth_calls_shed: Counter,
     auth_calls_skipped: Counter,
     auth_api_down: Gauge,
@@ -44,6 +45,7 @@ impl Default for Metrics {
         let upstream_responses = Family::default();
         let auth_api_responses = Family::default();
         let key_cache_lookups = Family::default();
+        let rate_limit_decisions = Family::default();
         let auth_calls_shed = Counter::default();
         let auth_calls_skipped = Counter::default();
         let auth_api_down = Gauge::default();
@@ -71,6 +73,11 @@ impl Default for Metrics {
             "key_cache_lookups",
             "Key cache lookups by result (fresh, stale, miss, coalesced)",
             key_cache_lookups.clone(),
+        );
+        registry.register(
+            "rate_limit_decisions",
+            "Requests a rate-limiting instance applied to, by route and outcome (allowed, limited, counters_unavailable)",
+            rate_limit_decisions.clone(),
         );
         registry.register(
             "auth_api_calls_shed",
@@ -119,6 +126,7 @@ impl Default for Metrics {
             upstream_responses,
             auth_api_responses,
             key_cache_lookups,
+            rate_limit_decisions,
             auth_calls_shed,
             auth_calls_skipped,
             auth_api_down,
@@ -145,6 +153,13 @@ impl Metrics {
         } else {
             tally.upstream_responses.count(call, code);
         }
+    }
+
+    /// A rate-limiting instance applied to a request answered on `route`.
+    pub fn rate_limit(&self, route: &str, outcome: RateLimitOutcome) {
+        self.shard()
+            .rate_limit_decisions
+            .count(route, Some(outcome as u16));
     }
 
     pub fn key_cache_lookup(&self, result: LookupResult) {
@@ -236,6 +251,18 @@ impl Metrics {
                     .get_or_create(&vec![("service", service), ("code", code_label(code))])
                     .inc_by(n);
             }
+            for (route, outcome, n) in tally.rate_limit_decisions.drain() {
+                let outcome = RateLimitOutcome::ALL
+                    .into_iter()
+                    .find(|o| Some(*o as u16) == outcome)
+                    .unwrap_or(RateLimitOutcome::Allowed);
+                self.rate_limit_decisions
+                    .get_or_create(&vec![
+                        ("route", route),
+                        ("outcome", outcome.label().to_string()),
+                    ])
+                    .inc_by(n);
+            }
             for (_, code, n) in tally.auth_api_responses.drain() {
                 self.auth_api_responses
                     .get_or_create(&vec![("code", code_label(code))])
@@ -250,6 +277,37 @@ impl Metrics {
             }
         }
         self.in_flight.set(in_flight);
+    }
+}
+
+/// What a rate-limiting instance made of a request (the guest's `rate-limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitOutcome {
+    Allowed,
+    Limited,
+    /// The counters failed: passed without limit (`fault_tolerant`) or a 500.
+    CountersUnavailable,
+}
+
+impl RateLimitOutcome {
+    const ALL: [Self; 3] = [Self::Allowed, Self::Limited, Self::CountersUnavailable];
+
+    /// The guest's label; anything else is not counted.
+    pub fn parse(label: &str) -> Option<Self> {
+        match label {
+            "allowed" => Some(Self::Allowed),
+            "limited" => Some(Self::Limited),
+            "counters-unavailable" => Some(Self::CountersUnavailable),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::CountersUnavailable => "counters_unavailable",
+        }
     }
 }
 
@@ -292,6 +350,8 @@ struct Tally {
     requests: LabelledCounts,
     upstream_responses: LabelledCounts,
     auth_api_responses: LabelledCounts,
+    /// By route and [`RateLimitOutcome`] (as the "code").
+    rate_limit_decisions: LabelledCounts,
     key_cache_lookups: [u64; 4],
     /// Requests started minus answered by these threads (a request may end on another
     /// thread than it started on, so one shard can go negative; the sum cannot).

@@ -39,6 +39,8 @@ pub mod internal_headers {
     pub const ROUTE: &str = "keygate-route";
     /// On outgoing requests: `auth` or the service name (metrics label).
     pub const CALL: &str = "keygate-call";
+    /// On guest responses: what rate limiting made of the request (metrics label).
+    pub const RATE_LIMIT: &str = "keygate-rate-limit";
     /// What a client must never be sent, whoever set it (an origin, a guest).
-    pub const ALL: [&str; 3] = [CLIENT_ADDR, ROUTE, CALL];
+    pub const ALL: [&str; 4] = [CLIENT_ADDR, ROUTE, CALL, RATE_LIMIT];
 }

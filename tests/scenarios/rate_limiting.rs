@@ -121,6 +121,22 @@ async fn kongs_worked_example_minute_and_hour() {
     let fourth = get(gw.addr, "/api/x", &[ALICE]).await;
     assert_eq!(fourth.status, 429);
     assert_eq!(header(&fourth, "x-ratelimit-remaining-hour"), "8");
+
+    // Counted per route and outcome, whichever path answered.
+    let metrics = gw.keygate().gateway.metrics.render(0);
+    let mut decisions: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("keygate_rate_limit_decisions_total"))
+        .collect();
+    decisions.sort_unstable();
+    assert_eq!(
+        decisions,
+        [
+            "keygate_rate_limit_decisions_total{route=\"api\",outcome=\"allowed\"} 2",
+            "keygate_rate_limit_decisions_total{route=\"api\",outcome=\"limited\"} 2",
+        ],
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

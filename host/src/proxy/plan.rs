@@ -199,6 +199,7 @@ paths = ["/api"]
                 consumer: None,
                 key_lookup: None,
                 auth_call_ms: None,
+                rate_limit: None,
             },
         }
     }

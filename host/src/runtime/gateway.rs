@@ -4,7 +4,7 @@
 //! and the host forwards natively (`crate::proxy`); otherwise the request runs through the
 //! guest's `wasi:http` handler.
 
-use super::component::policy_api::{Decision, RequestHead};
+use super::component::policy_api::{Decision, Labels, RequestHead};
 use super::component::{CompiledGuest, GuestSource};
 use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
 use super::pool::InstancePool;
@@ -14,7 +14,7 @@ use crate::capabilities::counters::{self, Counters};
 use crate::capabilities::key_cache::KeyCache;
 use crate::capabilities::outgoing_http::{AllowList, OutgoingHttp};
 use crate::guest_log::GuestLog;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RateLimitOutcome};
 use crate::proxy::forward::ForwardError;
 use crate::proxy::{self, Upstream};
 use crate::responses::{ErrorContext, HostFailure, ResponseBody};
@@ -70,6 +70,22 @@ pub struct Gateway {
     busy_ticks: u64,
     memory_limit: usize,
     listen_port: u16,
+}
+
+/// What an answer is counted under in metrics, from the guest's labels.
+#[derive(Default)]
+struct AnswerLabels {
+    route: Option<String>,
+    rate_limit: Option<String>,
+}
+
+impl AnswerLabels {
+    fn of(labels: &Labels) -> Self {
+        Self {
+            route: labels.route.clone(),
+            rate_limit: labels.rate_limit.clone(),
+        }
+    }
 }
 
 impl Gateway {
@@ -296,18 +312,23 @@ impl Gateway {
             self.portable_path(&active, request, client).await
         };
         self.metrics.request_done();
-        let (mut response, route) = match outcome {
+        let (mut response, labels) = match outcome {
             Ok(answer) => answer,
             Err(failure) => (
                 failure.into_response(&asked, &active.config.compat, started),
-                None,
+                AnswerLabels::default(),
             ),
         };
         crate::http_util::remove_internal_headers(response.headers_mut());
-        self.metrics.request(
-            route.as_deref().unwrap_or("(none)"),
-            response.status().as_u16(),
-        );
+        let route = labels.route.as_deref().unwrap_or("(none)");
+        self.metrics.request(route, response.status().as_u16());
+        if let Some(outcome) = labels
+            .rate_limit
+            .as_deref()
+            .and_then(RateLimitOutcome::parse)
+        {
+            self.metrics.rate_limit(route, outcome);
+        }
         response
     }
 
@@ -317,16 +338,22 @@ impl Gateway {
         active: &Active,
         request: hyper::Request<hyper::body::Incoming>,
         client: SocketAddr,
-    ) -> Result<(hyper::Response<ResponseBody>, Option<String>), HostFailure> {
+    ) -> Result<(hyper::Response<ResponseBody>, AnswerLabels), HostFailure> {
         let response = self
             .run_handler(active, Arc::clone(&self.key_cache), request, client)
             .await?;
         let (mut parts, body) = response.into_parts();
-        let route = parts
-            .headers
-            .remove(internal_headers::ROUTE)
-            .and_then(|v| v.to_str().ok().map(str::to_string));
-        Ok((hyper::Response::from_parts(parts, body), route))
+        let mut take = |name| {
+            parts
+                .headers
+                .remove(name)
+                .and_then(|v| v.to_str().ok().map(str::to_string))
+        };
+        let labels = AnswerLabels {
+            route: take(internal_headers::ROUTE),
+            rate_limit: take(internal_headers::RATE_LIMIT),
+        };
+        Ok((hyper::Response::from_parts(parts, body), labels))
     }
 
     /// The guest decides from the head; the host forwards or answers.
@@ -337,15 +364,15 @@ impl Gateway {
         client: SocketAddr,
         started: Instant,
         asked: &ErrorContext,
-    ) -> Result<(hyper::Response<ResponseBody>, Option<String>), HostFailure> {
+    ) -> Result<(hyper::Response<ResponseBody>, AnswerLabels), HostFailure> {
         let head = proxy::head::lower(&request, client, self.listen_port)?;
         let decision = self
             .decide(active, Arc::clone(&self.key_cache), head)
             .await?;
         match decision {
             Decision::Respond(reply) => {
-                let route = reply.labels.route.clone();
-                Ok((proxy::reply::to_response(reply)?, route))
+                let labels = AnswerLabels::of(&reply.labels);
+                Ok((proxy::reply::to_response(reply)?, labels))
             }
             Decision::UseHandler => self.portable_path(active, request, client).await,
             Decision::Forward(plan) => {
@@ -353,13 +380,13 @@ impl Gateway {
                 let plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
                     HostFailure::Internal(format!("refused the guest's forward plan: {err}"))
                 })?;
-                let route = plan.labels.route.clone();
+                let labels = AnswerLabels::of(&plan.labels);
                 let forwarded = self
                     .upstream
                     .forward(&plan, request, started, &self.metrics)
                     .await;
                 match forwarded {
-                    Ok(response) => Ok((response, route)),
+                    Ok(response) => Ok((response, labels)),
                     Err(ForwardError::BodyTooLarge) => Err(HostFailure::BodyTooLarge),
                     Err(ForwardError::Upstream(failure)) => {
                         let context =
@@ -367,7 +394,7 @@ impl Gateway {
                         let reply = self
                             .upstream_failed(active, Arc::clone(&self.key_cache), context)
                             .await?;
-                        Ok((proxy::reply::to_response(reply)?, route))
+                        Ok((proxy::reply::to_response(reply)?, labels))
                     }
                 }
             }

@@ -46,6 +46,7 @@ fn labels() -> Labels {
         consumer: None,
         key_lookup: None,
         auth_call_ms: None,
+        rate_limit: None,
     }
 }
 
