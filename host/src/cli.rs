@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check`, `export`, `demo`.
+//! Command line: `serve`, `check`, `export`, `import-kong`, `demo`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -47,6 +47,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Convert a Kong declarative file (kong.yml, a decK dump, YAML or JSON) to a keygate.toml;
+    /// the report goes to stderr. Exit 1, nothing written, when the file is invalid or when
+    /// dropping one of its plugins would widen access.
+    ImportKong {
+        /// The Kong file (`_format_version` 1.1, 2.1 or 3.0).
+        kong_file: PathBuf,
+        /// Where to write the keygate.toml; absent = stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Overwrite `--out` when it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the gateway with a sample origin and auth API on loopback, and print curl commands.
     Demo {
         /// Where the gateway listens.
@@ -88,6 +101,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config } => serve(config).await,
         Command::Check { config } => check(config).await,
         Command::Demo { listen } => crate::demo::run(listen).await,
+        Command::ImportKong {
+            kong_file,
+            out,
+            force,
+        } => crate::import_kong::run(&kong_file, out.as_deref(), force),
         Command::Export {
             target,
             config,

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod export;
 pub mod guest_log;
 pub mod http_util;
+pub mod import_kong;
 pub mod metrics;
 pub mod proxy;
 pub mod responses;
