@@ -198,21 +198,21 @@ impl RequestState {
     /// Delete the `request-options` entries wasmtime-wasi-http left behind. The table has no
     /// iterator with handles, so they are found by probing slots until all are seen.
     fn sweep_request_options(&mut self) {
-        let mut left = self
-            .table
-            .iter_mut()
-            .filter(|entry| entry.is::<wasmtime_wasi_http::RequestOptions>())
-            .count();
+        let (mut left, mut occupied) = (0usize, 0usize);
+        for entry in self.table.iter_mut() {
+            occupied += 1;
+            left += usize::from(entry.is::<wasmtime_wasi_http::RequestOptions>());
+        }
+        // Past the last occupied slot there is nothing to find: stop there.
         let mut slot = 0u32;
-        while left > 0 && slot < u32::MAX {
-            let is_options = self
-                .table
-                .get_any_mut(slot)
-                .is_ok_and(|entry| entry.is::<wasmtime_wasi_http::RequestOptions>());
-            if is_options {
-                let options = Resource::<wasmtime_wasi_http::RequestOptions>::new_own(slot);
-                let _ = self.table.delete(options);
-                left -= 1;
+        while left > 0 && occupied > 0 && slot < u32::MAX {
+            if let Ok(entry) = self.table.get_any_mut(slot) {
+                occupied -= 1;
+                if entry.is::<wasmtime_wasi_http::RequestOptions>() {
+                    let options = Resource::<wasmtime_wasi_http::RequestOptions>::new_own(slot);
+                    let _ = self.table.delete(options);
+                    left -= 1;
+                }
             }
             slot += 1;
         }
