@@ -157,9 +157,12 @@ impl Metrics {
 
     /// A rate-limiting instance applied to a request answered on `route`.
     pub fn rate_limit(&self, route: &str, outcome: RateLimitOutcome) {
-        self.shard()
-            .rate_limit_decisions
-            .count(route, Some(outcome as u16));
+        let mut tally = self.shard();
+        let counts = match tally.rate_limit_decisions.get_mut(route) {
+            Some(counts) => counts,
+            None => tally.rate_limit_decisions.entry(route.into()).or_default(),
+        };
+        counts[outcome as usize] += 1;
     }
 
     pub fn key_cache_lookup(&self, result: LookupResult) {
@@ -251,17 +254,17 @@ impl Metrics {
                     .get_or_create(&vec![("service", service), ("code", code_label(code))])
                     .inc_by(n);
             }
-            for (route, outcome, n) in tally.rate_limit_decisions.drain() {
-                let outcome = RateLimitOutcome::ALL
-                    .into_iter()
-                    .find(|o| Some(*o as u16) == outcome)
-                    .unwrap_or(RateLimitOutcome::Allowed);
-                self.rate_limit_decisions
-                    .get_or_create(&vec![
-                        ("route", route),
-                        ("outcome", outcome.label().to_string()),
-                    ])
-                    .inc_by(n);
+            for (route, counts) in &mut tally.rate_limit_decisions {
+                for (outcome, n) in RateLimitOutcome::ALL.iter().zip(counts.iter_mut()) {
+                    if *n > 0 {
+                        self.rate_limit_decisions
+                            .get_or_create(&vec![
+                                ("route", route.to_string()),
+                                ("outcome", outcome.label().to_string()),
+                            ])
+                            .inc_by(std::mem::take(n));
+                    }
+                }
             }
             for (_, code, n) in tally.auth_api_responses.drain() {
                 self.auth_api_responses
@@ -350,8 +353,8 @@ struct Tally {
     requests: LabelledCounts,
     upstream_responses: LabelledCounts,
     auth_api_responses: LabelledCounts,
-    /// By route and [`RateLimitOutcome`] (as the "code").
-    rate_limit_decisions: LabelledCounts,
+    /// By route, then [`RateLimitOutcome`].
+    rate_limit_decisions: HashMap<Box<str>, [u64; 3]>,
     key_cache_lookups: [u64; 4],
     /// Requests started minus answered by these threads (a request may end on another
     /// thread than it started on, so one shard can go negative; the sum cannot).
