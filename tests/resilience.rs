@@ -107,7 +107,7 @@ async fn failed_auth_calls_do_not_retire_the_instance() {
 /// asking it, and when it answers again (a probe finds out) keys are checked again.
 #[tokio::test]
 async fn an_auth_api_that_stopped_answering_is_not_waited_for() {
-    use keygate::capabilities::auth_breaker::FAILURES_TO_OPEN;
+    use keygate::capabilities::breaker::FAILURES_TO_OPEN;
     let origin = support::Origin::start("origin").await;
     let auth = SwitchableAuthApi::start_down().await;
     let gw = gateway(auth.addr, &origin).await;

@@ -67,13 +67,7 @@ pub fn check(
     let Some(config) = plugin.rate_limiting() else {
         return Limited::NotApplied;
     };
-    // Kong's counter key holds the ids of the plugin's scope, not of the matched route: a
-    // global or consumer-only instance counts across every route.
-    let namespace = format!(
-        "{}:{}",
-        plugin.route.as_deref().unwrap_or(""),
-        plugin.service.as_deref().unwrap_or("")
-    );
+    let namespace = plugin.counter_namespace();
     let identifier = identifier(policy, config, info, matched, identity);
     let windows: Vec<Window> = config
         .limits()

@@ -2,6 +2,7 @@
 //! unless configured otherwise, and then requires `Authorization: Bearer <server.admin_token>`.
 
 use crate::capabilities::key_cache::parse_fingerprint;
+use crate::cluster::Cluster;
 use crate::responses::{ResponseBody, error_response, full_body};
 use crate::runtime::Gateway;
 use crate::runtime::reload::Reloader;
@@ -18,6 +19,8 @@ pub struct Admin {
     pub gateway: Arc<Gateway>,
     pub reloader: Arc<Reloader>,
     pub token: Option<String>,
+    /// `[cluster] redis`: revocations reach every node.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
@@ -67,15 +70,24 @@ impl Admin {
             ("DELETE", "/admin/keys") => {
                 let removed = self.gateway.key_cache().len();
                 self.gateway.key_cache().clear();
-                json(200, &serde_json::json!({"removed": removed}))
+                let published = match &self.cluster {
+                    Some(cluster) => Some(cluster.revoke_all().await),
+                    None => None,
+                };
+                revoked(serde_json::json!({"removed": removed}), published)
             }
             ("DELETE", _) if path.starts_with("/admin/keys/") => {
                 let key = percent_decode(&path["/admin/keys/".len()..]);
+                let fingerprint = fingerprint(&key);
                 let removed = self
                     .gateway
                     .key_cache()
-                    .invalidate(parse_fingerprint(&fingerprint(&key)));
-                json(200, &serde_json::json!({"removed": removed}))
+                    .invalidate(parse_fingerprint(&fingerprint));
+                let published = match &self.cluster {
+                    Some(cluster) => Some(cluster.revoke(&fingerprint).await),
+                    None => None,
+                };
+                revoked(serde_json::json!({"removed": removed}), published)
             }
             _ => error_response(404, "Not found"),
         }
@@ -114,7 +126,32 @@ impl Admin {
             },
             "reload": self.reloader.status(),
             "key_cache_entries": self.gateway.key_cache().len(),
+            "cluster": self.cluster.as_ref().map(|cluster| serde_json::json!({
+                "redis": cluster.server(),
+                "subscribed": cluster.is_subscribed(),
+            })),
         })
+    }
+}
+
+/// A revocation's answer: 200 when it is done here and, with `[cluster]`, published to the
+/// other nodes (`nodes_notified` counts the subscribed nodes, this one included); 503 when
+/// Redis did not take it, so the operator knows the other nodes still hold the verdict.
+fn revoked(
+    mut body: serde_json::Value,
+    published: Option<Result<u64, String>>,
+) -> hyper::Response<ResponseBody> {
+    match published {
+        None => json(200, &body),
+        Some(Ok(nodes)) => {
+            body["nodes_notified"] = nodes.into();
+            json(200, &body)
+        }
+        Some(Err(err)) => {
+            body["error"] =
+                format!("revoked on this node only; the other nodes were not told: {err}").into();
+            json(503, &body)
+        }
     }
 }
 

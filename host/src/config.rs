@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use keygate_policy::Config;
+use keygate_policy::plugins::{Policy, RedisTarget};
 use std::path::Path;
 
 /// Read, parse and validate a config file; errors name the file and the field or line.
@@ -31,18 +32,7 @@ pub fn parse(text: &str, base_dir: Option<&Path>) -> anyhow::Result<Config> {
     {
         anyhow::bail!("auth_api.url: https is not supported yet; use http://");
     }
-    // Counting a Redis limit per node would silently allow N times what the operator wrote.
-    for (i, plugin) in config.plugins.iter().enumerate() {
-        if plugin
-            .rate_limiting()
-            .is_some_and(|limit| limit.policy == keygate_policy::plugins::Policy::Redis)
-        {
-            anyhow::bail!(
-                "plugins[{i}].config.policy: \"redis\" is not supported yet; use \"local\" \
-                 (counters per keygate node)"
-            );
-        }
-    }
+    check_redis_limits(&config)?;
     if let Some(component) = &config.guest.component
         && !component.is_file()
     {
@@ -54,20 +44,101 @@ pub fn parse(text: &str, base_dir: Option<&Path>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// What the host's Redis client must be able to do for each `policy = "redis"` limit; the
+/// fields themselves were checked when the file was read.
+fn check_redis_limits(config: &Config) -> anyhow::Result<()> {
+    // Instances that share a counter namespace share counters, so they must share a server.
+    let mut servers: Vec<(String, RedisTarget, usize)> = Vec::new();
+    for (i, plugin) in config.plugins.iter().enumerate() {
+        let Some(limit) = plugin.rate_limiting() else {
+            continue;
+        };
+        if limit.policy != Policy::Redis {
+            continue;
+        }
+        let field = format!("plugins[{i}].config.redis");
+        let target = limit
+            .redis
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{field}.host: required when policy = \"redis\""))?
+            .target()
+            .map_err(|err| anyhow::anyhow!("{field}: {err}"))?;
+        if target.ssl {
+            anyhow::bail!(
+                "{field}.ssl: TLS to Redis is not supported yet; reach it over a private network \
+                 or a local TLS tunnel (e.g. stunnel) and set ssl = false"
+            );
+        }
+        let namespace = plugin.counter_namespace();
+        if let Some((_, other, j)) = servers
+            .iter()
+            .find(|(seen, other, _)| *seen == namespace && *other != target)
+        {
+            anyhow::bail!(
+                "{field}: plugins[{j}] has the same route and service scope ({}) and so the \
+                 same counters, but another Redis ({}:{}/{}); give both the same redis settings",
+                plugin.scope_description(),
+                other.host,
+                other.port,
+                other.database
+            );
+        }
+        servers.push((namespace, target, i));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn redis_limit(scope: &str, redis: &str) -> String {
+        format!(
+            "[[plugins]]\nname = \"rate-limiting\"\n{scope}\n[plugins.config]\nminute = 1\n\
+             policy = \"redis\"\nredis = {{ {redis} }}\n"
+        )
+    }
+
     #[test]
-    fn the_redis_rate_limiting_policy_is_refused_until_it_is_implemented() {
-        let toml = "[[plugins]]\nname = \"rate-limiting\"\n[plugins.config]\nminute = 1\n\
-                    policy = \"redis\"\nredis = { host = \"127.0.0.1\" }\n";
-        let err = parse(toml, None).unwrap_err().to_string();
+    fn a_redis_limit_over_tls_is_refused_until_it_is_implemented() {
+        let err = parse(&redis_limit("", "host = \"r\", ssl = true"), None)
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.starts_with("plugins[0].config.policy: \"redis\" is not supported yet"),
+            err.starts_with("plugins[0].config.redis.ssl: TLS to Redis is not supported yet"),
             "{err}"
         );
-        let local = "[[plugins]]\nname = \"rate-limiting\"\n[plugins.config]\nminute = 1\n";
-        assert!(parse(local, None).is_ok());
+        assert!(parse(&redis_limit("", "host = \"r\""), None).is_ok());
+        let url = redis_limit("", "url = \"redis://:pw@r:6380/2\"");
+        assert!(parse(&url, None).is_ok());
+    }
+
+    #[test]
+    fn limits_sharing_counters_must_share_their_redis() {
+        let services = "[[consumers]]\nusername = \"a\"\n[[consumers]]\nusername = \"b\"\n\
+                        [[services]]\nname = \"s\"\nurl = \"http://127.0.0.1:1\"\n\
+                        [[services.routes]]\nname = \"r\"\npaths = [\"/\"]\n";
+        let same_scope = format!(
+            "{services}{}{}",
+            redis_limit("consumer = \"a\"", "host = \"one\""),
+            redis_limit("consumer = \"b\"", "host = \"two\"")
+        );
+        let err = parse(&same_scope, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "plugins[1].config.redis: plugins[0] has the same route and service scope"
+            ),
+            "{err}"
+        );
+        let other_scope = format!(
+            "{services}{}{}",
+            redis_limit("consumer = \"a\"", "host = \"one\""),
+            redis_limit("route = \"r\"", "host = \"two\"")
+        );
+        assert!(
+            parse(&other_scope, None).is_ok(),
+            "{:?}",
+            parse(&other_scope, None).err()
+        );
     }
 }

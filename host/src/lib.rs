@@ -8,6 +8,7 @@ pub mod admin;
 pub mod allocator;
 pub mod capabilities;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod export;
@@ -23,6 +24,7 @@ pub mod signals;
 pub mod watch;
 
 use anyhow::Context;
+use cluster::Cluster;
 use keygate_policy::Config;
 use runtime::Gateway;
 use runtime::reload::Reloader;
@@ -82,6 +84,7 @@ async fn start_with(
     });
     let drain_timeout = config.server.drain_timeout.get();
     let admin_token = config.server.admin_token.clone();
+    let cluster_redis = config.cluster.redis.clone();
     let watched: Vec<PathBuf> = config_path
         .iter()
         .cloned()
@@ -90,6 +93,9 @@ async fn start_with(
     let gateway = tokio::task::spawn_blocking(move || Gateway::new(config, addr.port()))
         .await
         .context("compiling the guest component")??;
+    let cluster = cluster_redis
+        .map(|url| Cluster::start(&url, gateway.key_cache_handle()))
+        .transpose()?;
     let reloader = Arc::new(Reloader::new(Arc::clone(&gateway), config_path));
     let watch = if watched.is_empty() {
         None
@@ -109,6 +115,7 @@ async fn start_with(
             gateway: Arc::clone(&gateway),
             reloader: Arc::clone(&reloader),
             token: admin_token,
+            cluster: cluster.clone(),
         });
         tokio::spawn(admin::serve(listener, admin))
     });

@@ -17,6 +17,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One Redis server's counts (see [`Metrics::redis`]).
+#[derive(Clone)]
+pub struct RedisMetrics {
+    pub ok: Counter,
+    pub error: Counter,
+    pub timeout: Counter,
+    pub skipped: Counter,
+    pub down: Gauge,
+}
+
 /// Tallies to spread request threads over; a thread keeps its shard for life.
 const SHARDS: usize = 64;
 
@@ -31,6 +41,8 @@ pub struct Metrics {
     auth_calls_shed: Counter,
     auth_calls_skipped: Counter,
     auth_api_down: Gauge,
+    redis_calls: Family<Labels, Counter>,
+    redis_down: Family<Labels, Gauge>,
     guest_failures: Family<Labels, Counter>,
     guest_instances: Counter,
     component_loads: Family<Labels, Counter>,
@@ -49,6 +61,8 @@ impl Default for Metrics {
         let auth_calls_shed = Counter::default();
         let auth_calls_skipped = Counter::default();
         let auth_api_down = Gauge::default();
+        let redis_calls = Family::default();
+        let redis_down = Family::default();
         let guest_failures = Family::default();
         let component_loads = Family::default();
         let key_cache_entries = Gauge::default();
@@ -95,6 +109,16 @@ impl Default for Metrics {
             auth_api_down.clone(),
         );
         registry.register(
+            "redis_calls",
+            "Calls to a rate limit's Redis (policy = \"redis\"; one round trip counts every window of a request), by server and outcome (ok, error, timeout, skipped: not made because that Redis is known to be down)",
+            redis_calls.clone(),
+        );
+        registry.register(
+            "redis_down",
+            "1 while a rate limit's Redis is known to be down (it failed the last calls and has not answered a probe since): its limits are applied as fault_tolerant says without waiting for it",
+            redis_down.clone(),
+        );
+        registry.register(
             "guest_failures",
             "Requests the guest failed, by reason (trap, busy_timeout, memory_limit, instantiate, panic)",
             guest_failures.clone(),
@@ -130,6 +154,8 @@ impl Default for Metrics {
             auth_calls_shed,
             auth_calls_skipped,
             auth_api_down,
+            redis_calls,
+            redis_down,
             guest_failures,
             guest_instances,
             component_loads,
@@ -190,6 +216,29 @@ impl Metrics {
     /// The auth API's breaker opened (`true`) or closed.
     pub fn auth_api_down(&self, down: bool) {
         self.auth_api_down.set(i64::from(down));
+    }
+
+    /// The counters of one Redis server (`server` names it without credentials), held by its
+    /// client so that a call counts without a label lookup.
+    pub fn redis(&self, server: &str) -> RedisMetrics {
+        let calls = |outcome: &str| {
+            self.redis_calls
+                .get_or_create(&vec![
+                    ("redis", server.to_string()),
+                    ("outcome", outcome.to_string()),
+                ])
+                .clone()
+        };
+        RedisMetrics {
+            ok: calls("ok"),
+            error: calls("error"),
+            timeout: calls("timeout"),
+            skipped: calls("skipped"),
+            down: self
+                .redis_down
+                .get_or_create(&vec![("redis", server.to_string())])
+                .clone(),
+        }
     }
 
     /// A component was made ready to run; `loaded_from` tells whether a restart or a swap back

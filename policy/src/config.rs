@@ -45,6 +45,28 @@ pub struct Config {
     /// `[[plugins]]`, Kong's plugin model (see [`crate::plugins`]).
     #[serde(default)]
     pub plugins: Plugins,
+    #[serde(default)]
+    pub cluster: Cluster,
+}
+
+/// `[cluster]`: what the nodes of a fleet share beyond their own memory (host only).
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// `redis://[user[:password]@]host[:port][/database]`: a key revoked through one node's
+    /// admin API (`DELETE /admin/keys/...`) is dropped by every node subscribed to it, within
+    /// a second, instead of living on until its `cache_ttl`. Only key fingerprints travel.
+    /// Read at startup: changing it takes a restart.
+    pub redis: Option<String>,
+}
+
+/// The URL may hold a password.
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("redis", &self.redis.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// How the gateway treats what clients say about themselves (Kong's `trusted_ips`).

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod config;
 pub mod process;
+pub mod redis;
 pub mod servers;
 pub mod wasmtime_serve;
 

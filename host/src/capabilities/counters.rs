@@ -19,7 +19,10 @@ const MAX_IDENTITY: usize = 128;
 use super::key_cache::bindings::keygate::gateway::counters::{
     CounterError, Host, Period as WitPeriod, Usage, Window,
 };
+use super::redis_counters::RedisCounters;
+use crate::metrics::Metrics;
 use keygate_counters_core::{Counters as Windows, Period};
+use keygate_policy::plugins::{Policy, RedisTarget};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -196,14 +199,103 @@ fn period(period: WitPeriod) -> Period {
     }
 }
 
+/// Where an active configuration's limits count: this node's memory (`policy = "local"`), or
+/// the Redis of each `policy = "redis"` instance, found by its counter namespace (both sides
+/// build it with [`keygate_policy::plugins::Plugin::counter_namespace`]).
+pub struct CounterStores {
+    local: Arc<Counters>,
+    /// A client, or why the instance's Redis settings cannot make one (its requests then get
+    /// `unavailable`, never a count in the wrong place).
+    redis: HashMap<String, Result<Arc<RedisCounters>, String>>,
+}
+
+impl CounterStores {
+    /// Every limit in `local`: for trials, which must not touch anyone's quota.
+    pub fn local_only(local: Arc<Counters>) -> Self {
+        Self {
+            local,
+            redis: HashMap::new(),
+        }
+    }
+
+    /// The stores `config`'s limits count in, reusing `clients` (and adding to them) so that a
+    /// reload naming the same Redis keeps its connections.
+    pub fn for_config(
+        config: &keygate_policy::Config,
+        local: &Arc<Counters>,
+        clients: &RedisClients,
+        metrics: &Metrics,
+    ) -> Self {
+        let mut redis = HashMap::new();
+        for plugin in config.plugins.iter() {
+            let Some(limit) = plugin.rate_limiting() else {
+                continue;
+            };
+            if limit.policy != Policy::Redis {
+                continue;
+            }
+            let client = limit
+                .redis
+                .as_ref()
+                .ok_or_else(|| "no redis settings".to_string())
+                .and_then(|settings| settings.target())
+                .and_then(|target| clients.client(&target, metrics));
+            redis.entry(plugin.counter_namespace()).or_insert(client);
+        }
+        Self {
+            local: Arc::clone(local),
+            redis,
+        }
+    }
+
+    /// Whether any limit counts in Redis.
+    pub fn uses_redis(&self) -> bool {
+        !self.redis.is_empty()
+    }
+}
+
+/// Redis clients by server, kept by the gateway across swaps.
+#[derive(Default)]
+pub struct RedisClients {
+    clients: Mutex<Vec<Arc<RedisCounters>>>,
+}
+
+impl RedisClients {
+    fn client(
+        &self,
+        target: &RedisTarget,
+        metrics: &Metrics,
+    ) -> Result<Arc<RedisCounters>, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.iter().find(|client| client.target() == target) {
+            return Ok(Arc::clone(client));
+        }
+        let client = RedisCounters::new(target, metrics)?;
+        clients.push(Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// Drop the clients no configuration in use names any more (requests still running under
+    /// an older one keep theirs until they end).
+    pub fn retain_used_by(&self, stores: &CounterStores) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.retain(|client| {
+            stores
+                .redis
+                .values()
+                .any(|used| used.as_ref().is_ok_and(|used| Arc::ptr_eq(used, client)))
+        });
+    }
+}
+
 /// One request's handle on the shared counters.
 pub struct CountersView<'a> {
-    counters: &'a Counters,
+    stores: &'a CounterStores,
 }
 
 impl<'a> CountersView<'a> {
-    pub fn new(counters: &'a Arc<Counters>) -> Self {
-        Self { counters }
+    pub fn new(stores: &'a Arc<CounterStores>) -> Self {
+        Self { stores }
     }
 }
 
@@ -211,7 +303,7 @@ impl<'a> CountersView<'a> {
 const MAX_WINDOWS: usize = 16;
 
 impl Host for CountersView<'_> {
-    fn hit(
+    async fn hit(
         &mut self,
         namespace: String,
         identity: String,
@@ -228,12 +320,25 @@ impl Host for CountersView<'_> {
         for (slot, window) in limits.iter_mut().zip(&windows) {
             *slot = (period(window.period), window.limit);
         }
+        let limits = &limits[..windows.len()];
         let now = seconds_now();
+        // Only Kong's redis policy counts refused requests, so only such a hit can be a
+        // `redis` limit's; one whose namespace names none (a trial, a guest of another
+        // configuration) counts in memory with the same rule.
+        if count_refused && let Some(client) = self.stores.redis.get(&namespace) {
+            let client = client.as_ref().map_err(|reason| {
+                CounterError::Unavailable(format!("this limit's redis cannot be used: {reason}"))
+            })?;
+            return match client.hit(&namespace, &identity, limits, now).await {
+                Ok(before) => Ok(Usage { before, now }),
+                Err(err) => Err(CounterError::Unavailable(err.to_string())),
+            };
+        }
         let mut before = Vec::with_capacity(windows.len());
-        self.counters.hit(
+        self.stores.local.hit(
             &namespace,
             &identity,
-            &limits[..windows.len()],
+            limits,
             count_refused,
             now,
             &mut before,
@@ -390,10 +495,10 @@ mod tests {
         assert_eq!(shard.len, 2);
     }
 
-    #[test]
-    fn the_capability_reports_usage_and_time() {
-        let counters = Arc::new(Counters::new(10));
-        let mut view = CountersView::new(&counters);
+    #[tokio::test]
+    async fn the_capability_reports_usage_and_time() {
+        let stores = Arc::new(CounterStores::local_only(Arc::new(Counters::new(10))));
+        let mut view = CountersView::new(&stores);
         let window = |period, limit| Window { period, limit };
         let windows = vec![
             window(WitPeriod::Minute, 2.0),
@@ -401,10 +506,34 @@ mod tests {
         ];
         let first = view
             .hit("n".into(), "i".into(), windows.clone(), false)
+            .await
             .unwrap();
         assert_eq!(first.before, vec![0, 0]);
         assert!(first.now >= NOW);
         let too_many = vec![window(WitPeriod::Second, 1.0); MAX_WINDOWS + 1];
-        assert!(view.hit("n".into(), "i".into(), too_many, false).is_err());
+        assert!(
+            view.hit("n".into(), "i".into(), too_many, false)
+                .await
+                .is_err()
+        );
+    }
+
+    /// A `redis` hit whose namespace names no Redis (a trial's) counts in memory, refused
+    /// requests included, rather than failing.
+    #[tokio::test]
+    async fn a_redis_hit_without_a_redis_counts_in_memory() {
+        let stores = Arc::new(CounterStores::local_only(Arc::new(Counters::new(10))));
+        let mut view = CountersView::new(&stores);
+        let windows = vec![Window {
+            period: WitPeriod::Minute,
+            limit: 1.0,
+        }];
+        for expected in [0, 1, 2] {
+            let usage = view
+                .hit("n".into(), "i".into(), windows.clone(), true)
+                .await
+                .unwrap();
+            assert_eq!(usage.before, vec![expected]);
+        }
     }
 }

@@ -18,6 +18,7 @@ pub(crate) mod bindings {
         world: "keygate:gateway/capabilities",
         imports: {
             "keygate:gateway/key-cache.get": async,
+            "keygate:gateway/counters.hit": async,
             default: tracing,
         },
     });
@@ -196,6 +197,18 @@ impl KeyCache {
 
     pub fn clear(&self) {
         self.lock().entries.clear();
+    }
+
+    /// Make every fresh verdict stale (its stale window keeps its end): each is checked with
+    /// the auth API on its next use, and served only if the auth API cannot answer. For a node
+    /// that may have missed revocations. How many entries there were.
+    pub fn mark_all_stale(&self) -> usize {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        for (_, entry) in state.entries.iter_mut() {
+            entry.deadlines.fresh_until_ms = entry.deadlines.fresh_until_ms.min(now);
+        }
+        state.entries.len()
     }
 
     pub fn len(&self) -> usize {

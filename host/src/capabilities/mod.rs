@@ -2,7 +2,8 @@
 //! and pooled outgoing HTTP. Each capability holds its shared state and hands every request a
 //! view of it.
 
-pub mod auth_breaker;
+pub mod breaker;
 pub mod counters;
 pub mod key_cache;
 pub mod outgoing_http;
+pub mod redis_counters;

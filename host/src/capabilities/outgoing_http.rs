@@ -2,7 +2,7 @@
 //! client: wasmtime's default opens a new TCP connection per request, which a gateway cannot
 //! afford. Calls may only reach the origins and auth API the config names.
 
-use super::auth_breaker::{AuthBreaker, FAILURES_TO_OPEN, PROBE_EVERY};
+use super::breaker::{Breaker, FAILURES_TO_OPEN, PROBE_EVERY};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::HeaderName;
@@ -33,7 +33,7 @@ pub struct OutgoingHttp {
     /// Auth-API calls in flight (`auth_api.max_in_flight`): beyond it a call fails at once.
     auth_calls: Arc<Semaphore>,
     /// Whether the auth API of this allow-list is known to be down.
-    auth_breaker: Arc<AuthBreaker>,
+    auth_breaker: Arc<Breaker>,
     metrics: Arc<Metrics>,
 }
 

@@ -211,16 +211,27 @@ impl Importer {
                 config.insert("policy".into(), Value::String("local".into()));
             }
             Some("redis") => {
-                self.warn(format!(
-                    "plugin rate-limiting ({where_}): policy \"redis\" kept, but keygate refuses policy = \"redis\" today (`keygate check` fails until it lands); change it to \"local\" to serve now"
-                ));
                 if config
                     .get("sync_rate")
                     .and_then(Value::as_f64)
                     .is_some_and(|r| r > 0.0)
                 {
                     self.warn(format!(
-                        "plugin rate-limiting ({where_}): sync_rate > 0 (batched Redis writes) is not how keygate counts"
+                        "plugin rate-limiting ({where_}): sync_rate dropped: keygate counts every request in Redis as it happens (Kong's sync_rate = -1), not in batches"
+                    ));
+                    config.remove("sync_rate");
+                }
+                let ssl = |config: &BTreeMap<String, Value>| {
+                    config.get("redis_ssl").and_then(Value::as_bool) == Some(true)
+                        || config
+                            .get("redis")
+                            .and_then(|redis| redis.get("ssl"))
+                            .and_then(Value::as_bool)
+                            == Some(true)
+                };
+                if ssl(&config) {
+                    self.warn(format!(
+                        "plugin rate-limiting ({where_}): redis ssl = true kept, but keygate does not speak TLS to Redis yet (`keygate check` refuses it): reach Redis through a local TLS tunnel and set ssl = false"
                     ));
                 }
             }

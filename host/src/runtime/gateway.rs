@@ -10,7 +10,7 @@ use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
 use super::pool::InstancePool;
 use super::precompiled::PrecompiledCache;
 use super::state::{GuestLimits, RequestState};
-use crate::capabilities::counters::{self, Counters};
+use crate::capabilities::counters::{self, CounterStores, Counters, RedisClients};
 use crate::capabilities::key_cache::KeyCache;
 use crate::capabilities::outgoing_http::{AllowList, OutgoingHttp};
 use crate::guest_log::GuestLog;
@@ -45,7 +45,7 @@ pub struct Active {
     pub(super) outgoing: OutgoingHttp,
     /// The rate-limit counters this component's requests count in: the gateway's (shared by
     /// every component it swaps in), or a trial's throwaway ones.
-    pub(super) counters: Arc<Counters>,
+    pub(super) counters: Arc<CounterStores>,
     /// Instances of this component + config waiting for their next request.
     pub(super) pool: Arc<InstancePool>,
     /// Whether requests take the fast path (the guest decides, the host forwards).
@@ -61,6 +61,8 @@ pub struct Gateway {
     pub(super) key_cache: Arc<KeyCache>,
     /// `policy = "local"` rate-limit counters: per node, kept across swaps.
     counters: Arc<Counters>,
+    /// `policy = "redis"` clients, by server: kept across swaps that keep the server.
+    redis_clients: RedisClients,
     outgoing: OutgoingHttp,
     upstream: Upstream,
     pub metrics: Arc<Metrics>,
@@ -108,6 +110,13 @@ impl Gateway {
         let capacity = config.auth_api.as_ref().map_or(1, |api| api.cache_capacity);
         let key_cache = Arc::new(KeyCache::new(capacity, fill_wait, Arc::clone(&metrics)));
         let counters = Arc::new(Counters::new(counters::DEFAULT_CAPACITY));
+        let redis_clients = RedisClients::default();
+        let stores = Arc::new(CounterStores::for_config(
+            &config,
+            &counters,
+            &redis_clients,
+            &metrics,
+        ));
         let connect_timeout = config
             .services
             .iter()
@@ -128,7 +137,7 @@ impl Gateway {
                 Arc::new(guest),
                 Arc::new(config),
                 &outgoing,
-                &counters,
+                stores,
                 listen_port,
             )),
             engine,
@@ -136,6 +145,7 @@ impl Gateway {
             cache,
             key_cache,
             counters,
+            redis_clients,
             outgoing,
             upstream,
             metrics,
@@ -147,6 +157,11 @@ impl Gateway {
 
     pub fn active(&self) -> Arc<Active> {
         self.active.load_full()
+    }
+
+    /// The key cache itself, for what outlives a borrow (the cluster's revocation listener).
+    pub fn key_cache_handle(&self) -> Arc<KeyCache> {
+        Arc::clone(&self.key_cache)
     }
 
     pub fn key_cache(&self) -> &KeyCache {
@@ -168,11 +183,18 @@ impl Gateway {
 
     /// Make `guest` + `config` what new requests run; in-flight ones finish on what they had.
     pub fn activate(&self, guest: Arc<CompiledGuest>, config: Arc<Config>) {
+        let stores = Arc::new(CounterStores::for_config(
+            &config,
+            &self.counters,
+            &self.redis_clients,
+            &self.metrics,
+        ));
+        self.redis_clients.retain_used_by(&stores);
         self.active.store(Arc::new(Active::new(
             guest,
             config,
             &self.outgoing,
-            &self.counters,
+            stores,
             self.listen_port,
         )));
     }
@@ -189,12 +211,12 @@ impl Gateway {
         config: Arc<Config>,
     ) -> anyhow::Result<u16> {
         // Trial requests count in throwaway counters: a trial must not use anyone's quota.
-        let scratch_counters = Arc::new(Counters::new(16));
+        let scratch_counters = Arc::new(CounterStores::local_only(Arc::new(Counters::new(16))));
         let mut active = Active::new(
             guest,
             config,
             &self.outgoing,
-            &scratch_counters,
+            scratch_counters,
             self.listen_port,
         );
         active.outgoing = self.outgoing.with_allowed(AllowList::default());
@@ -459,7 +481,7 @@ impl Active {
         guest: Arc<CompiledGuest>,
         config: Arc<Config>,
         outgoing: &OutgoingHttp,
-        counters: &Arc<Counters>,
+        counters: Arc<CounterStores>,
         listen_port: u16,
     ) -> Self {
         let mut guest_config = config.guest_config();
@@ -476,7 +498,7 @@ impl Active {
             guest,
             config,
             outgoing,
-            counters: Arc::clone(counters),
+            counters,
             fast_path,
         }
     }

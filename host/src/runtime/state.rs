@@ -1,7 +1,7 @@
 //! The data of one request's store: WASI context, wasi:http context and hooks, the key-cache
 //! and counters views and resource limits. Nothing here outlives the request.
 
-use crate::capabilities::counters::{Counters, CountersView};
+use crate::capabilities::counters::{CounterStores, CountersView};
 use crate::capabilities::key_cache::{KeyCache, KeyCacheState, KeyCacheView};
 use crate::capabilities::outgoing_http::OutgoingHttp;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub struct RequestState {
     http: WasiHttpCtx,
     outgoing: OutgoingHttp,
     key_cache: KeyCacheState,
-    counters: Arc<Counters>,
+    counters: Arc<CounterStores>,
     pub limits: GuestLimits,
     pub busy: BusyWatch,
 }
@@ -140,7 +140,7 @@ impl RequestState {
         wasi: WasiCtx,
         outgoing: OutgoingHttp,
         key_cache: Arc<KeyCache>,
-        counters: Arc<Counters>,
+        counters: Arc<CounterStores>,
         limits: GuestLimits,
     ) -> Self {
         Self {

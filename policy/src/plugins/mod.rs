@@ -116,6 +116,19 @@ impl Plugin {
         }
     }
 
+    /// The rate-limit counters this instance counts in, as `route:service` of its scope (an
+    /// unset one empty): Kong's counter key holds the ids of the plugin's scope, not of the
+    /// matched route, so a global or consumer-only instance counts across every route. The
+    /// guest passes it to `counters.hit`; the host finds by it which Redis a `redis` limit
+    /// lives in, so both sides must build it here.
+    pub fn counter_namespace(&self) -> String {
+        format!(
+            "{}:{}",
+            self.route.as_deref().unwrap_or(""),
+            self.service.as_deref().unwrap_or("")
+        )
+    }
+
     /// `global`, or e.g. `route "results" + consumer "acme"`, for messages.
     pub fn scope_description(&self) -> String {
         let parts: Vec<String> = [

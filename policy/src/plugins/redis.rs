@@ -97,6 +97,23 @@ impl fmt::Debug for RedisTarget {
 }
 
 impl Redis {
+    /// Where `url` (`redis://…` or `rediss://…`) points, with Kong's defaults for the rest.
+    pub fn from_url(url: &str) -> Result<RedisTarget, String> {
+        Self {
+            url: Some(url.to_string()),
+            host: None,
+            port: None,
+            timeout: DEFAULT_TIMEOUT_MS,
+            username: None,
+            password: None,
+            database: None,
+            ssl: None,
+            ssl_verify: false,
+            server_name: None,
+        }
+        .target()
+    }
+
     /// The connection to open. Errors only for what validation refuses (no host, a bad URL).
     pub fn target(&self) -> Result<RedisTarget, String> {
         let (host, port, username, password, database, ssl) = match &self.url {

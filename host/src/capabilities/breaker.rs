@@ -1,19 +1,20 @@
-//! The auth API's breaker. An auth API that does not answer (refused, unreachable, timing out)
-//! costs every cache miss its full `auth_api.timeout` and holds a connection meanwhile; once it
-//! is known to be down, misses get their answer at once (the guest serves a stale verdict or
-//! 503) while a background probe finds out when it answers again.
+//! A breaker for a dependency that may stop answering (the auth API, a rate limit's Redis).
+//! One that does not answer (refused, unreachable, timing out) costs every call its full
+//! timeout and holds a connection meanwhile; once it is known to be down, calls get their
+//! answer at once (the guest serves a stale verdict or 503; a limit passes or fails as its
+//! `fault_tolerant` says) while a background probe finds out when it answers again.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Calls in a row without an answer that mark the auth API down.
+/// Calls in a row without an answer that mark the dependency down.
 pub const FAILURES_TO_OPEN: u32 = 5;
 
-/// How often a probe asks an auth API marked down.
+/// How often a probe asks a dependency marked down.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
-pub struct AuthBreaker {
+pub struct Breaker {
     state: Mutex<State>,
 }
 
@@ -31,7 +32,7 @@ impl Default for State {
     }
 }
 
-impl AuthBreaker {
+impl Breaker {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -41,7 +42,7 @@ impl AuthBreaker {
         *self.lock() == State::Open
     }
 
-    /// The auth API answered (any status): it is up.
+    /// The dependency answered (for the auth API: any status): it is up.
     pub fn answered(&self) {
         *self.lock() = State::Closed { failures: 0 };
     }
@@ -72,7 +73,7 @@ mod tests {
 
     #[test]
     fn opens_after_failures_in_a_row_and_closes_on_an_answer() {
-        let breaker = AuthBreaker::default();
+        let breaker = Breaker::default();
         for _ in 1..FAILURES_TO_OPEN {
             assert!(!breaker.failed());
             assert!(!breaker.is_open());
@@ -86,7 +87,7 @@ mod tests {
 
     #[test]
     fn an_answer_resets_the_count() {
-        let breaker = AuthBreaker::default();
+        let breaker = Breaker::default();
         for _ in 1..FAILURES_TO_OPEN {
             breaker.failed();
         }
