@@ -34,11 +34,16 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
         "keygate_key_cache_keyvalue.wasm",
         "KEYGATE_KEY_CACHE_KEYVALUE_WASM",
     ),
-    // The counters adapter `keygate export` plugs in where the host keeps no counters.
+    // The counters adapters `keygate export` plugs in where the host keeps no counters.
     (
         "keygate-counters-memory",
         "keygate_counters_memory.wasm",
         "KEYGATE_COUNTERS_MEMORY_WASM",
+    ),
+    (
+        "keygate-counters-keyvalue",
+        "keygate_counters_keyvalue.wasm",
+        "KEYGATE_COUNTERS_KEYVALUE_WASM",
     ),
 ];
 

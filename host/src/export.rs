@@ -7,9 +7,12 @@
 //! in `spin.toml`; Spin plugs it in at load). The configuration travels as JSON in the
 //! `KEYGATE_CONFIG` environment variable on every host.
 //!
-//! The guest also imports `keygate:gateway/counters` (rate limiting). Neither host has a
-//! counter store keygate uses yet, so both get the in-instance memory adapter plugged in here:
-//! counts live per component instance (see the README's "Run it anywhere").
+//! The guest also imports `keygate:gateway/counters` (rate limiting), and here too an adapter
+//! is plugged in: on `wasmtime serve`, whose key-value store keeps no writes, an in-instance
+//! one (counts live per component instance); on Spin, one over `wasi:keyvalue@0.2.0-draft2`
+//! store `default` and its atomics, so every instance of the app shares the counts (see the
+//! README's "Run it anywhere"). Plugged in here rather than named as a dependency, so the
+//! gateway itself imports wasi:keyvalue and gets the store from `key_value_stores`.
 
 use crate::runtime::GuestSource;
 use anyhow::{Context, bail};
@@ -24,16 +27,19 @@ pub const KEY_CACHE_MEMORY: &[u8] = include_bytes!(env!("KEYGATE_KEY_CACHE_MEMOR
 /// `keygate:gateway/key-cache` over `wasi:keyvalue@0.2.0-draft2` store `default` (Spin 3.x).
 pub const KEY_CACHE_KEYVALUE: &[u8] = include_bytes!(env!("KEYGATE_KEY_CACHE_KEYVALUE_WASM"));
 
-/// `keygate:gateway/counters` over the instance's memory (wasmtime serve and Spin).
+/// `keygate:gateway/counters` over the instance's memory (wasmtime serve).
 pub const COUNTERS_MEMORY: &[u8] = include_bytes!(env!("KEYGATE_COUNTERS_MEMORY_WASM"));
+/// `keygate:gateway/counters` over `wasi:keyvalue@0.2.0-draft2` store `default` and its
+/// atomics (Spin 3.x).
+pub const COUNTERS_KEYVALUE: &[u8] = include_bytes!(env!("KEYGATE_COUNTERS_KEYVALUE_WASM"));
 
 /// The import the key-cache adapters satisfy.
 pub const KEY_CACHE_INTERFACE: &str = "keygate:gateway/key-cache@0.1.2";
-/// The import the counters adapter satisfies.
+/// The import the counters adapters satisfy.
 pub const COUNTERS_INTERFACE: &str = "keygate:gateway/counters@0.1.2";
 /// The request header in which Spin passes the client's address to components.
 pub const SPIN_CLIENT_ADDR_HEADER: &str = "spin-client-addr";
-/// The key-value store the Spin adapter uses (Spin gives every app one named so).
+/// The key-value store the Spin adapters use (Spin gives every app one named so).
 pub const SPIN_KEY_VALUE_STORE: &str = "default";
 
 /// Output file names.
@@ -52,7 +58,8 @@ pub enum Target {
     /// `wasmtime serve` (wasmtime-cli 48): `gateway.wasm` with the key cache plugged in, and
     /// `serve.sh ADDR`.
     Wasmtime,
-    /// Spin 3.x: `spin.toml`, `gateway.wasm` and the key-value key-cache adapter.
+    /// Spin 3.x: `spin.toml`, `gateway.wasm` (with the key-value counters plugged in) and the
+    /// key-value key-cache adapter.
     Spin,
 }
 
@@ -108,7 +115,7 @@ fn export_wasmtime(
     world: &ComponentWorld,
     out: &Path,
 ) -> anyhow::Result<Exported> {
-    let guest = plug_counters(guest, world)?;
+    let guest = plug_counters(guest, world, COUNTERS_MEMORY)?;
     let composed = if world.imports_key_cache() {
         plug(&guest, KEY_CACHE_MEMORY).context("plugging the key-cache adapter into the guest")?
     } else {
@@ -153,8 +160,9 @@ fn export_spin(
     out: &Path,
 ) -> anyhow::Result<Exported> {
     let needs_adapter = world.imports_key_cache();
-    // Counters per instance for now (a wasi:keyvalue counters adapter is still to come).
-    let guest = &plug_counters(guest, world)?;
+    // Counters in the app's key-value store, shared by its instances.
+    let counters_in_store = world.imports_counters();
+    let guest = &plug_counters(guest, world, COUNTERS_KEYVALUE)?;
     let mut files = Vec::new();
     let wasm = out.join(GATEWAY_WASM);
     write_file(&wasm, guest, 0o644)?;
@@ -172,7 +180,7 @@ fn export_spin(
     let manifest = out.join(SPIN_MANIFEST);
     write_file(
         &manifest,
-        spin_manifest(config, &json, needs_adapter)?.as_bytes(),
+        spin_manifest(config, &json, needs_adapter, counters_in_store)?.as_bytes(),
         0o644,
     )?;
     files.insert(0, manifest.clone());
@@ -186,10 +194,10 @@ fn export_spin(
     })
 }
 
-/// The guest with the in-instance counters adapter plugged in, when it imports counters.
-fn plug_counters(guest: &[u8], world: &ComponentWorld) -> anyhow::Result<Vec<u8>> {
+/// The guest with the counters adapter `adapter` plugged in, when it imports counters.
+fn plug_counters(guest: &[u8], world: &ComponentWorld, adapter: &[u8]) -> anyhow::Result<Vec<u8>> {
     if world.imports_counters() {
-        plug(guest, COUNTERS_MEMORY).context("plugging the counters adapter into the guest")
+        plug(guest, adapter).context("plugging the counters adapter into the guest")
     } else {
         Ok(guest.to_vec())
     }
@@ -332,11 +340,15 @@ pub fn allowed_outbound_hosts(config: &Config) -> anyhow::Result<Vec<String>> {
     Ok(hosts)
 }
 
-/// A Spin 3 manifest (`spin_manifest_version = 2`): one component serving every path.
+/// A Spin 3 manifest (`spin_manifest_version = 2`): one component serving every path;
+/// `key_cache_adapter` names the key-cache adapter as its dependency, and it (and
+/// `counters_in_store`: the gateway with the key-value counters plugged in) needs store
+/// [`SPIN_KEY_VALUE_STORE`].
 pub fn spin_manifest(
     config: &Config,
     config_json: &str,
     key_cache_adapter: bool,
+    counters_in_store: bool,
 ) -> anyhow::Result<String> {
     let hosts = allowed_outbound_hosts(config)?;
     let list = |items: &[String]| {
@@ -367,15 +379,29 @@ allowed_outbound_hosts = {hosts}
         source = toml_string(GATEWAY_WASM),
         hosts = list(&hosts),
     );
-    if key_cache_adapter {
+    if key_cache_adapter || counters_in_store {
+        let users = match (key_cache_adapter, counters_in_store) {
+            (true, true) => {
+                "The rate-limit counters (in gateway.wasm) and the key-cache adapter keep"
+            }
+            (true, false) => "The key-cache adapter keeps",
+            _ => "The rate-limit counters (in gateway.wasm) keep",
+        };
         text.push_str(&format!(
-            r#"# The key-cache adapter keeps verdicts in this store. It is a dependency of the gateway and
-# needs the gateway's capabilities (the store), hence dependencies_inherit_configuration.
+            r#"# {users}
+# their state in this store, shared by every instance.
 key_value_stores = {stores}
-dependencies_inherit_configuration = true
 "#,
             stores = list(&[SPIN_KEY_VALUE_STORE.to_string()]),
         ));
+    }
+    if key_cache_adapter {
+        text.push_str(
+            r#"# The key-cache adapter is a dependency of the gateway and needs the gateway's
+# capabilities (the store), hence dependencies_inherit_configuration.
+dependencies_inherit_configuration = true
+"#,
+        );
     }
     text.push_str(&format!(
         r#"# The configuration, as on every host: JSON in {GUEST_CONFIG_ENV} (static keys as fingerprints).
@@ -427,6 +453,35 @@ mod tests {
     fn shell_quoting_survives_quotes_and_dollars() {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote(r#"it's $HOME "x""#), r#"'it'\''s $HOME "x"'"#);
+    }
+
+    /// The store is granted to whoever uses it; inherited configuration only for a dependency.
+    #[test]
+    fn spin_manifest_grants_the_store_to_its_users() {
+        let config = Config::from_toml(
+            "[[services]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n\
+             [[services.routes]]\npaths = [\"/a\"]\n",
+        )
+        .unwrap();
+        for (key_cache, counters) in [(true, true), (true, false), (false, true), (false, false)] {
+            let text = spin_manifest(&config, "{}", key_cache, counters).unwrap();
+            let manifest: toml::Table = toml::from_str(&text).unwrap();
+            let gateway = manifest["component"]["gateway"].as_table().unwrap();
+            assert_eq!(
+                gateway.get("key_value_stores").map(|v| v.to_string()),
+                (key_cache || counters).then(|| r#"["default"]"#.to_string()),
+                "{key_cache} {counters}"
+            );
+            assert_eq!(
+                gateway.contains_key("dependencies_inherit_configuration"),
+                key_cache
+            );
+            assert_eq!(gateway.contains_key("dependencies"), key_cache);
+            assert!(
+                text.lines()
+                    .all(|line| line.len() <= 100 || !line.starts_with('#'))
+            );
+        }
     }
 
     #[test]

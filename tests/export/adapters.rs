@@ -1,7 +1,7 @@
-//! The key-cache adapters themselves, run in wasmtime with a clock the test controls and (for
-//! the Spin adapter) a wasi:keyvalue draft2 store the test can look into.
+//! The key-cache and counters adapters themselves, run in wasmtime with a clock the test
+//! controls and (for the Spin adapters) a wasi:keyvalue draft2 store the test can look into.
 
-use keygate::export::{KEY_CACHE_KEYVALUE, KEY_CACHE_MEMORY};
+use keygate::export::{COUNTERS_KEYVALUE, KEY_CACHE_KEYVALUE, KEY_CACHE_MEMORY};
 
 mod adapter_host {
     use std::collections::HashMap;
@@ -21,8 +21,20 @@ mod adapter_host {
         });
     }
 
+    /// The Spin counters adapter's world: the same store interface, plus atomics.
+    mod counters_bindings {
+        wasmtime::component::bindgen!({
+            path: ["../wit", "../adapters/wit/adapters.wit"],
+            world: "keygate:adapters/counters-keyvalue",
+            with: { "wasi:keyvalue/store": super::bindings::wasi::keyvalue::store },
+        });
+    }
+
     pub use bindings::exports::keygate::gateway::key_cache::{Consumer, Lookup, Verdict};
     use bindings::wasi::keyvalue::store;
+    use counters_bindings::exports::keygate::gateway::counters::CounterError;
+    pub use counters_bindings::exports::keygate::gateway::counters::{Period, Window};
+    use counters_bindings::wasi::keyvalue::atomics;
 
     /// A test clock, in milliseconds since the epoch, for both WASI clocks.
     #[derive(Clone)]
@@ -145,6 +157,133 @@ mod adapter_host {
         fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
             self.table.delete(bucket)?;
             Ok(())
+        }
+    }
+
+    /// Integers as Spin's SQLite store keeps them: 8 little-endian bytes.
+    impl atomics::Host for Host {
+        fn increment(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+            delta: i64,
+        ) -> Result<i64, store::Error> {
+            self.with_bucket(&bucket, |b| {
+                let count = match b.get(&key) {
+                    None => 0,
+                    Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+                        Ok(bytes) => i64::from_le_bytes(bytes),
+                        Err(_) => return Err(store::Error::Other(format!("{key}: not a number"))),
+                    },
+                } + delta;
+                b.insert(key, count.to_le_bytes().to_vec());
+                Ok(count)
+            })?
+        }
+
+        fn swap(
+            &mut self,
+            _cas: Resource<atomics::Cas>,
+            _value: Vec<u8>,
+        ) -> Result<(), atomics::CasError> {
+            unreachable!("the counters adapter does not compare and swap")
+        }
+    }
+
+    impl atomics::HostCas for Host {
+        fn new(
+            &mut self,
+            _bucket: Resource<Bucket>,
+            _key: String,
+        ) -> Result<Resource<atomics::Cas>, store::Error> {
+            Err(store::Error::Other(
+                "no compare-and-swap in this test store".into(),
+            ))
+        }
+
+        fn current(
+            &mut self,
+            _cas: Resource<atomics::Cas>,
+        ) -> Result<Option<Vec<u8>>, store::Error> {
+            unreachable!("no cas is ever made")
+        }
+
+        fn drop(&mut self, _cas: Resource<atomics::Cas>) -> wasmtime::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The Spin counters adapter, compiled once; `instance()` makes fresh instances.
+    pub struct CountersAdapter {
+        engine: Engine,
+        linker: Linker<Host>,
+        component: Component,
+    }
+
+    pub struct CountersInstance {
+        store: Store<Host>,
+        counters: counters_bindings::CountersKeyvalue,
+    }
+
+    impl CountersAdapter {
+        pub fn new(wasm: &[u8]) -> Self {
+            let engine = Engine::default();
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+            counters_bindings::CountersKeyvalue::add_to_linker::<Host, HasSelf<Host>>(
+                &mut linker,
+                |h| h,
+            )
+            .unwrap();
+            let component = Component::new(&engine, wasm).unwrap();
+            Self {
+                engine,
+                linker,
+                component,
+            }
+        }
+
+        pub fn instance(&self, clock: &Clock, buckets: &Buckets) -> CountersInstance {
+            let wasi = WasiCtxBuilder::new()
+                .wall_clock(clock.clone())
+                .monotonic_clock(clock.clone())
+                .inherit_stderr()
+                .build();
+            let mut store = Store::new(
+                &self.engine,
+                Host {
+                    wasi,
+                    table: ResourceTable::new(),
+                    buckets: Arc::clone(buckets),
+                },
+            );
+            let counters = counters_bindings::CountersKeyvalue::instantiate(
+                &mut store,
+                &self.component,
+                &self.linker,
+            )
+            .unwrap();
+            CountersInstance { store, counters }
+        }
+    }
+
+    impl CountersInstance {
+        pub fn hit(
+            &mut self,
+            namespace: &str,
+            identity: &str,
+            windows: &[Window],
+            count_refused: bool,
+        ) -> Result<(Vec<u64>, u64), String> {
+            match self
+                .counters
+                .keygate_gateway_counters()
+                .call_hit(&mut self.store, namespace, identity, windows, count_refused)
+                .unwrap()
+            {
+                Ok(usage) => Ok((usage.before, usage.now)),
+                Err(CounterError::Unavailable(reason)) => Err(reason),
+            }
         }
     }
 
@@ -343,4 +482,100 @@ fn memory_adapter_remembers_per_instance() {
         adapter.instance(&clock, &buckets).get("fp-ann"),
         Lookup::Miss
     );
+}
+
+/// The Spin counters adapter counts in store `default`, one integer key per identity and
+/// window, so every instance sees the same counts; both of Kong's rules hold there.
+#[test]
+fn keyvalue_counters_share_counts_through_the_store() {
+    use adapter_host::{Buckets, Clock, CountersAdapter, Period, Window};
+    // 2027-01-15 08:00:10 UTC.
+    const T0: u64 = 1_799_913_610;
+    let adapter = CountersAdapter::new(COUNTERS_KEYVALUE);
+    let clock = Clock::at(T0 * 1_000);
+    let buckets: Buckets = Default::default();
+    buckets
+        .lock()
+        .unwrap()
+        .insert("default".into(), Default::default());
+    let minute_start = T0 - T0 % 60;
+    let count_of = |key: &str| -> Option<i64> {
+        let buckets = buckets.lock().unwrap();
+        let bytes = buckets["default"].get(key)?;
+        Some(i64::from_le_bytes(bytes.as_slice().try_into().unwrap()))
+    };
+    let windows = [
+        Window {
+            period: Period::Minute,
+            limit: 2.0,
+        },
+        Window {
+            period: Period::Hour,
+            limit: 10.0,
+        },
+    ];
+    let usage = |before: &[u64], now: u64| Ok((before.to_vec(), now));
+
+    // Kong's local rule, across two instances: the third request is refused and not counted.
+    let mut first = adapter.instance(&clock, &buckets);
+    let mut second = adapter.instance(&clock, &buckets);
+    assert_eq!(first.hit("r:s", "ann", &windows, false), usage(&[0, 0], T0));
+    assert_eq!(
+        second.hit("r:s", "ann", &windows, false),
+        usage(&[1, 1], T0)
+    );
+    assert_eq!(first.hit("r:s", "ann", &windows, false), usage(&[2, 2], T0));
+    let minute_key = format!("keygate-rl:minute:{minute_start}:r:s:ann");
+    assert_eq!(count_of(&minute_key), Some(2), "the refusal used no quota");
+    assert_eq!(
+        count_of(&format!("keygate-rl:hour:{}:r:s:ann", T0 - T0 % 3600)),
+        Some(2)
+    );
+
+    // Kong's redis rule counts every request, refused or not.
+    for expected in 0..3 {
+        assert_eq!(
+            second.hit("r:s", "bob", &windows[..1], true),
+            usage(&[expected], T0)
+        );
+    }
+    assert_eq!(
+        count_of(&format!("keygate-rl:minute:{minute_start}:r:s:bob")),
+        Some(3)
+    );
+
+    // The next minute starts from zero, and its first request deletes the ended window's key.
+    let next = minute_start + 60;
+    clock.set(next * 1_000);
+    assert_eq!(
+        first.hit("r:s", "ann", &windows, false),
+        usage(&[0, 2], next)
+    );
+    assert_eq!(count_of(&minute_key), None, "the ended minute is gone");
+    assert_eq!(
+        count_of(&format!("keygate-rl:minute:{next}:r:s:ann")),
+        Some(1)
+    );
+    // What is left: per period and identity the current window and where it starts.
+    let mut keys: Vec<String> = buckets.lock().unwrap()["default"].keys().cloned().collect();
+    keys.sort_unstable();
+    let mut expected = vec![
+        format!("keygate-rl:hour:{}:r:s:ann", T0 - T0 % 3600),
+        "keygate-rl:hour:last:r:s:ann".to_string(),
+        format!("keygate-rl:minute:{minute_start}:r:s:bob"),
+        format!("keygate-rl:minute:{next}:r:s:ann"),
+        "keygate-rl:minute:last:r:s:ann".to_string(),
+        "keygate-rl:minute:last:r:s:bob".to_string(),
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+
+    // No store "default" (e.g. `key_value_stores` left out): the counters are unavailable,
+    // which the gateway's `fault_tolerant` then decides about.
+    let empty: Buckets = Default::default();
+    let reason = adapter
+        .instance(&clock, &empty)
+        .hit("r:s", "ann", &windows, true)
+        .unwrap_err();
+    assert!(reason.contains("no such store"), "{reason}");
 }

@@ -1,8 +1,9 @@
 //! `keygate export`, by subject: what it writes (`output`), the wasmtime flavour run for real on
 //! `wasmtime serve` 48.0.8 (`wasmtime_serve`; the whole scenario suite runs there too, as
 //! `scenarios_wasmtime_serve`), the Spin flavour checked against a world of what
-//! Spin 3.x provides (`spin_world`), and the key-cache adapters that stand in for keygate's own
-//! cache on those hosts, run in a test host of their own (`adapters`).
+//! Spin 3.x provides (`spin_world`), and the key-cache and counters adapters that stand in for
+//! keygate's own cache and counters on those hosts, run in a test host of their own
+//! (`adapters`).
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -140,19 +140,27 @@ async fn spin_export_references_what_it_writes() {
         std::fs::read(out.join(referenced[1].as_str())).unwrap(),
         KEY_CACHE_KEYVALUE
     );
-    // The gateway is the embedded guest with the in-instance counters plugged in (Spin has no
-    // counters adapter of its own yet); the key cache is Spin's to plug.
+    // The gateway is the embedded guest with the key-value counters plugged in (they count in
+    // the store the manifest grants); the key cache is Spin's to plug.
     let gateway = std::fs::read(out.join(referenced[0].as_str())).unwrap();
     assert_eq!(
         gateway,
         keygate::export::plug(
             keygate::runtime::component::EMBEDDED_GUEST,
-            keygate::export::COUNTERS_MEMORY
+            keygate::export::COUNTERS_KEYVALUE
         )
         .unwrap()
     );
     let world = keygate::export::ComponentWorld::read(&gateway).unwrap();
     assert!(world.imports_key_cache() && !world.imports_counters());
+    assert!(
+        world
+            .imports
+            .iter()
+            .any(|name| name == "wasi:keyvalue/atomics@0.2.0-draft2"),
+        "{:?}",
+        world.imports
+    );
 }
 
 #[test]

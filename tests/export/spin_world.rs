@@ -14,6 +14,23 @@ async fn spin_app_imports_only_what_spin3_provides() {
     let out = export("spin", &basic_config(&origin, &auth), dir.path());
     let gateway = std::fs::read(out.join("gateway.wasm")).unwrap();
     let adapter = std::fs::read(out.join("key-cache-keyvalue.wasm")).unwrap();
+
+    // The rate-limit counters are plugged in already, and count with Spin's key-value atomics
+    // (shared by every instance), not in instance memory.
+    let gateway_world = keygate::export::ComponentWorld::read(&gateway).unwrap();
+    assert!(
+        gateway_world
+            .imports
+            .iter()
+            .any(|name| name == "wasi:keyvalue/atomics@0.2.0-draft2")
+            && !gateway_world.imports_counters()
+            && !gateway_world
+                .imports
+                .iter()
+                .any(|name| name.starts_with("keygate:gateway/counters")),
+        "the Spin gateway should import wasi:keyvalue atomics, not keygate's counters: {:?}",
+        gateway_world.imports
+    );
     let app = keygate::export::plug(&gateway, &adapter).unwrap();
 
     let mut types = wac_graph::types::Types::default();
