@@ -109,6 +109,11 @@ fn a_deck_3_file_with_nested_entities_imports_and_checks() {
     assert_eq!(acme.custom_id.as_deref(), Some("acme-corp"));
     assert_eq!(acme.keys, ["acme-prod-7Qx"]);
     assert_eq!(
+        acme.keys[0].id(),
+        Some("7a2b3c4d-1e2f-4a5b-8c9d-0e1f2a3b4c5d"),
+        "the credential's id is kept"
+    );
+    assert_eq!(
         config.consumers[1].keys,
         ["partner-key-1"],
         "top-level credential"
@@ -128,11 +133,11 @@ fn a_deck_3_file_with_nested_entities_imports_and_checks() {
 
     for expected in [
         "policy \"cluster\" mapped to \"local\"",
-        "plugin prometheus (service \"status\")",
+        "plugin correlation-id (service \"status\")",
         "route \"invoice-by-id\": snis ignored",
         "consumer \"partner\": has no id",
         "_info.select_tags",
-        "X-Credential-Identifier will change",
+        "key-auth credential of consumer \"partner\": has no id",
     ] {
         assert!(
             report.contains(expected),
@@ -210,7 +215,7 @@ fn unknown_plugins_are_warned_and_access_plugins_refused() {
     assert!(
         report
             .lines()
-            .any(|l| l.starts_with("warning: plugin prometheus") && l.contains("skipped")),
+            .any(|l| l.starts_with("warning: plugin correlation-id") && l.contains("skipped")),
         "{report}"
     );
     let output = import(&[fixture("refused.yaml").to_str().unwrap()], &[]);
@@ -256,6 +261,18 @@ async fn an_imported_file_serves_kong_keys() {
     let ok = get(gateway.addr, "/orders/7", &[("apikey", "alice-key-1")]).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(origin.last().uri, "/v1/7");
+    let seen = origin.last();
+    assert_eq!(
+        (
+            seen.header("x-consumer-id"),
+            seen.header("x-credential-identifier")
+        ),
+        (
+            Some("9b2f6c1e-0d4a-4c3b-8e7f-1a2b3c4d5e6f"),
+            Some("3e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7")
+        ),
+        "Kong's ids, unchanged by the migration"
+    );
     let missing = get(gateway.addr, "/orders/7", &[]).await;
     assert_eq!(missing.status, 401);
     let wrong = get(gateway.addr, "/orders/7", &[("apikey", "nope")]).await;
@@ -263,6 +280,136 @@ async fn an_imported_file_serves_kong_keys() {
     let public = get(gateway.addr, "/ping", &[]).await;
     assert_eq!(public.status, 200, "no key-auth on this service in Kong");
     assert_eq!(origin.hits(), 2);
+}
+
+/// `--fallback`: routes keygate cannot guard (an acl) stay with the old Kong, reached through a
+/// last catch-all route with the client's Host and key; everything else is served by keygate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_fallback_routes_move_over_one_at_a_time() {
+    let origin = Origin::start("billing").await;
+    let kong = Origin::start("old-kong").await;
+    let (origin_addr, kong_url) = (origin.addr.to_string(), format!("http://{}", kong.addr));
+    let output = import(
+        &[
+            fixture("fallback.yaml").to_str().unwrap(),
+            "--fallback",
+            &kong_url,
+        ],
+        &[("DECK_ORIGIN", &origin_addr)],
+    );
+    let report = stderr(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(
+        report.contains("route \"admin\" left to Kong") && report.contains("plugin acl"),
+        "{report}"
+    );
+    assert!(report.contains("trusted_ips"), "{report}");
+    let toml = String::from_utf8(output.stdout.clone()).unwrap();
+    let config = config_of(&toml);
+    let routes: Vec<&str> = config
+        .services
+        .iter()
+        .flat_map(|s| s.routes.iter().filter_map(|r| r.name.as_deref()))
+        .collect();
+    assert_eq!(routes, ["invoices", "kong-fallback"], "{toml}");
+    assert!(
+        config.plugins.iter().any(|p| p.prometheus().is_some()),
+        "Kong's prometheus plugin is carried over: {toml}"
+    );
+    let targets: Vec<(String, u32)> = config.upstreams[0]
+        .targets
+        .iter()
+        .map(|t| (t.target.clone(), t.weight))
+        .collect();
+    assert_eq!(
+        targets,
+        [(origin_addr.clone(), 100), ("10.9.9.9:8080".to_string(), 0)],
+        "nested and top-level targets: {toml}"
+    );
+    let gateway = support::start_gateway_with(&toml, |config| {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+    })
+    .await;
+
+    // Served by keygate: the key is checked here.
+    let ok = get(gateway.addr, "/invoices/7", &[("apikey", "acme-key")]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(origin.last().uri, "/v1/7");
+    assert_eq!(get(gateway.addr, "/invoices/7", &[]).await.status, 401);
+    // Left to Kong, which checks the key (and the acl) itself: it gets the request as sent.
+    let admin = get(
+        gateway.addr,
+        "/admin/users",
+        &[("apikey", "admin-key"), ("host", "api.example.com")],
+    )
+    .await;
+    assert_eq!(admin.status, 200, "{}", admin.text());
+    let seen = kong.last();
+    assert_eq!(seen.uri, "/admin/users");
+    assert_eq!(seen.header("host"), Some("api.example.com"));
+    assert_eq!(seen.header("apikey"), Some("admin-key"));
+    // And so is whatever no imported route matches.
+    assert_eq!(get(gateway.addr, "/not-imported", &[]).await.status, 200);
+    assert_eq!(kong.hits(), 2);
+    assert_eq!(origin.hits(), 1);
+}
+
+/// Kong's key-auth at three scopes: each route looks for the key where its own instance
+/// (route, then service, then global) says, as Kong does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_auth_at_three_scopes_keeps_each_routes_key_location() {
+    let origin = Origin::start("origin").await;
+    let addr = origin.addr.to_string();
+    let output = import(
+        &[fixture("key-auth-scopes.yaml").to_str().unwrap()],
+        &[("DECK_ORIGIN", &addr)],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let toml = String::from_utf8(output.stdout.clone()).unwrap();
+    let config = config_of(&toml);
+    assert_eq!(
+        config.key_auth.key_names,
+        ["apikey"],
+        "the global instance: {toml}"
+    );
+    let scoped: Vec<(Option<&str>, Option<&str>)> = config
+        .plugins
+        .iter()
+        .filter(|p| p.key_auth().is_some())
+        .map(|p| (p.service.as_deref(), p.route.as_deref()))
+        .collect();
+    assert_eq!(
+        scoped,
+        [(Some("billing"), None), (None, Some("exports"))],
+        "{toml}"
+    );
+    let gateway = support::start_gateway_with(&toml, |config| {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+    })
+    .await;
+    let status = |path: &'static str, header: &'static str| {
+        let addr = gateway.addr;
+        async move { get(addr, path, &[(header, "alice-key")]).await.status }
+    };
+    assert_eq!(status("/accounts/1", "apikey").await, 200);
+    assert_eq!(status("/accounts/1", "x-api-key").await, 401);
+    assert_eq!(status("/invoices/1", "x-api-key").await, 200);
+    assert_eq!(
+        status("/invoices/1", "apikey").await,
+        401,
+        "the service's instance wins"
+    );
+    assert_eq!(status("/exports/1", "token").await, 200);
+    assert_eq!(
+        origin.last().header("token"),
+        None,
+        "hidden by the route's instance"
+    );
+    assert_eq!(
+        status("/exports/1", "x-api-key").await,
+        401,
+        "the route's instance wins"
+    );
 }
 
 trait IntoText {
@@ -273,4 +420,87 @@ impl IntoText for keygate_policy::ServiceUrl {
     fn into_string(self) -> String {
         String::from(self)
     }
+}
+
+/// cors, ip-restriction and request-termination are carried over at their scopes (consumer
+/// ones included), what keygate cannot take is named, and the result serves Kong's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn companion_plugins_are_imported_at_their_scopes_and_serve() {
+    let origin = Origin::start("kong-origin").await;
+    let addr = origin.addr.to_string();
+    let (toml, report) = import_and_check("companions.yaml", &[("DECK_ORIGIN", &addr)]);
+    let config = config_of(&toml);
+    let named = |name: &str| -> Vec<&keygate_policy::Plugin> {
+        config.plugins.iter().filter(|p| p.name() == name).collect()
+    };
+    let cors = named("cors");
+    assert_eq!(cors.len(), 2, "{toml}");
+    assert_eq!(cors[0].service.as_deref(), Some("api"));
+    let api_cors = cors[0].cors().unwrap();
+    assert_eq!(api_cors.origins, ["https://app.example.com"]);
+    assert!(api_cors.credentials);
+    assert_eq!(api_cors.max_age, Some(600.0));
+    assert_eq!(cors[1].cors().unwrap().origins, Vec::<String>::new());
+    let ip = named("ip-restriction");
+    assert_eq!(ip.len(), 2, "{toml}");
+    assert_eq!(ip[0].route.as_deref(), Some("admin"));
+    assert_eq!(
+        ip[0].ip_restriction().unwrap().deny.as_ref().unwrap().len(),
+        2
+    );
+    let alice = ip.iter().find(|p| p.consumer.is_some()).unwrap();
+    assert_eq!(alice.consumer.as_deref(), Some("alice"));
+    let alice = alice.ip_restriction().unwrap();
+    assert_eq!(
+        (alice.allow.as_ref().unwrap().len(), alice.status()),
+        (1, 451)
+    );
+    let terminations = named("request-termination");
+    assert_eq!(terminations.len(), 2, "{toml}");
+    for expected in [
+        "plugin cors (service \"api\"): origin \"https://(?!evil).*\\\\.example\\\\.org\" dropped",
+        "config.allow_origin_absent = false ignored",
+        "config.whitelist read as config.allow",
+    ] {
+        assert!(
+            report.contains(expected),
+            "{expected:?} not in the report:\n{report}"
+        );
+    }
+    for refused in ["refused", "keygate has no such plugin"] {
+        assert!(!report.contains(refused), "{report}");
+    }
+
+    let gateway = support::start_gateway_with(&toml, |config| {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+    })
+    .await;
+    let bob = ("apikey", "bob-key-1");
+    let ok = get(
+        gateway.addr,
+        "/orders/7",
+        &[bob, ("origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    let drained = get(gateway.addr, "/orders/7", &[bob, ("x-drain", "1")]).await;
+    assert_eq!(drained.status, 503);
+    assert_eq!(drained.text(), r#"{"message":"Orders are paused"}"#);
+    let forbidden = get(gateway.addr, "/graphql", &[bob]).await;
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(forbidden.text(), r#"{"message":"Access is forbidden."}"#);
+    assert_eq!(forbidden.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(get(gateway.addr, "/graphql", &[]).await.status, 401);
+    let admin = get(gateway.addr, "/admin", &[bob]).await;
+    assert_eq!(admin.status, 403);
+    assert_eq!(admin.json()["message"], "Not from here");
+    // alice may only come from 10.0.0.0/8 (her own instance beats the route's).
+    let alice = get(gateway.addr, "/orders/7", &[("apikey", "alice-key-1")]).await;
+    assert_eq!(alice.status, 451);
+    assert_eq!(alice.json()["message"], "IP address not allowed: 127.0.0.1");
+    assert_eq!(origin.hits(), 1);
 }

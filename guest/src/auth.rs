@@ -7,6 +7,7 @@ use crate::credentials::Credential;
 use crate::errors::GatewayError;
 use crate::outbound;
 use crate::percent::percent_encode;
+use keygate_policy::KeyAuth;
 use keygate_policy::errors::{AUTH_UNAVAILABLE, DUPLICATE_KEY, INVALID_KEY, NO_KEY};
 use keygate_policy::fingerprint::{fingerprint, redact};
 use keygate_policy::{GuestAuthApi, GuestConsumer};
@@ -41,6 +42,10 @@ impl Identity {
     }
 }
 
+/// Hex characters of a key's fingerprint the access log shows: 48 bits tell keys apart in a
+/// log, and reveal nothing usable of the key.
+const KEY_FINGERPRINT_PREFIX: usize = 12;
+
 /// The auth API's answer is at most this large; anything bigger is not a verdict.
 const AUTH_BODY_LIMIT: usize = 64 * 1024;
 
@@ -49,6 +54,8 @@ pub struct AuthTrace {
     /// `static`, `fresh`, `stale`, `miss` (the auth API was asked), `none` (no key to look up).
     pub key_lookup: &'static str,
     pub auth_call_ms: Option<u64>,
+    /// The first characters of the key's fingerprint, for the host's access log.
+    pub key_fingerprint: Option<String>,
 }
 
 impl Default for AuthTrace {
@@ -56,29 +63,32 @@ impl Default for AuthTrace {
         Self {
             key_lookup: "none",
             auth_call_ms: None,
+            key_fingerprint: None,
         }
     }
 }
 
 pub fn authenticate(
     policy: &Policy,
+    key_auth: &KeyAuth,
     credential: Credential,
     trace: &mut AuthTrace,
 ) -> Result<Identity, GatewayError> {
     let key = match credential {
         Credential::Found { key, .. } => key,
         Credential::Missing | Credential::Empty { .. } => {
-            return Err(unauthorized(policy, NO_KEY));
+            return Err(unauthorized(key_auth, NO_KEY));
         }
-        Credential::Duplicate => return Err(unauthorized(policy, DUPLICATE_KEY)),
+        Credential::Duplicate => return Err(unauthorized(key_auth, DUPLICATE_KEY)),
     };
     let fp = fingerprint(&key);
+    trace.key_fingerprint = Some(fp[..KEY_FINGERPRINT_PREFIX].to_string());
     if let Some((consumer, credential_id)) = policy.static_consumer(&fp) {
         trace.key_lookup = "static";
         return Ok(Identity::of(static_identity(consumer, credential_id)));
     }
     let Some(api) = &policy.config.auth_api else {
-        return Err(unauthorized(policy, INVALID_KEY));
+        return Err(unauthorized(key_auth, INVALID_KEY));
     };
     let lookup = key_cache::get(&fp);
     trace.key_lookup = match lookup {
@@ -106,7 +116,7 @@ pub fn authenticate(
     };
     match verdict {
         Verdict::Valid(consumer) => Ok(Identity::of(consumer)),
-        Verdict::Invalid => Err(unauthorized(policy, INVALID_KEY)),
+        Verdict::Invalid => Err(unauthorized(key_auth, INVALID_KEY)),
     }
 }
 
@@ -122,8 +132,8 @@ fn timed<T>(trace: &mut AuthTrace, call: impl FnOnce() -> T) -> T {
 }
 
 /// Kong 3.7+: every key-auth 401 carries `WWW-Authenticate: Key` (with the realm if set).
-fn unauthorized(policy: &Policy, message: &'static str) -> GatewayError {
-    let challenge = match &policy.config.key_auth.realm {
+fn unauthorized(key_auth: &KeyAuth, message: &'static str) -> GatewayError {
+    let challenge = match &key_auth.realm {
         Some(realm) => format!("Key realm=\"{realm}\""),
         None => "Key".to_string(),
     };
@@ -141,7 +151,7 @@ fn static_identity(consumer: &GuestConsumer, credential_id: &str) -> Consumer {
 
 /// One auth API call: the verdict and how long (ms) to trust it, or why there is none.
 fn ask_auth_api(api: &GuestAuthApi, key: &str) -> Result<(Verdict, u64), String> {
-    let url = api.url.replace("{key}", &percent_encode(key));
+    let url = auth_url(&api.url, key);
     let (https, authority, path_with_query) =
         split_url(&url).ok_or_else(|| format!("bad auth API URL {}", api.url))?;
     // GET is an outgoing request's method unless set (one host call fewer). The host knows an
@@ -164,15 +174,27 @@ fn ask_auth_api(api: &GuestAuthApi, key: &str) -> Result<(Verdict, u64), String>
                 outbound::read_to_end(&stream, AUTH_BODY_LIMIT, deadline)?
             };
             drop(body);
-            let answer = AuthAnswer::parse(&bytes);
-            let ttl = answer.ttl.map_or(api.cache_ttl.as_millis(), |secs| {
-                (secs.saturating_mul(1000)).min(api.cache_ttl.as_millis())
-            });
-            Ok((Verdict::Valid(answer.consumer()), ttl))
+            let (consumer, ttl) = valid_answer(&bytes, api.cache_ttl.as_millis());
+            Ok((Verdict::Valid(consumer), ttl))
         }
         401 | 403 | 404 => Ok((Verdict::Invalid, api.negative_ttl.as_millis())),
         other => Err(format!("auth API answered {other}")),
     }
+}
+
+/// The auth API's URL for `key`: the template with `{key}` replaced by the percent-encoded key.
+pub(crate) fn auth_url(template: &str, key: &str) -> String {
+    template.replace("{key}", &percent_encode(key))
+}
+
+/// A 2xx answer's body: whose key it is, and how long (ms) to trust that (the answer's `ttl`,
+/// at most `cache_ttl_ms`).
+pub(crate) fn valid_answer(body: &[u8], cache_ttl_ms: u64) -> (Consumer, u64) {
+    let answer = AuthAnswer::parse(body);
+    let ttl = answer.ttl.map_or(cache_ttl_ms, |secs| {
+        (secs.saturating_mul(1000)).min(cache_ttl_ms)
+    });
+    (answer.consumer(), ttl)
 }
 
 /// The optional JSON body of a 2xx auth API answer. Anything unparsable means "valid, anonymous".

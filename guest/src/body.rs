@@ -49,6 +49,30 @@ impl BodyKind {
             None
         }
     }
+
+    /// `body[name]` in a whole body of this kind (the buffered bytes, as the client sent them).
+    pub fn value(&self, body: &[u8], name: &str) -> BodyValue {
+        match self {
+            Self::Form => form_value(&String::from_utf8_lossy(body), name),
+            Self::Json => json_value(&String::from_utf8_lossy(body), name),
+            Self::Multipart { boundary } => boundary
+                .as_deref()
+                .map_or(BodyValue::Absent, |b| multipart_value(body, b, name)),
+        }
+    }
+
+    /// The body without the field `name`; `None` when there is nothing to remove.
+    pub fn remove(&self, body: &[u8], name: &str) -> Option<Vec<u8>> {
+        match self {
+            Self::Form => form_remove(&String::from_utf8_lossy(body), name).map(String::into_bytes),
+            // Read as `value` reads it: a key found in a body that is not UTF-8 must go too
+            // (its invalid bytes are forwarded as U+FFFD then, as a rewritten form's are).
+            Self::Json => json_remove(&String::from_utf8_lossy(body), name).map(String::into_bytes),
+            Self::Multipart { boundary } => boundary
+                .as_deref()
+                .and_then(|b| multipart_remove(body, b, name)),
+        }
+    }
 }
 
 pub struct RequestBody {
@@ -94,14 +118,7 @@ impl RequestBody {
         if !self.load() {
             return BodyValue::Absent;
         }
-        let text = String::from_utf8_lossy(&self.buffered);
-        match kind {
-            BodyKind::Form => form_value(&text, name),
-            BodyKind::Json => json_value(&text, name),
-            BodyKind::Multipart { boundary } => boundary.map_or(BodyValue::Absent, |b| {
-                multipart_value(&self.buffered, &b, name)
-            }),
-        }
+        kind.value(&self.buffered, name)
     }
 
     /// `hide_credentials`: take the field `name` out of the body, if it is there.
@@ -112,19 +129,7 @@ impl RequestBody {
         if !self.load() {
             return;
         }
-        let rewritten = match kind {
-            BodyKind::Form => {
-                form_remove(&String::from_utf8_lossy(&self.buffered), name).map(String::into_bytes)
-            }
-            BodyKind::Json => std::str::from_utf8(&self.buffered)
-                .ok()
-                .and_then(|text| json_remove(text, name))
-                .map(String::into_bytes),
-            BodyKind::Multipart { boundary } => {
-                boundary.and_then(|b| multipart_remove(&self.buffered, &b, name))
-            }
-        };
-        if let Some(bytes) = rewritten {
+        if let Some(bytes) = kind.remove(&self.buffered, name) {
             self.buffered = bytes;
             self.rewritten = true;
         }
@@ -537,6 +542,26 @@ mod tests {
             Some("{}")
         );
         assert_eq!(json_remove(r#"{"a":1}"#, "apikey"), None);
+    }
+
+    /// Found by `cargo fuzz run credentials`: a JSON body with invalid UTF-8 had its key
+    /// found (the lookup reads it lossily) but kept (the removal wanted strict UTF-8), so
+    /// `hide_credentials` forwarded the key to the origin.
+    #[test]
+    fn a_key_found_in_a_json_body_that_is_not_utf8_is_removed() {
+        let body = b"{\"apikey\":\"k1\",\"x\":\"\xff\xfe\"}";
+        assert_eq!(BodyKind::Json.value(body, "apikey"), text("k1"));
+        let forwarded = BodyKind::Json
+            .remove(body, "apikey")
+            .expect("the key is removed");
+        assert_eq!(
+            BodyKind::Json.value(&forwarded, "apikey"),
+            BodyValue::Absent
+        );
+        assert_eq!(
+            String::from_utf8(forwarded).unwrap(),
+            "{\"x\":\"\u{fffd}\u{fffd}\"}"
+        );
     }
 
     const MULTIPART: &str = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\nkey-1\r\n--XyZ\r\ncontent-disposition: form-data; name=\"file\"; filename=\"f.txt\"\r\nContent-Type: text/plain\r\n\r\nline1\r\nline2\r\n--XyZ\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\nkey-2\r\n--XyZ--\r\n";

@@ -3,7 +3,7 @@
 
 use crate::router::RouteTable;
 use keygate_policy::fingerprint::credential_uuid;
-use keygate_policy::{GUEST_CONFIG_ENV, GuestConfig, GuestConsumer};
+use keygate_policy::{GUEST_CONFIG_ENV, GuestConfig, GuestConsumer, KeyAuth};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -27,7 +27,16 @@ impl Policy {
                 consumer
                     .key_fingerprints
                     .iter()
-                    .map(move |fp| (fp.clone(), (i, credential_uuid(fp))))
+                    .enumerate()
+                    .map(move |(k, fp)| {
+                        let id = consumer
+                            .key_ids
+                            .get(k)
+                            .cloned()
+                            .flatten()
+                            .unwrap_or_else(|| credential_uuid(fp));
+                        (fp.clone(), (i, id))
+                    })
             })
             .collect();
         let anonymous = match &config.key_auth.anonymous {
@@ -52,8 +61,29 @@ impl Policy {
             .map(|(i, credential)| (&self.config.consumers[*i], credential.as_str()))
     }
 
-    pub fn anonymous_consumer(&self) -> Option<&GuestConsumer> {
-        self.anonymous.map(|i| &self.config.consumers[i])
+    /// `key_auth.anonymous`'s consumer: `[key_auth]`'s was found when the config was read; a
+    /// key-auth instance's is looked up the same way (checked to exist at load).
+    pub fn anonymous_consumer(&self, key_auth: &KeyAuth) -> Option<&GuestConsumer> {
+        if std::ptr::eq(key_auth, &self.config.key_auth) {
+            return self.anonymous.map(|i| &self.config.consumers[i]);
+        }
+        let name = key_auth.anonymous.as_deref()?;
+        anonymous_index(&self.config.consumers, name).map(|i| &self.config.consumers[i])
+    }
+
+    /// The key-auth a route runs: its own or its service's `[[plugins]] name = "key-auth"`
+    /// (Kong's precedence), else `[key_auth]`.
+    pub fn key_auth_for(&self, matched: &crate::router::Match) -> &KeyAuth {
+        let plugins = &self.config.plugins;
+        let scope = plugins.scope(
+            matched.route.name.as_deref(),
+            Some(&matched.service.name),
+            None,
+        );
+        plugins
+            .applicable(keygate_policy::plugins::PluginKind::KeyAuth, &scope)
+            .and_then(|applicable| applicable.plugin.key_auth())
+            .unwrap_or(&self.config.key_auth)
     }
 }
 

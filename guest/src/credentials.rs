@@ -63,7 +63,20 @@ pub enum Extracted {
 pub fn extract(
     key_auth: &KeyAuth,
     request: &RequestInfo,
-    mut body: Option<&mut RequestBody>,
+    body: Option<&mut RequestBody>,
+) -> Extracted {
+    match body {
+        Some(body) => search(key_auth, request, Some(&mut |name: &str| body.value(name))),
+        None => search(key_auth, request, None),
+    }
+}
+
+/// [`extract`] with the body as a lookup of `body[name]` (the fuzz targets use a body held in
+/// memory).
+pub(crate) fn search(
+    key_auth: &KeyAuth,
+    request: &RequestInfo,
+    mut body: Option<&mut dyn FnMut(&str) -> BodyValue>,
 ) -> Extracted {
     for name in &key_auth.key_names {
         let mut value = Value::Absent;
@@ -78,7 +91,7 @@ pub fn extract(
         }
         if value == Value::Absent && key_auth.key_in_body {
             match body.as_deref_mut() {
-                Some(body) => value = body.value(name).into(),
+                Some(body) => value = body(name).into(),
                 None => return Extracted::NeedsBody,
             }
         }

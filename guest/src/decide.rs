@@ -23,7 +23,46 @@ use wasip2::http::types::Method;
 pub fn decide(
     policy: &'static Policy,
     info: &RequestInfo,
+    body: Option<&mut RequestBody>,
+) -> Decision {
+    let mut key = None;
+    let decision = decide_noting_key(policy, info, body, &mut key);
+    match key {
+        Some(key) if policy.config.host_annotations => annotate(decision, key),
+        _ => decision,
+    }
+}
+
+/// The keygate host's access log follows a key by its fingerprint prefix, which the WIT
+/// `labels` have no field for: it travels in the answer's internal `keygate-labels` header
+/// (the host reads and strips it; an origin's copy is stripped before).
+fn annotate(decision: Decision, key: String) -> Decision {
+    let annotation = keygate_policy::annotation::Annotation {
+        key: Some(key),
+        ..Default::default()
+    };
+    let header = (
+        keygate_policy::internal_headers::LABELS.to_string(),
+        annotation.to_header().into_bytes(),
+    );
+    match decision {
+        Decision::Respond(mut reply) => {
+            reply.headers.push(header);
+            Decision::Respond(reply)
+        }
+        Decision::Forward(mut plan) => {
+            plan.response.headers.append.push(header);
+            Decision::Forward(plan)
+        }
+        Decision::UseHandler => Decision::UseHandler,
+    }
+}
+
+fn decide_noting_key(
+    policy: &'static Policy,
+    info: &RequestInfo,
     mut body: Option<&mut RequestBody>,
+    key: &mut Option<String>,
 ) -> Decision {
     let compat = &policy.config.compat;
     let listen_port = info.listen_port(policy.config.listen_port);
@@ -33,7 +72,9 @@ pub fn decide(
     else {
         return Decision::Respond(GatewayError::new(404, NO_ROUTE).reply(info, compat));
     };
-    let key_auth = &policy.config.key_auth;
+    // The route's key-auth instance (Kong's precedence: route, then service), else
+    // `[key_auth]`.
+    let key_auth = policy.key_auth_for(&matched);
     let preflight = matches!(info.method, Method::Options) && !key_auth.run_on_preflight;
     let mut labels = route_labels(&matched);
     let mut hidden = None;
@@ -51,15 +92,16 @@ pub fn decide(
             hidden = credential.name().map(str::to_string);
         }
         let mut trace = AuthTrace::default();
-        let outcome = auth::authenticate(policy, credential, &mut trace);
+        let outcome = auth::authenticate(policy, key_auth, credential, &mut trace);
         labels.key_lookup = Some(trace.key_lookup.to_string());
         labels.auth_call_ms = trace.auth_call_ms;
+        *key = trace.key_fingerprint;
         match outcome {
             Ok(identity) => Some(identity),
             // Kong's logical OR: a failed authentication proceeds as the anonymous
             // consumer. An auth API that cannot answer is not a failed authentication.
-            Err(refusal) if refusal.status == 401 && policy.anonymous.is_some() => {
-                policy.anonymous_consumer().map(Identity::anonymous)
+            Err(refusal) if refusal.status == 401 && key_auth.anonymous.is_some() => {
+                policy.anonymous_consumer(key_auth).map(Identity::anonymous)
             }
             Err(refusal) => {
                 return Decision::Respond(with_labels(refusal.reply(info, compat), labels));

@@ -80,8 +80,37 @@ impl GatewayError {
     /// The whole reply: Kong's template in the negotiated format, the gateway's headers, and
     /// no body for HEAD (its `Content-Length` still says how long the body would be).
     pub fn reply_to(&self, request: &ErrorRequest, compat: &Compat) -> Reply {
+        self.reply_with_message(self.message, request, compat)
+    }
+
+    /// [`Self::reply`] with a message made for this request (ip-restriction's default names
+    /// the client's address) instead of `self.message`.
+    #[allow(dead_code)] // TEMP until the cors/ip-restriction/request-termination wiring
+    pub fn reply_message(&self, message: &str, request: &RequestInfo, compat: &Compat) -> Reply {
+        let accept = request.header("accept");
+        let content_type = request.header("content-type");
+        self.reply_with_message(
+            message,
+            &ErrorRequest {
+                id: &request.id,
+                accept: accept.as_deref(),
+                content_type: content_type.as_deref(),
+                is_head: request.method_is_head,
+                elapsed_ms: request.elapsed_ms(),
+            },
+            compat,
+        )
+    }
+
+    /// [`Self::reply_to`] with `message` in the template.
+    pub fn reply_with_message(
+        &self,
+        message: &str,
+        request: &ErrorRequest,
+        compat: &Compat,
+    ) -> Reply {
         let format = self.format(request, compat);
-        let body = format.body(self.message, request.id);
+        let body = format.body(message, request.id);
         let names = compat.headers.names();
         let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(5 + self.headers.len());
         let mut set = |name: &str, value: Vec<u8>| headers.push((name.to_string(), value));
@@ -109,6 +138,69 @@ impl GatewayError {
     }
 }
 
+/// A reply made the way Kong's `kong.response.exit` makes one (request-termination, the cors
+/// preflight): `status`, `headers` and `body` as given (a `Content-Type` only when
+/// `content_type` is set), plus the gateway's headers, as on its errors; no body for HEAD.
+#[allow(dead_code)] // TEMP until the cors/ip-restriction/request-termination wiring
+pub fn exit_reply(
+    status: u16,
+    content_type: Option<&str>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    request: &ErrorRequest,
+    compat: &Compat,
+) -> Reply {
+    let names = compat.headers.names();
+    let mut all: Vec<(String, Vec<u8>)> = Vec::with_capacity(5 + headers.len());
+    if let Some(content_type) = content_type {
+        all.push(("content-type".into(), content_type.as_bytes().to_vec()));
+    }
+    all.push(("content-length".into(), body.len().to_string().into_bytes()));
+    all.push((names.request_id.into(), request.id.as_bytes().to_vec()));
+    all.push(("server".into(), names.server.as_bytes().to_vec()));
+    all.push((
+        names.response_latency.into(),
+        request.elapsed_ms.to_string().into_bytes(),
+    ));
+    all.extend(
+        headers
+            .into_iter()
+            .map(|(name, value)| (name, value.into_bytes())),
+    );
+    Reply {
+        status,
+        headers: all,
+        body: if request.is_head { Vec::new() } else { body },
+        labels: Labels::none(),
+    }
+}
+
+/// [`exit_reply`] for `request`.
+#[allow(dead_code)] // TEMP until the cors/ip-restriction/request-termination wiring
+pub fn exit_reply_for(
+    status: u16,
+    content_type: Option<&str>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    request: &RequestInfo,
+    compat: &Compat,
+) -> Reply {
+    exit_reply(
+        status,
+        content_type,
+        headers,
+        body,
+        &ErrorRequest {
+            id: &request.id,
+            accept: None,
+            content_type: None,
+            is_head: request.method_is_head,
+            elapsed_ms: request.elapsed_ms(),
+        },
+        compat,
+    )
+}
+
 /// What an error's wording depends on from the request it answers.
 pub struct ErrorRequest<'a> {
     pub id: &'a str,
@@ -118,6 +210,22 @@ pub struct ErrorRequest<'a> {
     pub elapsed_ms: u64,
 }
 
+/// The labels as the keygate host reads them on the portable path.
+pub fn annotation_of(labels: &Labels) -> keygate_policy::annotation::Annotation {
+    keygate_policy::annotation::Annotation {
+        route: labels.route.clone(),
+        service: labels.service.clone(),
+        consumer: labels
+            .consumer
+            .as_ref()
+            .and_then(|consumer| consumer.username.clone().or_else(|| consumer.id.clone())),
+        key_lookup: labels.key_lookup.clone(),
+        auth_ms: labels.auth_call_ms,
+        rate_limit: labels.rate_limit.clone(),
+        ..Default::default()
+    }
+}
+
 /// Send a reply through `wasi:http` (the portable path). With `route_header`, the route label
 /// travels to the keygate host in its internal header.
 pub fn send_reply(reply: Reply, out: ResponseOutparam, route_header: bool) {
@@ -125,11 +233,9 @@ pub fn send_reply(reply: Reply, out: ResponseOutparam, route_header: bool) {
     for (name, value) in &reply.headers {
         headers.append(name, value);
     }
-    if route_header && let Some(route) = &reply.labels.route {
-        headers.append(internal_headers::ROUTE, route.as_bytes());
-    }
-    if route_header && let Some(outcome) = &reply.labels.rate_limit {
-        headers.append(internal_headers::RATE_LIMIT, outcome.as_bytes());
+    if route_header {
+        let annotation = annotation_of(&reply.labels);
+        headers.append(internal_headers::LABELS, annotation.to_header().as_bytes());
     }
     let response = OutgoingResponse::new(headers.into_fields());
     let _ = response.set_status_code(reply.status);
@@ -144,4 +250,64 @@ pub fn send_reply(reply: Reply, out: ResponseOutparam, route_header: bool) {
         drop(stream);
     }
     let _ = OutgoingBody::finish(outgoing_body, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(is_head: bool) -> ErrorRequest<'static> {
+        ErrorRequest {
+            id: "0123456789abcdef0123456789abcdef",
+            accept: None,
+            content_type: None,
+            is_head,
+            elapsed_ms: 3,
+        }
+    }
+
+    fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a [u8]> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn exit_replies_carry_only_the_given_content_type() {
+        let compat = Compat::default();
+        let empty = exit_reply(200, None, Vec::new(), Vec::new(), &request(false), &compat);
+        assert_eq!(empty.status, 200);
+        assert_eq!(header(&empty, "content-type"), None);
+        assert_eq!(header(&empty, "content-length"), Some(&b"0"[..]));
+        assert!(header(&empty, "server").is_some());
+        let raw = exit_reply(
+            503,
+            Some("text/html"),
+            vec![("x-a".into(), "1".into())],
+            b"<h1>down</h1>".to_vec(),
+            &request(true),
+            &compat,
+        );
+        assert_eq!(header(&raw, "content-type"), Some(&b"text/html"[..]));
+        assert_eq!(header(&raw, "content-length"), Some(&b"13"[..]));
+        assert_eq!(header(&raw, "x-a"), Some(&b"1"[..]));
+        assert!(raw.body.is_empty(), "HEAD gets no body");
+    }
+
+    #[test]
+    fn a_message_made_per_request_fills_the_template() {
+        let error = GatewayError::new(403, "");
+        let reply = error.reply_with_message(
+            "IP address not allowed: 10.0.0.1",
+            &request(false),
+            &Compat::default(),
+        );
+        let body = String::from_utf8(reply.body).unwrap();
+        assert_eq!(
+            body,
+            "{\n  \"message\":\"IP address not allowed: 10.0.0.1\",\n  \"request_id\":\"0123456789abcdef0123456789abcdef\"\n}"
+        );
+    }
 }

@@ -145,11 +145,15 @@ pub fn forward(
     for (name, value) in &edits.headers.append {
         response_headers.append(name, value);
     }
-    if annotate && let Some(route) = &plan.labels.route {
-        set(internal_headers::ROUTE, route);
-    }
-    if annotate && let Some(outcome) = &plan.labels.rate_limit {
-        set(internal_headers::RATE_LIMIT, outcome);
+    if annotate {
+        let annotation = keygate_policy::annotation::Annotation {
+            request_id: Some(plan.request_id.clone()),
+            from_origin: true,
+            upstream_ms: Some(millis_between(sent_at, received_at)),
+            gateway_ms: Some(millis_between(info.started, sent_at)),
+            ..crate::errors::annotation_of(&plan.labels)
+        };
+        set(internal_headers::LABELS, &annotation.to_header());
     }
     let reply = OutgoingResponse::new(response_headers.into_fields());
     // 200 is a new response's status unless set.

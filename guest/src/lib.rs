@@ -6,6 +6,7 @@
 //! and bodies never enter wasm, and `wasi:http/incoming-handler`, which runs anywhere
 //! (wasmtime serve, Spin) and forwards through `wasi:http` with bodies streamed both ways.
 
+mod alloc;
 mod auth;
 mod bindings;
 mod body;
@@ -15,6 +16,10 @@ mod decide;
 mod errors;
 mod fields;
 mod forward;
+// The fuzz targets' bodies (fuzz/, tests/fuzz_corpus.rs): native builds only.
+#[cfg(not(target_family = "wasm"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod outbound;
 mod percent;
 mod plan;
@@ -30,11 +35,17 @@ use keygate_policy::errors::INTERNAL;
 use request::RequestInfo;
 use wasip2::http::types::{IncomingRequest, ResponseOutparam};
 
+// Single-threaded by design: only in the component (native unit tests run threads).
+#[cfg(target_family = "wasm")]
+#[global_allocator]
+static ALLOCATOR: alloc::Pooled = alloc::Pooled::new();
+
 struct Gateway;
 
 /// The fast path: the keygate host asks, and applies the decision itself.
 impl bindings::exports::keygate::gateway::policy::Guest for Gateway {
     fn decide(head: RequestHead) -> Decision {
+        let _call = alloc::InCall::enter();
         let info = RequestInfo::from_head(head);
         match config::policy() {
             Ok(policy) => decide::decide(policy, &info, None),
@@ -43,6 +54,7 @@ impl bindings::exports::keygate::gateway::policy::Guest for Gateway {
     }
 
     fn upstream_failed(context: FailureContext) -> Reply {
+        let _call = alloc::InCall::enter();
         // Without a usable configuration the words are still Kong's, in the default format.
         let default = Compat::default();
         let compat = config::policy().map_or(&default, |policy| &policy.config.compat);
@@ -53,6 +65,7 @@ impl bindings::exports::keygate::gateway::policy::Guest for Gateway {
 /// The portable path: any `wasi:http` host.
 impl bindings::exports::wasi::http::incoming_handler::Guest for Gateway {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let _call = alloc::InCall::enter();
         let policy = match config::policy() {
             Ok(policy) => policy,
             Err(reason) => {

@@ -48,6 +48,12 @@ pub fn percent_encode(text: &str) -> String {
 
 /// Decode only escapes of unreserved characters and upper-case the rest: Kong's path
 /// normalization, which keeps the path's meaning while giving each path one spelling.
+///
+/// A `%` that starts no escape is written as one, `%25`. Kept bare, it could join what follows
+/// once that is decoded (`%%61` → `%a`) and make an escape the gateway never decoded: a path
+/// routed as `/%2e%2e/admin` (from `/%%32%65%%32%65/admin`) reaches an origin that reads it as
+/// `/admin`. So the result is its own normalization, and what the origin decodes is what the
+/// route matched.
 pub fn decode_unreserved(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -68,7 +74,11 @@ pub fn decode_unreserved(path: &str) -> String {
             i += 3;
             continue;
         }
-        out.push(bytes[i]);
+        if bytes[i] == b'%' {
+            out.extend_from_slice(b"%25");
+        } else {
+            out.push(bytes[i]);
+        }
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -90,6 +100,20 @@ mod tests {
 
     #[test]
     fn unreserved_escapes_are_decoded_and_others_uppercased() {
-        assert_eq!(decode_unreserved("/%61b%2fc%zz%"), "/ab%2Fc%zz%");
+        assert_eq!(decode_unreserved("/%61b%2fc%zz%"), "/ab%2Fc%25zz%25");
+    }
+
+    /// Found by `cargo fuzz run route`: a bare `%` joined the character decoded after it into
+    /// a new escape (`%%61b` → `%ab`), so normalizing twice differed from once, and a
+    /// double-encoded `..` survived normalization to reach the origin.
+    #[test]
+    fn a_bare_percent_never_joins_what_follows_into_an_escape() {
+        assert_eq!(decode_unreserved("/keep/%%61b%2fc"), "/keep/%25ab%2Fc");
+        assert_eq!(decode_unreserved("/keep/%25ab%2Fc"), "/keep/%25ab%2Fc");
+        assert_eq!(
+            decode_unreserved("/%%32%65%%32%65/admin"),
+            "/%252e%252e/admin"
+        );
+        assert_eq!(decode_unreserved("/50%"), "/50%25");
     }
 }

@@ -364,6 +364,21 @@ mod tests {
         assert_eq!(normalize_path(""), "/");
     }
 
+    /// Found by `cargo fuzz run route`: normalizing a normalized path changed it again.
+    #[test]
+    fn normalized_paths_are_their_own_normalization() {
+        for path in [
+            "/keep/%%61b%2fc",
+            "/%%32%65%%32%65/admin",
+            "/a/%%2e%2e/b",
+            "/x%",
+        ] {
+            let once = normalize_path(path);
+            assert_eq!(normalize_path(&once), once, "{path}");
+        }
+        assert_eq!(normalize_path("/%%32%65%%32%65/admin"), "/%252e%252e/admin");
+    }
+
     fn table(routes: &str) -> (Vec<Service>, RouteTable) {
         let services: Vec<Service> = serde_json::from_str(&format!(
             r#"[{{"name":"s","url":"http://origin","routes":{routes}}}]"#

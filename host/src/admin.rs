@@ -3,6 +3,7 @@
 
 use crate::capabilities::key_cache::parse_fingerprint;
 use crate::cluster::Cluster;
+use crate::dashboard;
 use crate::responses::{ResponseBody, error_response, full_body};
 use crate::runtime::Gateway;
 use crate::runtime::reload::Reloader;
@@ -43,6 +44,14 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
 
 impl Admin {
     async fn route<B>(&self, request: &hyper::Request<B>) -> hyper::Response<ResponseBody> {
+        // Probes answer without the token: a load balancer has none.
+        if let Some(probe) = self.probe(request) {
+            return probe;
+        }
+        // The dashboard page holds no data (its script asks for the token, then the stats).
+        if request.method() == http::Method::GET && request.uri().path() == "/" {
+            return dashboard::page();
+        }
         if !self.authorized(request) {
             let mut response = error_response(401, "Unauthorized");
             response.headers_mut().insert(
@@ -54,15 +63,11 @@ impl Admin {
         let path = request.uri().path();
         match (request.method().as_str(), path) {
             ("GET", "/metrics") => hyper::Response::builder()
-                .header(
-                    http::header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )
-                .body(full_body(
-                    self.gateway.metrics.render(self.gateway.key_cache().len()),
-                ))
+                .header(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+                .body(full_body(self.gateway.render_metrics()))
                 .expect("static parts form a valid response"),
             ("GET", "/admin/status") => json(200, &self.status()),
+            ("GET", "/admin/stats") => json(200, &dashboard::stats(&self.gateway, &self.status())),
             ("POST", "/admin/reload") => match self.reloader.reload("admin API").await {
                 Ok(report) => json(200, &serde_json::json!({"reloaded": report})),
                 Err(err) => json(422, &serde_json::json!({"error": format!("{err:#}")})),
@@ -77,7 +82,7 @@ impl Admin {
                 revoked(serde_json::json!({"removed": removed}), published)
             }
             ("DELETE", _) if path.starts_with("/admin/keys/") => {
-                let key = percent_decode(&path["/admin/keys/".len()..]);
+                let key = crate::http_util::percent_decode(&path["/admin/keys/".len()..]);
                 let fingerprint = fingerprint(&key);
                 let removed = self
                     .gateway
@@ -91,6 +96,28 @@ impl Admin {
             }
             _ => error_response(404, "Not found"),
         }
+    }
+
+    /// `GET /healthz` (the process answers), `GET /readyz` and Kong's `GET /status/ready`
+    /// (ready for traffic: the component is loaded and the listeners bound — both hold once
+    /// this listener answers — and the gateway is not draining).
+    fn probe<B>(&self, request: &hyper::Request<B>) -> Option<hyper::Response<ResponseBody>> {
+        if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
+            return None;
+        }
+        let draining = self.gateway.is_draining();
+        Some(match request.uri().path() {
+            "/healthz" => text(200, "ok\n"),
+            "/readyz" if draining => text(503, "draining\n"),
+            "/readyz" => text(200, "ready\n"),
+            // Kong's answers, which balancers in front of Kong already parse.
+            "/status/ready" if draining => json(
+                503,
+                &serde_json::json!({"message": "the gateway is shutting down"}),
+            ),
+            "/status/ready" => json(200, &serde_json::json!({"message": "ready"})),
+            _ => return None,
+        })
     }
 
     fn authorized<B>(&self, request: &hyper::Request<B>) -> bool {
@@ -155,6 +182,14 @@ fn revoked(
     }
 }
 
+fn text(status: u16, body: &'static str) -> hyper::Response<ResponseBody> {
+    hyper::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full_body(body))
+        .expect("static parts form a valid response")
+}
+
 fn json(status: u16, value: &serde_json::Value) -> hyper::Response<ResponseBody> {
     hyper::Response::builder()
         .status(status)
@@ -168,30 +203,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = text.get(i + 1..i + 3)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn keys_in_admin_paths_are_percent_decoded() {
-        assert_eq!(super::percent_decode("a%2Fb%20c%zz"), "a/b c%zz");
+        assert_eq!(crate::http_util::percent_decode("a%2Fb%20c%zz"), "a/b c%zz");
     }
 
     #[test]

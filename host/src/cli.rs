@@ -18,6 +18,15 @@ struct Cli {
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `keygate=debug`.
     #[arg(long, global = true, env = "KEYGATE_LOG", default_value = "info")]
     log: String,
+    /// The process log's format; default: `[log] format` of the served config, else text.
+    #[arg(long, global = true, value_enum, env = "KEYGATE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -28,6 +37,10 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: PathBuf,
+        /// Write the access log here instead of `[log] access_file` (it still needs
+        /// `[log] access = "text"` or `"json"`).
+        #[arg(long)]
+        access_log: Option<PathBuf>,
     },
     /// Validate a config file and the component it names, then exit (non-zero if invalid).
     Check {
@@ -59,6 +72,11 @@ enum Command {
         /// Overwrite `--out` when it exists.
         #[arg(long)]
         force: bool,
+        /// The old Kong's proxy URL: add a last, catch-all route to it (no key check here,
+        /// the client's Host kept), and leave to it the routes whose plugins keygate cannot
+        /// enforce instead of refusing the import. Routes then move over one at a time.
+        #[arg(long)]
+        fallback: Option<String>,
     },
     /// Run the gateway with a sample origin and auth API on loopback, and print curl commands.
     Demo {
@@ -72,11 +90,23 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let format = cli.log_format.unwrap_or_else(|| match &cli.command {
+        // A config that does not load is reported by `serve` itself, in text.
+        Command::Serve { config, .. } => match crate::config::load(config) {
+            Ok(config) if config.log.format == keygate_policy::LogFormat::Json => LogFormat::Json,
+            _ => LogFormat::Text,
+        },
+        _ => LogFormat::Text,
+    });
+    let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logger.json().flatten_event(true).init(),
+        LogFormat::Text => logger
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // Requests run on `server.workers` threads of their own (see `server`); this runtime
     // carries the first of them, the admin listener, reloads and signals.
     let mut builder = tokio::runtime::Builder::new_current_thread();
@@ -98,14 +128,15 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { config, access_log } => serve(config, access_log).await,
         Command::Check { config } => check(config).await,
         Command::Demo { listen } => crate::demo::run(listen).await,
         Command::ImportKong {
             kong_file,
             out,
             force,
-        } => crate::import_kong::run(&kong_file, out.as_deref(), force),
+            fallback,
+        } => crate::import_kong::run(&kong_file, out.as_deref(), force, fallback.as_deref()),
         Command::Export {
             target,
             config,
@@ -114,12 +145,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(path: PathBuf) -> anyhow::Result<()> {
+async fn serve(path: PathBuf, access_log: Option<PathBuf>) -> anyhow::Result<()> {
     // Listen for signals before serving, so a SIGTERM right after start still drains.
     let stop = crate::signals::shutdown_signal()?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("listening for SIGHUP")?;
-    let running = crate::start_from_file(&path).await?;
+    let mut rotate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("listening for SIGUSR1")?;
+    let running = crate::start_from_file_with(&path, access_log).await?;
+    let observer = std::sync::Arc::clone(&running.gateway.observer);
+    let reopens = tokio::spawn(async move {
+        while rotate.recv().await.is_some() {
+            observer.reopen();
+        }
+    });
     let reloader = std::sync::Arc::clone(&running.reloader);
     let reloads = tokio::spawn(async move {
         while hangup.recv().await.is_some() {
@@ -129,6 +168,7 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
     });
     stop.await?;
     reloads.abort();
+    reopens.abort();
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())

@@ -114,6 +114,48 @@ mod tests {
     }
 
     #[test]
+    fn key_auth_plugins_take_kongs_scopes_and_leave_the_global_one_to_key_auth() {
+        let services = "[[services]]\nname = \"s\"\nurl = \"http://127.0.0.1:1\"\n\
+                        [[services.routes]]\nname = \"r\"\npaths = [\"/\"]\n";
+        let plugin = |scope: &str, config: &str| {
+            format!(
+                "[[plugins]]\nname = \"key-auth\"\n{scope}\n[plugins.config]\n{config}\n{services}"
+            )
+        };
+        let ok = plugin(
+            "route = \"r\"",
+            "key_names = [\"token\"]\nhide_credentials = true",
+        );
+        assert!(parse(&ok, None).is_ok(), "{:?}", parse(&ok, None).err());
+        let global = parse(&plugin("", "key_names = [\"token\"]"), None).unwrap_err();
+        assert!(
+            global
+                .to_string()
+                .starts_with("plugins[0]: a global key-auth is [key_auth]"),
+            "{global}"
+        );
+        let bad_name =
+            parse(&plugin("service = \"s\"", "key_names = [\"a b\"]"), None).unwrap_err();
+        assert!(
+            bad_name
+                .to_string()
+                .starts_with("plugins[0].config.key_names[0]:"),
+            "{bad_name}"
+        );
+        let buffer = parse(
+            &plugin("service = \"s\"", "body_buffer_size = \"1m\""),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            buffer
+                .to_string()
+                .contains("body_buffer_size: is a [key_auth] setting"),
+            "{buffer}"
+        );
+    }
+
+    #[test]
     fn limits_sharing_counters_must_share_their_redis() {
         let services = "[[consumers]]\nusername = \"a\"\n[[consumers]]\nusername = \"b\"\n\
                         [[services]]\nname = \"s\"\nurl = \"http://127.0.0.1:1\"\n\

@@ -13,6 +13,9 @@
 //! store `default` and its atomics, so every instance of the app shares the counts (see the
 //! README's "Run it anywhere"). Plugged in here rather than named as a dependency, so the
 //! gateway itself imports wasi:keyvalue and gets the store from `key_value_stores`.
+//!
+//! Node.js and workerd (Cloudflare's Workers runtime) run the component transpiled to
+//! JavaScript by jco, with WASI from `@bytecodealliance/preview2-shim`: see [`js`].
 
 use crate::runtime::GuestSource;
 use anyhow::{Context, bail};
@@ -21,6 +24,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use wac_graph::types::{Package, Types, are_semver_compatible};
 use wac_graph::{CompositionGraph, EncodeOptions};
+
+pub mod js;
 
 /// `keygate:gateway/key-cache` over the instance's memory (wasmtime serve).
 pub const KEY_CACHE_MEMORY: &[u8] = include_bytes!(env!("KEYGATE_KEY_CACHE_MEMORY_WASM"));
@@ -61,6 +66,14 @@ pub enum Target {
     /// Spin 3.x: `spin.toml`, `gateway.wasm` (with the key-value counters plugged in) and the
     /// key-value key-cache adapter.
     Spin,
+    /// Node.js 20.19+: `gateway.wasm` (adapters plugged in) transpiled by jco, `server.mjs`, the
+    /// pinned npm packages (`package.json`, `package-lock.json`) and `serve.sh ADDR`. Needs
+    /// node and npm on PATH.
+    Node,
+    /// workerd (Cloudflare's Workers runtime, from npm), experimental: the component
+    /// transpiled by jco with JSPI, `worker.mjs`, `config.capnp` and `serve.sh ADDR`. Needs
+    /// node and npm on PATH.
+    Workerd,
 }
 
 impl std::fmt::Display for Target {
@@ -68,6 +81,8 @@ impl std::fmt::Display for Target {
         f.write_str(match self {
             Self::Wasmtime => "wasmtime serve",
             Self::Spin => "Spin",
+            Self::Node => "Node.js",
+            Self::Workerd => "workerd",
         })
     }
 }
@@ -92,6 +107,8 @@ pub fn export(target: Target, config_path: &Path, out: &Path) -> anyhow::Result<
     match target {
         Target::Wasmtime => export_wasmtime(&config, &source, &guest, &world, out),
         Target::Spin => export_spin(&config, &guest, &world, out),
+        Target::Node => js::export_node(&config, &guest, &world, out),
+        Target::Workerd => js::export_workerd(&config, &guest, &world, out),
     }
 }
 
@@ -102,7 +119,8 @@ pub fn guest_config(config: &Config, target: Target) -> GuestConfig {
     guest.listen_port = None;
     guest.host_annotations = false;
     guest.client_addr_header = match target {
-        Target::Wasmtime => None,
+        // Neither wasmtime serve nor preview2-shim (Node, workerd) tells the component.
+        Target::Wasmtime | Target::Node | Target::Workerd => None,
         Target::Spin => Some(SPIN_CLIENT_ADDR_HEADER.to_string()),
     };
     guest
@@ -115,25 +133,8 @@ fn export_wasmtime(
     world: &ComponentWorld,
     out: &Path,
 ) -> anyhow::Result<Exported> {
-    let guest = plug_counters(guest, world, COUNTERS_MEMORY)?;
-    let composed = if world.imports_key_cache() {
-        plug(&guest, KEY_CACHE_MEMORY).context("plugging the key-cache adapter into the guest")?
-    } else {
-        guest
-    };
-    let composed_world =
-        ComponentWorld::read(&composed).context("reading the composed component")?;
-    let foreign: Vec<&String> = composed_world
-        .imports
-        .iter()
-        .filter(|name| !name.starts_with("wasi:"))
-        .collect();
-    if !foreign.is_empty() {
-        bail!(
-            "{source} imports {foreign:?}, which wasmtime serve does not provide (it provides wasi:* \
-             only, and keygate's adapters cover {KEY_CACHE_INTERFACE} and {COUNTERS_INTERFACE})"
-        );
-    }
+    let composed = compose_memory_adapters(guest, world, "wasmtime serve")
+        .with_context(|| format!("composing {source}"))?;
     let wasm = out.join(GATEWAY_WASM);
     write_file(&wasm, &composed, 0o644)?;
     let json = guest_config(config, Target::Wasmtime).to_json();
@@ -192,6 +193,35 @@ fn export_spin(
         ),
         files,
     })
+}
+
+/// The guest with the in-memory counters and key-cache adapters plugged in (those it
+/// imports), checked to import WASI only: what `host` (wasmtime serve, Node) can run.
+fn compose_memory_adapters(
+    guest: &[u8],
+    world: &ComponentWorld,
+    host: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let guest = plug_counters(guest, world, COUNTERS_MEMORY)?;
+    let composed = if world.imports_key_cache() {
+        plug(&guest, KEY_CACHE_MEMORY).context("plugging the key-cache adapter into the guest")?
+    } else {
+        guest
+    };
+    let composed_world =
+        ComponentWorld::read(&composed).context("reading the composed component")?;
+    let foreign: Vec<&String> = composed_world
+        .imports
+        .iter()
+        .filter(|name| !name.starts_with("wasi:"))
+        .collect();
+    if !foreign.is_empty() {
+        bail!(
+            "the guest imports {foreign:?}, which {host} does not provide (it provides wasi:* \
+             only, and keygate's adapters cover {KEY_CACHE_INTERFACE} and {COUNTERS_INTERFACE})"
+        );
+    }
+    Ok(composed)
 }
 
 /// The guest with the counters adapter `adapter` plugged in, when it imports counters.

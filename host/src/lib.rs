@@ -4,19 +4,23 @@
 //! pool, the key cache, the compiled component, metrics. The guest owns every policy
 //! decision. See DESIGN.md in the repository's shared notes and the README.
 
+pub mod access_log;
 pub mod admin;
 pub mod allocator;
 pub mod capabilities;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod export;
 pub mod guest_log;
 pub mod http_util;
 pub mod import_kong;
 pub mod metrics;
+pub mod observe;
 pub mod proxy;
+pub mod request_record;
 pub mod responses;
 pub mod runtime;
 pub mod server;
@@ -47,18 +51,28 @@ pub struct RunningGateway {
 
 /// Serve a configuration given in memory (reloads re-read only the component file).
 pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
-    start_with(config, None).await
+    start_with(config, None, None).await
 }
 
 /// Serve the configuration in `path`, reloading when it or the component file changes.
 pub async fn start_from_file(path: &Path) -> anyhow::Result<RunningGateway> {
+    start_from_file_with(path, None).await
+}
+
+/// [`start_from_file`], with the access log going to `access_log` whatever `[log]
+/// access_file` says (`keygate serve --access-log`).
+pub async fn start_from_file_with(
+    path: &Path,
+    access_log: Option<PathBuf>,
+) -> anyhow::Result<RunningGateway> {
     let config = config::load(path)?;
-    start_with(config, Some(path.to_path_buf())).await
+    start_with(config, Some(path.to_path_buf()), access_log).await
 }
 
 async fn start_with(
     config: Config,
     config_path: Option<PathBuf>,
+    access_log: Option<PathBuf>,
 ) -> anyhow::Result<RunningGateway> {
     let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
@@ -90,9 +104,10 @@ async fn start_with(
         .cloned()
         .chain(config.guest.component.clone())
         .collect();
-    let gateway = tokio::task::spawn_blocking(move || Gateway::new(config, addr.port()))
-        .await
-        .context("compiling the guest component")??;
+    let gateway =
+        tokio::task::spawn_blocking(move || Gateway::new(config, addr.port(), access_log))
+            .await
+            .context("compiling the guest component")??;
     let cluster = cluster_redis
         .map(|url| Cluster::start(&url, gateway.key_cache_handle()))
         .transpose()?;
@@ -134,6 +149,7 @@ async fn start_with(
 impl RunningGateway {
     /// Stop accepting, let in-flight requests finish (up to `server.drain_timeout`).
     pub async fn shutdown(self) {
+        self.gateway.start_draining();
         tracing::info!("no longer accepting connections; draining in-flight requests");
         self.requests.stop().await;
         tracing::info!("all request threads drained");

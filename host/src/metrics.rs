@@ -6,16 +6,63 @@
 //! into the exported families when `/metrics` is scraped: a shared counter would bounce its
 //! cache line between request threads, and a label lookup would allocate, on every request.
 
-use prometheus_client::encoding::text::encode;
+mod exposition;
+pub mod histogram;
+mod kong;
+
+pub use exposition::CONTENT_TYPE;
+
+use crate::request_record::RequestRecord;
+use histogram::{KEYGATE_LATENCY, Merged, Tally as Histogram};
+use keygate_policy::plugins::Prometheus;
+use kong::{KongFamilies, KongTally};
+use prometheus_client::encoding::text::encode_registry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Consumers the dashboard's top list keeps at most; later ones are summed as `(others)`.
+const TRACKED_CONSUMERS: usize = 10_000;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// Client connections: accepted since the start (one shared count: keep-alive makes accepting
+/// rare), and the request threads' own counts of those they serve now.
+#[derive(Default)]
+pub struct Connections {
+    pub accepted: std::sync::atomic::AtomicU64,
+    serving: Mutex<Vec<Arc<AtomicUsize>>>,
+}
+
+impl Connections {
+    /// Add a request thread's count of the connections it serves.
+    pub fn watch(&self, serving: Arc<AtomicUsize>) {
+        self.serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(serving);
+    }
+
+    pub fn active(&self) -> u64 {
+        self.serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed) as u64)
+            .sum()
+    }
+}
+
+/// One upstream target's counts (see [`Metrics::upstream_target`]).
+pub struct TargetMetrics {
+    pub requests: Counter,
+    pub failures: Counter,
+    pub down: Gauge,
+}
 
 /// One Redis server's counts (see [`Metrics::redis`]).
 #[derive(Clone)]
@@ -48,6 +95,29 @@ pub struct Metrics {
     component_loads: Family<Labels, Counter>,
     key_cache_entries: Gauge,
     in_flight: Gauge,
+    request_latency: Family<Labels, Merged>,
+    upstream_latency: Family<Labels, Merged>,
+    auth_api_latency: Merged,
+    access_log_dropped: Counter,
+    target_requests: Family<Labels, Counter>,
+    target_failures: Family<Labels, Counter>,
+    target_down: Family<Labels, Gauge>,
+    /// Client connections, for Kong's `kong_nginx_connections_total`.
+    pub connections: Arc<Connections>,
+    /// Kong's families, exported while a `prometheus` plugin is configured.
+    kong: KongFamilies,
+    kong_enabled: AtomicBool,
+    /// Requests by consumer, for the dashboard (not exported: consumers are unbounded).
+    consumers: Mutex<HashMap<Box<str>, u64>>,
+    /// The latency histograms of each route (shared with the families), for the dashboard.
+    latency_routes: Mutex<HashMap<String, [Merged; 2]>>,
+}
+
+/// See [`Metrics::latencies`].
+pub struct Latencies {
+    /// (route, total, upstream).
+    pub routes: Vec<(String, Histogram, Histogram)>,
+    pub auth_api: Histogram,
 }
 
 impl Default for Metrics {
@@ -68,6 +138,50 @@ impl Default for Metrics {
         let key_cache_entries = Gauge::default();
         let in_flight = Gauge::default();
         let guest_instances = Counter::default();
+        let request_latency =
+            Family::new_with_constructor((|| Merged::new(KEYGATE_LATENCY)) as fn() -> Merged);
+        let upstream_latency =
+            Family::new_with_constructor((|| Merged::new(KEYGATE_LATENCY)) as fn() -> Merged);
+        let auth_api_latency = Merged::new(KEYGATE_LATENCY);
+        let access_log_dropped = Counter::default();
+        let target_requests = Family::default();
+        let target_failures = Family::default();
+        let target_down = Family::default();
+        registry.register(
+            "upstream_target_requests",
+            "Requests sent to each target of an upstream",
+            target_requests.clone(),
+        );
+        registry.register(
+            "upstream_target_failures",
+            "Connections a target of an upstream refused or did not accept in time (each marks it down for the upstream's down_for)",
+            target_failures.clone(),
+        );
+        registry.register(
+            "upstream_target_down",
+            "1 while a target of an upstream is skipped after a failed connection",
+            target_down.clone(),
+        );
+        registry.register(
+            "request_latency_ms",
+            "Time from a request's arrival to its response's last byte, by route",
+            request_latency.clone(),
+        );
+        registry.register(
+            "upstream_latency_ms",
+            "Time from sending a request to its origin until the response head, by route",
+            upstream_latency.clone(),
+        );
+        registry.register(
+            "auth_api_latency_ms",
+            "Duration of the auth API calls requests made (whole milliseconds)",
+            auth_api_latency.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the log sink did not keep up (requests never wait for it)",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "http_requests",
             "Client requests answered, by route and status code",
@@ -161,11 +275,118 @@ impl Default for Metrics {
             component_loads,
             key_cache_entries,
             in_flight,
+            request_latency,
+            upstream_latency,
+            auth_api_latency,
+            access_log_dropped,
+            target_requests,
+            target_failures,
+            target_down,
+            kong: KongFamilies::default(),
+            connections: Arc::default(),
+            kong_enabled: AtomicBool::new(false),
+            consumers: Mutex::default(),
+            latency_routes: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    /// A request is over (its response sent, or the client gone): its latencies, its
+    /// consumer, and Kong's families when a `prometheus` instance (`kong`) applies to it.
+    pub fn completed(&self, record: &RequestRecord, kong: Option<&Prometheus>) {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let mut tally = self.shard();
+        let route = record.route.as_deref().unwrap_or("(none)");
+        let latencies = match tally.latency.get_mut(route) {
+            Some(latencies) => latencies,
+            None => tally.latency.entry(route.into()).or_insert_with(|| {
+                [
+                    Histogram::new(KEYGATE_LATENCY),
+                    Histogram::new(KEYGATE_LATENCY),
+                ]
+            }),
+        };
+        latencies[0].observe(ms(record.total));
+        if let Some(upstream) = record.upstream {
+            latencies[1].observe(ms(upstream));
+        }
+        if let Some(auth) = record.auth_ms {
+            tally.auth_latency.observe(auth as f64);
+        }
+        if let Some(consumer) = record.consumer.as_deref() {
+            match tally.consumers.get_mut(consumer) {
+                Some(n) => *n += 1,
+                None => {
+                    tally.consumers.insert(consumer.into(), 1);
+                }
+            }
+        }
+        if let Some(flags) = kong {
+            tally.kong.record(record, flags);
+        }
+    }
+
+    /// Kong's `kong_upstream_target_health` for one target (see [`KongFamilies::target_health`]).
+    pub fn upstream_target_health(&self, upstream: &str, address: &str, healthy: bool) {
+        self.kong.target_health(upstream, address, healthy);
+    }
+
+    /// Whether Kong's families are exported (a `prometheus` plugin is configured).
+    pub fn set_kong_families(&self, enabled: bool) {
+        self.kong_enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// The counters of one upstream target, held by its balancer.
+    pub fn upstream_target(&self, upstream: &str, target: &str) -> TargetMetrics {
+        let labels = vec![
+            ("upstream", upstream.to_string()),
+            ("target", target.to_string()),
+        ];
+        TargetMetrics {
+            requests: self.target_requests.get_or_create(&labels).clone(),
+            failures: self.target_failures.get_or_create(&labels).clone(),
+            down: self.target_down.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts the access log's dropped lines.
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
+    }
+
+    /// The `n` consumers with the most requests since the start, most first.
+    pub fn top_consumers(&self, n: usize) -> Vec<(String, u64)> {
+        self.merge_tallies();
+        let consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut top: Vec<(String, u64)> = consumers
+            .iter()
+            .map(|(name, count)| (name.to_string(), *count))
+            .collect();
+        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(n);
+        top
+    }
+
+    /// Every route's latency histograms since the start (total, upstream), and the auth
+    /// API's: for the dashboard, which diffs two of them to get the last seconds' quantiles.
+    pub fn latencies(&self) -> Latencies {
+        self.merge_tallies();
+        let routes = self
+            .latency_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Latencies {
+            routes: routes
+                .iter()
+                .map(|(route, [total, upstream])| {
+                    (route.clone(), total.snapshot(), upstream.snapshot())
+                })
+                .collect(),
+            auth_api: self.auth_api_latency.snapshot(),
+        }
+    }
+
     /// A client request was answered.
     pub fn request(&self, route: &str, code: u16) {
         self.shard().requests.count(route, Some(code));
@@ -267,9 +488,17 @@ impl Metrics {
         self.key_cache_entries
             .set(i64::try_from(key_cache_entries).unwrap_or(i64::MAX));
         self.merge_tallies();
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        let mut openmetrics = String::new();
+        encode_registry(&mut openmetrics, &self.registry).expect("writing to a String cannot fail");
+        if self.kong_enabled.load(Ordering::Relaxed) {
+            self.kong.connections(
+                self.connections.accepted.load(Ordering::Relaxed),
+                self.connections.active(),
+            );
+            encode_registry(&mut openmetrics, &self.kong.registry)
+                .expect("writing to a String cannot fail");
+        }
+        exposition::to_text_format(&openmetrics)
     }
 
     /// This thread's tally. Uncontended unless more threads than shards count at once.
@@ -293,6 +522,7 @@ impl Metrics {
         for shard in &self.shards {
             let mut tally = shard.0.lock().unwrap_or_else(|p| p.into_inner());
             in_flight += tally.in_flight;
+            self.merge_request_records(&mut tally);
             for (route, code, n) in tally.requests.drain() {
                 self.requests
                     .get_or_create(&vec![("route", route), ("code", code_label(code))])
@@ -329,6 +559,49 @@ impl Metrics {
             }
         }
         self.in_flight.set(in_flight);
+    }
+
+    /// The latency and consumer parts of [`Metrics::merge_tallies`].
+    fn merge_request_records(&self, tally: &mut Tally) {
+        if !tally.latency.is_empty() {
+            let mut routes = self
+                .latency_routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for (route, [total, upstream]) in &mut tally.latency {
+                let merged = match routes.get(&**route) {
+                    Some(merged) => merged,
+                    None => {
+                        let labels = vec![("route", route.to_string())];
+                        let merged = [
+                            self.request_latency.get_or_create(&labels).clone(),
+                            self.upstream_latency.get_or_create(&labels).clone(),
+                        ];
+                        routes.entry(route.to_string()).or_insert(merged)
+                    }
+                };
+                merged[0].take(total);
+                merged[1].take(upstream);
+            }
+        }
+        self.auth_api_latency.take(&mut tally.auth_latency);
+        if !tally.consumers.is_empty() {
+            let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
+            for (consumer, n) in &mut tally.consumers {
+                let n = std::mem::take(n);
+                if n == 0 {
+                    continue;
+                }
+                if let Some(count) = consumers.get_mut(consumer) {
+                    *count += n;
+                } else if consumers.len() < TRACKED_CONSUMERS {
+                    consumers.insert(consumer.clone(), n);
+                } else {
+                    *consumers.entry("(others)".into()).or_default() += n;
+                }
+            }
+        }
+        self.kong.take(&mut tally.kong);
     }
 }
 
@@ -397,7 +670,6 @@ fn code_label(code: Option<u16>) -> String {
 struct Shard(Mutex<Tally>);
 
 /// What the threads of one shard counted since the last scrape.
-#[derive(Default)]
 struct Tally {
     requests: LabelledCounts,
     upstream_responses: LabelledCounts,
@@ -408,6 +680,28 @@ struct Tally {
     /// Requests started minus answered by these threads (a request may end on another
     /// thread than it started on, so one shard can go negative; the sum cannot).
     in_flight: i64,
+    /// By route: total and upstream latency.
+    latency: HashMap<Box<str>, [Histogram; 2]>,
+    auth_latency: Histogram,
+    consumers: HashMap<Box<str>, u64>,
+    kong: KongTally,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            requests: LabelledCounts::default(),
+            upstream_responses: LabelledCounts::default(),
+            auth_api_responses: LabelledCounts::default(),
+            rate_limit_decisions: HashMap::new(),
+            key_cache_lookups: [0; 4],
+            in_flight: 0,
+            latency: HashMap::new(),
+            auth_latency: Histogram::new(KEYGATE_LATENCY),
+            consumers: HashMap::new(),
+            kong: KongTally::default(),
+        }
+    }
 }
 
 /// Counts by a name (route, service) and a status code. A name is allocated the first time a

@@ -25,6 +25,8 @@ pub enum HostFailure {
     HeaderTooLarge,
     /// A request target over the per-line limit.
     UriTooLong,
+    /// Every target of the service's upstream is drained or marked down.
+    NoPeer,
 }
 
 impl HostFailure {
@@ -38,6 +40,7 @@ impl HostFailure {
             Self::BodyTooLarge => "request body over its size limit".into(),
             Self::HeaderTooLarge => "a request header line over its size limit".into(),
             Self::UriTooLong => "request target over its size limit".into(),
+            Self::NoPeer => "no target of the upstream is up".into(),
         }
     }
 
@@ -69,6 +72,8 @@ impl HostFailure {
             // status made for them, as hyper does for a head over the whole-head limit.
             Self::HeaderTooLarge => (431, HEADER_TOO_LARGE),
             Self::UriTooLong => (414, URI_TOO_LONG),
+            // Kong's balancer words.
+            Self::NoPeer => (503, "failure to get a peer from the ring-balancer"),
             Self::Internal(reason) => {
                 tracing::error!(request_id = %id, "internal error: {reason}");
                 (500, INTERNAL)

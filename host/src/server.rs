@@ -105,7 +105,11 @@ impl RequestThreads {
                 .spawn(move || runtime.block_on(serving))?;
         }
         let permits = Arc::new(Semaphore::new(max_connections));
-        tokio::spawn(accept(listener, lanes, permits, stopping));
+        let connections = Arc::clone(&gateway.metrics.connections);
+        for lane in &lanes {
+            connections.watch(Arc::clone(&lane.load));
+        }
+        tokio::spawn(accept(listener, lanes, permits, stopping, connections));
         Ok(Self { stop, stopped })
     }
 
@@ -125,6 +129,7 @@ async fn accept(
     lanes: Vec<Lane>,
     permits: Arc<Semaphore>,
     mut stopping: watch::Receiver<bool>,
+    connections: Arc<crate::metrics::Connections>,
 ) {
     let shutdown = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
@@ -162,6 +167,7 @@ async fn accept(
             .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
             .expect("at least one request thread");
         lane.load.fetch_add(1, Ordering::Relaxed);
+        connections.accepted.fetch_add(1, Ordering::Relaxed);
         let accepted = Accepted {
             stream,
             peer,

@@ -38,6 +38,9 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Kong's Upstreams: a service whose URL host names one is balanced across its targets.
+    #[serde(default)]
+    pub upstreams: Vec<crate::upstream::Upstream>,
     #[serde(default)]
     pub proxy: Proxy,
     #[serde(default)]
@@ -47,6 +50,42 @@ pub struct Config {
     pub plugins: Plugins,
     #[serde(default)]
     pub cluster: Cluster,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// `[log]`: the access log (one line per request) and the process log's format (host only).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// One line per request: `off` (default), `text` or `json`.
+    pub access: AccessLog,
+    /// Where access lines go (appended; reopened on SIGUSR1, as logrotate expects); stdout
+    /// when unset. `keygate serve --access-log PATH` overrides it.
+    pub access_file: Option<PathBuf>,
+    /// Keep the query string in the access log's `path` (values of the `key_auth.key_names`
+    /// parameters replaced by `REDACTED`). Off by default: keys travel there.
+    pub access_query: bool,
+    /// The process log (stderr): `text` (default) or `json`, so one collector reads both.
+    /// `keygate --log-format` overrides it.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessLog {
+    #[default]
+    Off,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[cluster]`: what the nodes of a fleet share beyond their own memory (host only).
@@ -261,7 +300,63 @@ pub struct Consumer {
     pub username: Option<String>,
     pub custom_id: Option<String>,
     #[serde(default)]
-    pub keys: Vec<String>,
+    pub keys: Vec<ConsumerKey>,
+}
+
+/// A consumer's key: `"the-key"`, or `{ key = "the-key", id = "…" }` to keep the credential id
+/// a Kong key-auth credential had (sent upstream as `X-Credential-Identifier`). Without an id,
+/// the key's id is Kong DB-less's UUIDv5 of it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConsumerKey {
+    Plain(String),
+    WithId(KeyWithId),
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyWithId {
+    pub key: String,
+    pub id: String,
+}
+
+impl ConsumerKey {
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Plain(key) => key,
+            Self::WithId(with_id) => &with_id.key,
+        }
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Plain(_) => None,
+            Self::WithId(with_id) => Some(&with_id.id),
+        }
+    }
+}
+
+/// Keys never show in a config's debug output.
+impl std::fmt::Debug for ConsumerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = crate::fingerprint::redact(self.key());
+        match self.id() {
+            None => write!(f, "{key:?}"),
+            Some(id) => write!(f, "{{ key: {key:?}, id: {id:?} }}"),
+        }
+    }
+}
+
+impl PartialEq<&str> for ConsumerKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.key() == *other
+    }
+}
+
+impl From<&str> for ConsumerKey {
+    fn from(key: &str) -> Self {
+        Self::Plain(key.to_string())
+    }
 }
 
 /// An origin API (Kong's Service) and the routes that lead to it.

@@ -33,7 +33,12 @@ impl Config {
                     key_fingerprints: consumer
                         .keys
                         .iter()
-                        .map(|key| crate::fingerprint::fingerprint(key))
+                        .map(|key| crate::fingerprint::fingerprint(key.key()))
+                        .collect(),
+                    key_ids: consumer
+                        .keys
+                        .iter()
+                        .map(|key| key.id().map(str::to_string))
                         .collect(),
                 })
                 .collect(),
@@ -52,7 +57,7 @@ pub struct GuestConfig {
     /// The port clients connect to, for `X-Forwarded-Port` (else the port in `Host`).
     pub listen_port: Option<u16>,
     /// Tell the host which route answered and what each outgoing call is for, in
-    /// `keygate-route` / `keygate-call` headers the host strips: keygate's metrics labels.
+    /// `keygate-labels` / `keygate-call` headers the host strips: keygate's metrics labels.
     #[serde(default)]
     pub host_annotations: bool,
     /// `proxy.trusted_ips`.
@@ -85,6 +90,9 @@ pub struct GuestConsumer {
     pub username: Option<String>,
     pub custom_id: Option<String>,
     pub key_fingerprints: Vec<String>,
+    /// The credential id of each key, where the config gives one (by position).
+    #[serde(default)]
+    pub key_ids: Vec<Option<String>>,
 }
 
 impl GuestConfig {

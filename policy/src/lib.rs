@@ -5,6 +5,7 @@
 //! variable: the only configuration channel that works the same on keygate, `wasmtime serve`
 //! and Spin. Both sides use these types, so the two can never disagree on the format.
 
+pub mod annotation;
 pub mod compat;
 pub mod config;
 pub mod duration;
@@ -16,6 +17,7 @@ pub mod plugins;
 pub mod route_path;
 pub mod service_url;
 pub mod size;
+pub mod upstream;
 mod validate;
 
 pub use compat::{Compat, HeaderStyle};
@@ -35,12 +37,11 @@ pub const GUEST_CONFIG_ENV: &str = "KEYGATE_CONFIG";
 pub mod internal_headers {
     /// On incoming requests: the client's IP, set by the host (a client's copy is replaced).
     pub const CLIENT_ADDR: &str = "keygate-client-addr";
-    /// On guest responses: the route that answered (metrics label).
-    pub const ROUTE: &str = "keygate-route";
+    /// On guest responses: the [`crate::annotation::Annotation`] of the answer (route,
+    /// consumer, who answered, …) for the host's metrics and access log.
+    pub const LABELS: &str = "keygate-labels";
     /// On outgoing requests: `auth` or the service name (metrics label).
     pub const CALL: &str = "keygate-call";
-    /// On guest responses: what rate limiting made of the request (metrics label).
-    pub const RATE_LIMIT: &str = "keygate-rate-limit";
     /// What a client must never be sent, whoever set it (an origin, a guest).
-    pub const ALL: [&str; 4] = [CLIENT_ADDR, ROUTE, CALL, RATE_LIMIT];
+    pub const ALL: [&str; 3] = [CLIENT_ADDR, LABELS, CALL];
 }

@@ -77,13 +77,20 @@ impl Config {
                 return Err(invalid(field, "needs a username or a custom_id"));
             }
             for (k, key) in consumer.keys.iter().enumerate() {
+                if key.id().is_some_and(str::is_empty) {
+                    return Err(invalid(
+                        format!("{field}.keys[{k}].id"),
+                        "a credential id cannot be empty",
+                    ));
+                }
+                let key = key.key();
                 if key.is_empty() {
                     return Err(invalid(
                         format!("{field}.keys[{k}]"),
                         "a key cannot be empty",
                     ));
                 }
-                if !keys.insert(key.as_str()) {
+                if !keys.insert(key) {
                     return Err(invalid(
                         format!("{field}.keys[{k}]"),
                         "this key already belongs to another consumer",
@@ -117,6 +124,17 @@ impl Config {
                 route.validate(&field)?;
             }
         }
+        let mut upstream_names = HashSet::new();
+        for (u, upstream) in self.upstreams.iter().enumerate() {
+            let field = format!("upstreams[{u}]");
+            upstream.validate(&field)?;
+            if !upstream_names.insert(upstream.name.as_str()) {
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("an upstream named {:?} already exists", upstream.name),
+                ));
+            }
+        }
         self.validate_plugins()?;
         Ok(())
     }
@@ -124,8 +142,16 @@ impl Config {
 
 impl KeyAuth {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_at("key_auth")
+    }
+
+    /// `field` is where these fields are: `key_auth`, or a key-auth plugin's config.
+    pub(crate) fn validate_at(&self, field: &str) -> Result<(), ConfigError> {
         if self.key_names.is_empty() {
-            return Err(invalid("key_auth.key_names", "needs at least one name"));
+            return Err(invalid(
+                format!("{field}.key_names"),
+                "needs at least one name",
+            ));
         }
         for (i, name) in self.key_names.iter().enumerate() {
             let ok = !name.is_empty()
@@ -134,26 +160,26 @@ impl KeyAuth {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !ok {
                 return Err(invalid(
-                    format!("key_auth.key_names[{i}]"),
+                    format!("{field}.key_names[{i}]"),
                     format!("{name:?} is not a header name (letters, digits, '-' and '_')"),
                 ));
             }
         }
         if self.anonymous.as_deref() == Some("") {
             return Err(invalid(
-                "key_auth.anonymous",
+                format!("{field}.anonymous"),
                 "cannot be empty (leave it out to refuse requests without a valid key)",
             ));
         }
         if self.body_buffer_size.bytes() == 0 || self.body_buffer_size.bytes() > 16 << 20 {
             return Err(invalid(
-                "key_auth.body_buffer_size",
+                format!("{field}.body_buffer_size"),
                 "must be between 1 byte and 16m",
             ));
         }
         if !(self.key_in_header || self.key_in_query || self.key_in_body) {
             return Err(invalid(
-                "key_auth",
+                field,
                 "key_in_header, key_in_query and key_in_body are all false: no key could be found",
             ));
         }

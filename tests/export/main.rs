@@ -1,14 +1,19 @@
 //! `keygate export`, by subject: what it writes (`output`), the wasmtime flavour run for real on
 //! `wasmtime serve` 48.0.8 (`wasmtime_serve`; the whole scenario suite runs there too, as
-//! `scenarios_wasmtime_serve`), the Spin flavour checked against a world of what
-//! Spin 3.x provides (`spin_world`), and the key-cache and counters adapters that stand in for
-//! keygate's own cache and counters on those hosts, run in a test host of their own
-//! (`adapters`).
+//! `scenarios_wasmtime_serve`), the Node.js and workerd flavours run by their `serve.sh`
+//! (`js`; the suite runs there too, as `scenarios_node` and `scenarios_workerd`), the Spin
+//! flavour checked against a world of what Spin 3.x provides (`spin_world`), and the key-cache
+//! and counters adapters that stand in for keygate's own cache and counters on those hosts, run
+//! in a test host of their own (`adapters`).
 
+#[path = "../support/js_export.rs"]
+#[allow(dead_code)]
+mod js_export;
 #[path = "../support/mod.rs"]
 mod support;
 
 mod adapters;
+mod js;
 mod output;
 mod spin_world;
 mod wasmtime_serve;

@@ -139,6 +139,26 @@ async fn kongs_worked_example_minute_and_hour() {
     );
 }
 
+/// Kong takes fractional limits (`2.5`) and prints them with Lua's `tostring`.
+#[tokio::test]
+async fn a_fractional_limit_as_kong_counts_and_prints_it() {
+    let (_origin, gw) = gateway(&limit("minute = 2.5")).await;
+    within_one_minute().await;
+    let first = get(gw.addr, "/api/x", &[ALICE]).await;
+    assert_eq!(header(&first, "x-ratelimit-limit-minute"), "2.5");
+    assert_eq!(header(&first, "x-ratelimit-remaining-minute"), "1.5");
+    assert_eq!(header(&first, "ratelimit-limit"), "2.5");
+    counts_are_per_instance_there!();
+    let second = get(gw.addr, "/api/x", &[ALICE]).await;
+    assert_eq!(header(&second, "x-ratelimit-remaining-minute"), "0.5");
+    // 0.5 left: a third request passes, and nothing is left to announce.
+    let third = get(gw.addr, "/api/x", &[ALICE]).await;
+    assert_eq!(third.status, 200, "{}", third.text());
+    assert_eq!(header(&third, "x-ratelimit-remaining-minute"), "0");
+    let fourth = get(gw.addr, "/api/x", &[ALICE]).await;
+    assert_refused(&fourth, 429, "API rate limit exceeded");
+}
+
 #[tokio::test]
 async fn a_request_without_a_key_gets_401_never_429() {
     let (origin, gw) = gateway(&limit("minute = 1\nlimit_by = \"ip\"")).await;

@@ -191,10 +191,12 @@ async fn headers_named_in_connection_are_dropped() {
 
 /// Asks the test origin to answer with every one of keygate's internal headers, forged.
 const FORGED_INTERNAL_HEADERS: &[(&str, &str)] = &[
-    ("x-test-respond-with", "keygate-route=forged-route"),
+    (
+        "x-test-respond-with",
+        r#"keygate-labels={"route":"forged-route","rate_limit":"limited"}"#,
+    ),
     ("x-test-respond-with", "keygate-call=forged-call"),
     ("x-test-respond-with", "keygate-client-addr=6.6.6.6"),
-    ("x-test-respond-with", "keygate-rate-limit=limited"),
 ];
 
 /// An origin that sends keygate's internal headers: the client gets none of them, and the

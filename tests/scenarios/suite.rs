@@ -11,6 +11,9 @@
 //! cannot give a component (the client's address on `wasmtime serve`), or that look inside
 //! keygate (its metrics), say so with `excluded_on_wasmtime_serve!`.
 
+#[path = "../support/js_export.rs"]
+#[allow(dead_code)]
+mod js_export;
 #[path = "../support/mod.rs"]
 mod support;
 
@@ -43,6 +46,10 @@ pub enum Host {
     Portable,
     /// The exported component on `wasmtime serve` 48 (`keygate export --for wasmtime`).
     WasmtimeServe,
+    /// The exported component on Node.js through jco (`keygate export --for node`).
+    Node,
+    /// The exported component on workerd through jco (`keygate export --for workerd`).
+    Workerd,
 }
 
 /// A gateway under test, on whichever host; stopped when dropped.
@@ -60,6 +67,9 @@ impl TestGateway {
             Running::Wasmtime(..) => {
                 panic!("this scenario needs keygate: exclude it on wasmtime serve")
             }
+            Running::Js(..) => {
+                panic!("this scenario needs keygate: exclude it on Node and workerd")
+            }
         }
     }
 
@@ -70,6 +80,9 @@ impl TestGateway {
             Running::Wasmtime(..) => {
                 panic!("this scenario needs keygate: exclude it on wasmtime serve")
             }
+            Running::Js(..) => {
+                panic!("this scenario needs keygate: exclude it on Node and workerd")
+            }
         }
     }
 }
@@ -78,6 +91,7 @@ impl TestGateway {
 enum Running {
     Keygate(keygate::RunningGateway),
     Wasmtime(support::wasmtime_serve::WasmtimeServe, tempfile::TempDir),
+    Js(js_export::JsServe, tempfile::TempDir),
 }
 
 /// Start the gateway of `toml` on the host this binary tests, and check it is really there.
@@ -86,6 +100,17 @@ async fn start_gateway(toml: &str) -> TestGateway {
         Host::FastPath => keygate_policy::GuestEntry::Auto,
         Host::Portable => keygate_policy::GuestEntry::WasiHttp,
         Host::WasmtimeServe => return start_on_wasmtime_serve(toml).await,
+        Host::Node | Host::Workerd => match js_host_exclusion() {
+            Some(why) => {
+                let host = js_host_name().unwrap_or_default();
+                eprintln!("excluded on {host}: {why}; run on keygate's wasi:http path instead");
+                keygate_policy::GuestEntry::WasiHttp
+            }
+            None if crate::HOST == Host::Node => {
+                return start_on_js(toml, js_export::JsHost::Node).await;
+            }
+            None => return start_on_js(toml, js_export::JsHost::Workerd).await,
+        },
     };
     let gw = support::start_gateway_with(toml, |config| config.guest.entry = entry).await;
     assert_eq!(
@@ -119,14 +144,103 @@ async fn start_on_wasmtime_serve(toml: &str) -> TestGateway {
     .unwrap()
 }
 
-/// Ends a test that cannot run on `wasmtime serve`, saying why (the README lists them).
+/// `keygate export --for node | workerd` of `toml` (the pinned npm packages linked from the
+/// tests' one install), served by its `serve.sh`.
+async fn start_on_js(toml: &str, host: js_export::JsHost) -> TestGateway {
+    let toml = toml.to_string();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keygate.toml");
+        std::fs::write(&config, toml).unwrap();
+        let out = dir.path().join("export");
+        js_export::export(host, &config, &out);
+        let serve = js_export::JsServe::start(host, &out.join("serve.sh"));
+        TestGateway {
+            addr: serve.addr,
+            _running: Running::Js(serve, dir),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Ends a test that cannot run on `wasmtime serve`, saying why (the README lists them). The
+/// exports for Node and workerd share these limits (the client's address, keygate's metrics,
+/// keygate's own cache and counters, its connection handling), so it ends them there too.
 macro_rules! excluded_on_wasmtime_serve {
     ($why:literal) => {
         if crate::HOST == crate::suite::Host::WasmtimeServe {
             eprintln!("excluded on wasmtime serve: {}", $why);
             return;
         }
+        if let Some(host) = crate::suite::js_host_name() {
+            if std::env::var_os("KG_PROBE").is_none() {
+            eprintln!("excluded on {host} (as on wasmtime serve): {}", $why);
+            return;
+            }
+            eprintln!("PROBE-MACRO {}", std::thread::current().name().unwrap_or(""));
+        }
     };
+}
+
+/// "Node.js" or "workerd" when this binary tests one of them.
+fn js_host_name() -> Option<&'static str> {
+    match crate::HOST {
+        Host::Node => Some("Node.js"),
+        Host::Workerd => Some("workerd"),
+        _ => None,
+    }
+}
+
+/// Scenarios of other files that cannot pass on Node or workerd, and do not end early there
+/// by themselves (they test what these hosts cannot give, through checks written for keygate
+/// or wasmtime serve): `start_gateway` runs them on keygate's wasi:http path instead, saying
+/// so. (test name, hosts, why)
+const JS_HOST_EXCLUSIONS: &[(&str, &[Host], &str)] = &[
+    (
+        "key_auth_keygate_headers_are_stripped_from_responses",
+        &[Host::Node, Host::Workerd],
+        "its last part reads keygate's metrics",
+    ),
+    (
+        "methods_must_match_exactly",
+        &[Host::Node],
+        "a POST without Content-Length or Transfer-Encoding: preview2-shim 0.26.1's Node server \
+         never ends that (empty) request body, so the origin never gets the end of it (504)",
+    ),
+    (
+        "duplicate_key_in_header_is_401_duplicate_api_key_found",
+        &[Host::Workerd],
+        "workerd hands the Worker a Fetch Request, whose Headers join a repeated header into \
+         one comma-separated value",
+    ),
+    (
+        "proxied_responses_carry_via_server_latencies_and_request_id",
+        &[Host::Workerd],
+        "it steers the origin with a repeated request header, which workerd's Fetch Headers \
+         join into one",
+    ),
+    (
+        "strip_path_joins_with_the_service_path_like_kong_v0",
+        &[Host::Workerd],
+        "the Fetch Request's URL drops an empty query's `?` (`/api/x?` arrives as `/api/x`)",
+    ),
+    (
+        "origin_going_quiet_mid_body_cuts_the_response_after_read_timeout",
+        &[Host::Workerd],
+        "preview2-shim 0.26.1's Web bridge buffers the whole response before workerd sends its \
+         head, and times out no read of an origin's body: a quiet origin holds the request",
+    ),
+];
+
+/// Why the running test is in [`JS_HOST_EXCLUSIONS`] for this binary's host.
+fn js_host_exclusion() -> Option<&'static str> {
+    let thread = std::thread::current();
+    let test = thread.name()?.rsplit("::").next()?.to_string();
+    JS_HOST_EXCLUSIONS
+        .iter()
+        .find(|(name, hosts, _)| *name == test && hosts.contains(&crate::HOST))
+        .map(|(_, _, why)| *why)
 }
 use excluded_on_wasmtime_serve;
 

@@ -30,10 +30,15 @@ pub struct Served {
 impl Served {
     /// Start `keygate serve --config PATH` and wait until it logs that it is serving.
     pub fn start(config: &Path) -> Self {
+        Self::start_logging(config, "info")
+    }
+
+    /// [`Served::start`] with the log filter `level` (`KEYGATE_LOG`).
+    pub fn start_logging(config: &Path, level: &str) -> Self {
         let mut child = Command::new(KEYGATE)
             .args(["serve", "--config"])
             .arg(config)
-            .env("KEYGATE_LOG", "info")
+            .env("KEYGATE_LOG", level)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

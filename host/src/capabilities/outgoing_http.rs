@@ -4,6 +4,7 @@
 
 use super::breaker::{Breaker, FAILURES_TO_OPEN, PROBE_EVERY};
 use crate::metrics::Metrics;
+use crate::proxy::balancer::{self, BalancedError, Balancers};
 use bytes::Bytes;
 use http::HeaderName;
 use http_body::{Body, Frame};
@@ -44,6 +45,8 @@ pub struct OutgoingHttp {
 pub struct AllowList {
     hosts: HashMap<String, Vec<u16>>,
     auth_api: Option<(String, u16, String)>,
+    /// Calls to a service whose host names an upstream go to one of its targets.
+    pub balancers: Arc<Balancers>,
 }
 
 impl AllowList {
@@ -89,6 +92,7 @@ impl FromIterator<(String, u16)> for AllowList {
         Self {
             hosts,
             auth_api: None,
+            balancers: Arc::default(),
         }
     }
 }
@@ -394,18 +398,47 @@ impl OutgoingHttp {
         // (the longest any config asks for); the head must then arrive within `first_byte`.
         let first_byte = options.first_byte_timeout.unwrap_or(DEFAULT_TIMEOUT);
         let between_bytes = options.between_bytes_timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let pending = self.pools.client().request(request);
-        let response = match tokio::time::timeout(first_byte, pending).await {
-            Err(_) => return Err(Error::ConnectionReadTimeout),
-            Ok(Err(err)) => {
-                tracing::debug!(%call, %target, "outgoing call failed: {err:?}");
-                return Err(client_error(&err));
-            }
-            Ok(Ok(mut response)) => {
-                crate::http_util::remove_connection_tokens(response.headers_mut(), false);
-                response
+        let client = self.pools.client();
+        let sent = match self.allowed.balancers.get(target.host()) {
+            None => tokio::time::timeout(first_byte, client.request(request))
+                .await
+                .map_err(|_| Error::ConnectionReadTimeout)
+                .and_then(|result| result.map_err(|err| client_error(&err))),
+            // An upstream: a target that cannot be connected to hands the call to the next.
+            Some(balancer) => {
+                let balanced = balancer::send(
+                    balancer,
+                    request,
+                    |err: &Error| {
+                        matches!(err, Error::ConnectionRefused | Error::ConnectionTimeout)
+                    },
+                    |attempt| {
+                        let pending = client.request(attempt.map(|body| body.boxed_unsync()));
+                        async move {
+                            tokio::time::timeout(first_byte, pending)
+                                .await
+                                .map_err(|_| Error::ConnectionReadTimeout)
+                                .and_then(|result| result.map_err(|err| client_error(&err)))
+                        }
+                    },
+                )
+                .await;
+                match balanced {
+                    Ok(response) => Ok(response),
+                    // Every target down: the guest answers 503, as Kong does.
+                    Err(BalancedError::NoPeer) => Err(Error::ConnectionLimitReached),
+                    Err(BalancedError::Failed(err)) => Err(err),
+                }
             }
         };
+        let mut response = match sent {
+            Err(err) => {
+                tracing::debug!(%call, %target, "outgoing call failed: {err:?}");
+                return Err(err);
+            }
+            Ok(response) => response,
+        };
+        crate::http_util::remove_connection_tokens(response.headers_mut(), false);
         Ok(response.map(|body| IdleTimeoutBody::new(body, between_bytes).boxed_unsync()))
     }
 }

@@ -336,9 +336,62 @@ impl Importer {
                 "{label}: ttl ignored; the key does not expire in keygate"
             ));
         }
-        self.warn(format!(
-            "{label}: keygate keys carry no credential id yet; X-Credential-Identifier will change"
-        ));
-        self.consumers[consumer].keys.push(key);
+        let id = str_of(credential.get("id"));
+        if id.is_none() {
+            self.warn(format!(
+                "{label}: has no id (decK dumps drop them unless --with-id): X-Credential-Identifier will be keygate's derived id, not Kong's"
+            ));
+        }
+        self.consumers[consumer].keys.push((key, id));
+    }
+
+    /// Kong's Upstream: name, round-robin, targets (nested here or top-level).
+    pub(super) fn upstream(&mut self, upstream: Map<String, Value>) -> anyhow::Result<()> {
+        let upstream = non_null(upstream);
+        let name = str_of(upstream.get("name")).context("an upstream has no name")?;
+        let label = format!("upstream {name:?}");
+        let mut table = toml::Table::new();
+        table.insert("name".into(), name.clone().into());
+        table.insert("targets".into(), toml::Value::Array(Vec::new()));
+        for (key, value) in &upstream {
+            match key.as_str() {
+                "name" | "id" | "targets" | "tags" => {}
+                "algorithm" if value.as_str() == Some("round-robin") => {}
+                "algorithm" => self.warn(format!(
+                    "{label}: algorithm {value} becomes round-robin (keygate balances round-robin only); requests spread differently"
+                )),
+                "healthchecks" => self.warn(format!(
+                    "{label}: healthchecks ignored; keygate skips a target that refuses connections for 10 s (down_for)"
+                )),
+                other => self.warn(format!("{label}: {other} ignored (keygate has no such field)")),
+            }
+        }
+        self.upstreams
+            .push((name, str_of(upstream.get("id")), table));
+        let index = self.upstreams.len() - 1;
+        for target in objects(upstream.get("targets"), &format!("{label}.targets"))? {
+            self.target(index, target);
+        }
+        Ok(())
+    }
+
+    /// One target of upstream `index`.
+    pub(super) fn target(&mut self, index: usize, target: Map<String, Value>) {
+        let target = non_null(target);
+        let Some(address) = str_of(target.get("target")) else {
+            let name = self.upstreams[index].0.clone();
+            self.warn(format!(
+                "upstream {name:?}: a target without `target`; not imported"
+            ));
+            return;
+        };
+        let mut entry = toml::Table::new();
+        entry.insert("target".into(), address.into());
+        if let Some(weight) = target.get("weight").and_then(Value::as_i64) {
+            entry.insert("weight".into(), weight.into());
+        }
+        if let Some(toml::Value::Array(targets)) = self.upstreams[index].2.get_mut("targets") {
+            targets.push(entry.into());
+        }
     }
 }

@@ -7,7 +7,7 @@ mod output;
 
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The written TOML and the report lines (warnings, one per dropped or changed thing).
@@ -32,8 +32,6 @@ const REFUSED_PLUGINS: &[&str] = &[
     "mtls-auth",
     "vault-auth",
     "rate-limiting-advanced",
-    "ip-restriction",
-    "request-termination",
     "bot-detection",
     "opa",
 ];
@@ -48,6 +46,41 @@ const KEY_AUTH_FIELDS: &[&str] = &[
     "run_on_preflight",
     "realm",
     "anonymous",
+];
+
+/// prometheus `config` fields keygate reads (all of Kong 3.9's).
+const PROMETHEUS_FIELDS: &[&str] = &[
+    "per_consumer",
+    "status_code_metrics",
+    "latency_metrics",
+    "bandwidth_metrics",
+    "upstream_health_metrics",
+    "ai_metrics",
+];
+
+/// cors `config` fields keygate reads (Kong 3.9's).
+const CORS_FIELDS: &[&str] = &[
+    "origins",
+    "headers",
+    "exposed_headers",
+    "methods",
+    "max_age",
+    "credentials",
+    "private_network",
+    "preflight_continue",
+];
+
+/// ip-restriction `config` fields keygate reads.
+const IP_RESTRICTION_FIELDS: &[&str] = &["allow", "deny", "status", "message"];
+
+/// request-termination `config` fields keygate reads.
+const REQUEST_TERMINATION_FIELDS: &[&str] = &[
+    "status_code",
+    "message",
+    "content_type",
+    "body",
+    "echo",
+    "trigger",
 ];
 
 /// rate-limiting `config` fields keygate reads.
@@ -80,7 +113,12 @@ const RATE_LIMITING_FIELDS: &[&str] = &[
 ];
 
 /// `keygate import-kong`: read, convert, write (or print), report on stderr.
-pub fn run(input: &Path, out: Option<&Path>, force: bool) -> anyhow::Result<()> {
+pub fn run(
+    input: &Path,
+    out: Option<&Path>,
+    force: bool,
+    fallback: Option<&str>,
+) -> anyhow::Result<()> {
     if let Some(out) = out
         && out.exists()
         && !force
@@ -92,7 +130,7 @@ pub fn run(input: &Path, out: Option<&Path>, force: bool) -> anyhow::Result<()> 
     }
     let text =
         std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
-    let imported = convert(&text, |name| std::env::var(name).ok())
+    let imported = convert(&text, |name| std::env::var(name).ok(), fallback)
         .with_context(|| format!("importing {}", input.display()))?;
     // What is written must be a config keygate reads.
     keygate_policy::Config::from_toml(&imported.toml)
@@ -117,7 +155,13 @@ pub fn run(input: &Path, out: Option<&Path>, force: bool) -> anyhow::Result<()> 
 }
 
 /// Convert a Kong declarative file's text; `env` looks up `DECK_` variables.
-pub fn convert(text: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Imported> {
+/// With `fallback` (the old Kong's proxy URL), a catch-all route to it is added and routes
+/// carrying a plugin keygate cannot enforce are left to it instead of refusing the import.
+pub fn convert(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+    fallback: Option<&str>,
+) -> anyhow::Result<Imported> {
     let text = substitute_env(text, env)?;
     let doc: Value = if text.trim_start().starts_with('{') {
         serde_json::from_str(&text).context("parsing JSON")?
@@ -127,7 +171,11 @@ pub fn convert(text: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Resu
     let Value::Object(doc) = doc else {
         bail!("the file is not a Kong declarative config (expected a mapping at the top)");
     };
-    Importer::default().import(doc)
+    Importer {
+        fallback: fallback.map(str::to_string),
+        ..Importer::default()
+    }
+    .import(doc)
 }
 
 /// decK's `${{ env "DECK_X" }}` templating, before parsing.
@@ -170,12 +218,16 @@ struct Importer {
     old_format: bool,
     service_defaults: Map<String, Value>,
     route_defaults: Map<String, Value>,
+    /// `[[upstreams]]` as written: name, id, TOML table (targets included).
+    upstreams: Vec<(String, Option<String>, toml::Table)>,
     /// Services as written: name, id, TOML table, routes.
     services: Vec<ServiceOut>,
     consumers: Vec<ConsumerOut>,
     /// (scope, plugin object).
     plugins: Vec<(Scope, Map<String, Value>)>,
     unnamed_routes: usize,
+    /// `--fallback URL`.
+    fallback: Option<String>,
 }
 
 struct ServiceOut {
@@ -195,7 +247,8 @@ struct ConsumerOut {
     username: Option<String>,
     id: Option<String>,
     custom_id: Option<String>,
-    keys: Vec<String>,
+    /// Each key and its credential id, when the file has one.
+    keys: Vec<(String, Option<String>)>,
 }
 
 #[derive(Clone, Default, Debug)]
@@ -323,6 +376,7 @@ impl Importer {
             "keyauth_credentials",
         )?;
         let plugins = objects(doc.remove("plugins").as_ref(), "plugins")?;
+        let mut top_level_targets = Vec::new();
         for (key, value) in doc {
             match key.as_str() {
                 "_format_version" | "_comment" | "_ignore" => {}
@@ -336,15 +390,32 @@ impl Importer {
                         self.warn("_workspace: ignored (keygate has no workspaces)");
                     }
                 }
-                "upstreams" => self.warn(
-                    "upstreams: not imported yet; a service whose host names an upstream will resolve that name with DNS",
-                ),
-                "acls" | "basicauth_credentials" | "jwt_secrets" | "hmacauth_credentials"
-                | "oauth2_credentials" | "mtls_auth_credentials" => self.warn(format!(
+                "upstreams" => {
+                    for upstream in objects(Some(&value), "upstreams")? {
+                        self.upstream(upstream)?;
+                    }
+                }
+                "targets" => top_level_targets = objects(Some(&value), "targets")?,
+                "acls"
+                | "basicauth_credentials"
+                | "jwt_secrets"
+                | "hmacauth_credentials"
+                | "oauth2_credentials"
+                | "mtls_auth_credentials" => self.warn(format!(
                     "{key}: ignored (keygate has no plugin that uses them)"
                 )),
                 other => self.warn(format!("{other}: ignored (keygate has no such entity)")),
             }
+        }
+        for target in top_level_targets {
+            let reference = target
+                .get("upstream")
+                .and_then(reference)
+                .context("a top-level target names no upstream")?;
+            let index = self
+                .upstream_index(&reference)
+                .with_context(|| format!("targets: upstream {reference:?} is not in the file"))?;
+            self.target(index, target);
         }
         for service in services {
             self.service(service)?;
@@ -409,6 +480,12 @@ impl Importer {
         self.finish()
     }
 
+    fn upstream_index(&self, reference: &str) -> Option<usize> {
+        self.upstreams
+            .iter()
+            .position(|(name, id, _)| name == reference || id.as_deref() == Some(reference))
+    }
+
     fn service_index(&self, reference: &str) -> Option<usize> {
         self.services
             .iter()
@@ -444,7 +521,7 @@ mod tests {
     use super::*;
 
     fn import(text: &str) -> Imported {
-        convert(text, |_| None).unwrap()
+        convert(text, |_| None, None).unwrap()
     }
 
     #[test]
@@ -478,6 +555,27 @@ mod tests {
         assert!(err.to_string().contains("DECK_MISSING"), "{err}");
         let err = substitute_env("${{ env \"HOME\" }}", env).unwrap_err();
         assert!(err.to_string().contains("DECK_"), "{err}");
+    }
+
+    #[test]
+    fn credential_ids_are_kept_next_to_keys_without_one() {
+        let out = import(
+            "_format_version: \"3.0\"\nconsumers:\n- username: a\n  keyauth_credentials:\n  - {key: k1, id: cred-1}\n  - {key: k2}\n",
+        );
+        let config = keygate_policy::Config::from_toml(&out.toml).unwrap();
+        let keys: Vec<(&str, Option<&str>)> = config.consumers[0]
+            .keys
+            .iter()
+            .map(|key| (key.key(), key.id()))
+            .collect();
+        assert_eq!(keys, [("k1", Some("cred-1")), ("k2", None)], "{}", out.toml);
+        assert!(
+            out.warnings
+                .iter()
+                .any(|w| w.contains("has no id") && w.contains("X-Credential-Identifier")),
+            "{:?}",
+            out.warnings
+        );
     }
 
     #[test]

@@ -32,6 +32,12 @@ impl Importer {
 
     pub(super) fn finish(mut self) -> anyhow::Result<Imported> {
         let plugins = std::mem::take(&mut self.plugins);
+        // With --fallback, routes carrying a plugin keygate cannot enforce stay with Kong.
+        let left_to_kong = self.left_to_kong(&plugins);
+        let plugins: Vec<(Scope, Map<String, Value>)> = plugins
+            .into_iter()
+            .filter(|(scope, _)| !self.scope_left_to_kong(scope, &left_to_kong))
+            .collect();
         let mut refused = Vec::new();
         let mut key_auth: Vec<(Scope, Map<String, Value>)> = Vec::new();
         let mut written_plugins: Vec<toml::Value> = Vec::new();
@@ -60,8 +66,28 @@ impl Importer {
                     let table = self.rate_limiting(&scope, &where_, config);
                     written_plugins.push(table.into());
                 }
+                "prometheus" => {
+                    let table = self.prometheus(&scope, &where_, config);
+                    written_plugins.push(table.into());
+                }
+                "cors" => {
+                    if let Some(table) = self.cors(&scope, &where_, config) {
+                        written_plugins.push(table.into());
+                    }
+                }
+                "ip-restriction" => {
+                    let table = self.ip_restriction(&scope, &where_, config)?;
+                    written_plugins.push(table.into());
+                }
+                "request-termination" => {
+                    let table = self.request_termination(&scope, &where_, config)?;
+                    written_plugins.push(table.into());
+                }
+                // With --fallback its routes were left to Kong above.
                 refused_name if REFUSED_PLUGINS.contains(&refused_name) => {
-                    refused.push(format!("plugin {name} ({where_})"));
+                    if self.fallback.is_none() {
+                        refused.push(format!("plugin {name} ({where_})"));
+                    }
                 }
                 _ => self.warn(format!(
                     "plugin {name} ({where_}): keygate has no such plugin; skipped"
@@ -75,36 +101,37 @@ impl Importer {
             );
         }
         let mut root = toml::Table::new();
-        // key-auth: keygate has one [key_auth] and a per-route on/off switch.
+        // key-auth: the global instance is [key_auth]; a service's or route's is a
+        // [[plugins]] name = "key-auth" with its own fields; a route none covers is public.
         let global = key_auth
             .iter()
             .any(|(s, _)| s.service.is_none() && s.route.is_none());
-        if let Some((_, first)) = key_auth.first() {
-            if let Some((scope, _)) = key_auth.iter().find(|(_, c)| c != first) {
-                bail!(
-                    "refused: key-auth is configured differently at {} and {} (keygate has one [key_auth] for every route yet); nothing was written",
-                    self.scope_label(&key_auth[0].0),
-                    self.scope_label(scope)
-                );
-            }
-            let mut table = toml::Table::new();
-            for (key, value) in first {
+        if key_auth.is_empty() {
+            self.warn("no key-auth plugin: every route is imported with auth = false (public)");
+        }
+        for (scope, config) in &key_auth {
+            let where_ = self.scope_label(scope);
+            let mut fields = toml::Table::new();
+            for (key, value) in config {
                 if KEY_AUTH_FIELDS.contains(&key.as_str()) {
                     if let Some(value) = to_toml(value) {
-                        table.insert(key.clone(), value);
+                        fields.insert(key.clone(), value);
                     }
                 } else {
                     self.warn(format!(
-                        "plugin key-auth ({}): config.{key} ignored (keygate has no such field)",
-                        self.scope_label(&key_auth[0].0)
+                        "plugin key-auth ({where_}): config.{key} ignored (keygate has no such field)"
                     ));
                 }
             }
-            if !table.is_empty() {
-                root.insert("key_auth".into(), table.into());
+            if scope.service.is_none() && scope.route.is_none() {
+                if !fields.is_empty() {
+                    root.insert("key_auth".into(), fields.into());
+                }
+            } else {
+                let mut table = self.plugin_table("key-auth", scope, &where_);
+                table.insert("config".into(), fields.into());
+                written_plugins.push(table.into());
             }
-        } else {
-            self.warn("no key-auth plugin: every route is imported with auth = false (public)");
         }
         let mut consumers = Vec::new();
         for c in &self.consumers {
@@ -119,7 +146,21 @@ impl Importer {
                 }
             }
             if !c.keys.is_empty() {
-                t.insert("keys".into(), c.keys.clone().into());
+                let keys: Vec<toml::Value> = c
+                    .keys
+                    .iter()
+                    .map(|(key, id)| match id {
+                        None => key.clone().into(),
+                        // Kept, so X-Credential-Identifier does not change.
+                        Some(id) => {
+                            let mut entry = toml::map::Map::new();
+                            entry.insert("key".into(), key.clone().into());
+                            entry.insert("id".into(), id.clone().into());
+                            toml::Value::Table(entry)
+                        }
+                    })
+                    .collect();
+                t.insert("keys".into(), keys.into());
             }
             consumers.push(toml::Value::Table(t));
         }
@@ -127,7 +168,12 @@ impl Importer {
         for (s, service) in self.services.iter().enumerate() {
             let mut table = service.table.clone();
             let mut routes = Vec::new();
+            let mut kept_any = service.routes.is_empty();
             for (r, route) in service.routes.iter().enumerate() {
+                if left_to_kong.contains(&(s, r)) {
+                    continue;
+                }
+                kept_any = true;
                 let mut t = route.table.clone();
                 let covered = global
                     || key_auth
@@ -138,16 +184,39 @@ impl Importer {
                 }
                 routes.push(toml::Value::Table(t));
             }
+            if !kept_any {
+                continue;
+            }
             if !routes.is_empty() {
                 table.insert("routes".into(), routes.into());
             }
             services.push(toml::Value::Table(table));
+        }
+        if let Some(url) = self.fallback.clone() {
+            services.push(self.fallback_service(&url, &left_to_kong)?);
         }
         if !consumers.is_empty() {
             root.insert("consumers".into(), consumers.into());
         }
         if !services.is_empty() {
             root.insert("services".into(), services.into());
+        }
+        let mut upstreams: Vec<toml::Value> = Vec::new();
+        for (name, _, table) in std::mem::take(&mut self.upstreams) {
+            if table
+                .get("targets")
+                .and_then(toml::Value::as_array)
+                .is_none_or(Vec::is_empty)
+            {
+                self.warn(format!(
+                    "upstream {name:?}: has no targets (Kong answers 503 for its services); not imported, so its services resolve {name:?} with DNS"
+                ));
+                continue;
+            }
+            upstreams.push(toml::Value::Table(table));
+        }
+        if !upstreams.is_empty() {
+            root.insert("upstreams".into(), upstreams.into());
         }
         if !written_plugins.is_empty() {
             root.insert("plugins".into(), written_plugins.into());
@@ -161,14 +230,112 @@ impl Importer {
         })
     }
 
-    pub(super) fn rate_limiting(
+    /// With `--fallback`: the routes (service index, route index) that carry a plugin keygate
+    /// cannot enforce, which stay with Kong. A service's plugin covers its routes; a global or
+    /// consumer one every route (a consumer may call any of them).
+    fn left_to_kong(
         &mut self,
-        scope: &Scope,
-        where_: &str,
-        config: Map<String, Value>,
-    ) -> toml::Table {
+        plugins: &[(Scope, Map<String, Value>)],
+    ) -> BTreeSet<(usize, usize)> {
+        let mut left = BTreeSet::new();
+        if self.fallback.is_none() {
+            return left;
+        }
+        for (scope, plugin) in plugins {
+            let name = str_of(plugin.get("name")).unwrap_or_default();
+            if !REFUSED_PLUGINS.contains(&name.as_str())
+                || plugin.get("enabled") == Some(&Value::Bool(false))
+            {
+                continue;
+            }
+            let routes: Vec<(usize, usize)> = match (scope.route, scope.service) {
+                (Some(route), _) => vec![route],
+                (None, Some(s)) => (0..self.services[s].routes.len()).map(|r| (s, r)).collect(),
+                (None, None) => self
+                    .services
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(s, service)| (0..service.routes.len()).map(move |r| (s, r)))
+                    .collect(),
+            };
+            let where_ = self.scope_label(scope);
+            for (s, r) in routes {
+                if left.insert((s, r)) {
+                    let route = &self.services[s].routes[r];
+                    let label = route.name.clone().or(route.id.clone()).unwrap_or_else(|| {
+                        format!("#{} of service {:?}", r + 1, self.services[s].name)
+                    });
+                    self.warn(format!(
+                        "route {label:?} left to Kong (not imported; --fallback serves it): plugin {name} ({where_}) cannot be enforced by keygate"
+                    ));
+                }
+            }
+        }
+        left
+    }
+
+    /// Whether a plugin's scope names a route or service that stays with Kong.
+    fn scope_left_to_kong(&self, scope: &Scope, left: &BTreeSet<(usize, usize)>) -> bool {
+        match (scope.route, scope.service) {
+            (Some(route), _) => left.contains(&route),
+            (None, Some(s)) => {
+                let routes = self.services[s].routes.len();
+                routes > 0 && (0..routes).all(|r| left.contains(&(s, r)))
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// `--fallback URL`: the last, catch-all route to the old Kong. Public here (Kong checks
+    /// the key itself), with the client's Host, so the routes keygate does not serve yet keep
+    /// working as before.
+    fn fallback_service(
+        &mut self,
+        url: &str,
+        left: &BTreeSet<(usize, usize)>,
+    ) -> anyhow::Result<toml::Value> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bail!(
+                "--fallback {url:?}: expected an http:// or https:// URL of the old Kong's proxy"
+            );
+        }
+        let taken = |name: &str| {
+            self.services.iter().any(|service| {
+                service.name == name
+                    || service
+                        .routes
+                        .iter()
+                        .any(|route| route.name.as_deref() == Some(name))
+            })
+        };
+        let mut name = "kong-fallback".to_string();
+        let mut n = 1;
+        while taken(&name) {
+            n += 1;
+            name = format!("kong-fallback-{n}");
+        }
+        let mut route = toml::Table::new();
+        route.insert("name".into(), name.clone().into());
+        route.insert("paths".into(), vec!["/".to_string()].into());
+        route.insert("strip_path".into(), false.into());
+        route.insert("preserve_host".into(), true.into());
+        route.insert("auth".into(), false.into());
+        let mut service = toml::Table::new();
+        service.insert("name".into(), name.clone().into());
+        service.insert("url".into(), url.to_string().into());
+        service.insert("routes".into(), vec![toml::Value::Table(route)].into());
+        self.warn(format!(
+            "--fallback: requests that no imported route matches ({} route(s) left to Kong included) go to {url} with their Host and key, and Kong answers them as today; add keygate's address to Kong's trusted_ips so Kong keeps seeing each client's address. Cut a route over by adding it to keygate (hot reload); move it back by removing it",
+            left.len()
+        ));
+        Ok(toml::Value::Table(service))
+    }
+
+    /// A `[[plugins]]` entry's name and scope fields (an unnamed route gets a name, since a
+    /// plugin names its route).
+    fn plugin_table(&mut self, name: &str, scope: &Scope, where_: &str) -> toml::Table {
         let mut table = toml::Table::new();
-        table.insert("name".into(), "rate-limiting".into());
+        table.insert("name".into(), name.into());
         if let Some(s) = scope.service {
             table.insert("service".into(), self.services[s].name.clone().into());
         }
@@ -181,7 +348,8 @@ impl Importer {
                         .clone()
                         .unwrap_or_else(|| format!("{}-route-{}", self.services[s].name, r + 1));
                     self.warn(format!(
-                        "{where_}: the route has no name; named {name:?} so the rate-limiting plugin can name it"
+                        "{where_}: the route has no name; named {name:?} so the {} plugin can name it",
+                        table["name"].as_str().unwrap_or_default()
                     ));
                     self.services[s].routes[r].name = Some(name.clone());
                     self.services[s].routes[r]
@@ -201,6 +369,40 @@ impl Importer {
                 .unwrap_or_default();
             table.insert("consumer".into(), name.into());
         }
+        table
+    }
+
+    /// Kong's prometheus plugin: the same flags.
+    pub(super) fn prometheus(
+        &mut self,
+        scope: &Scope,
+        where_: &str,
+        config: Map<String, Value>,
+    ) -> toml::Table {
+        let mut table = self.plugin_table("prometheus", scope, where_);
+        let mut out = toml::Table::new();
+        for (key, value) in config {
+            if PROMETHEUS_FIELDS.contains(&key.as_str()) {
+                if let Some(value) = to_toml(&value) {
+                    out.insert(key, value);
+                }
+            } else {
+                self.warn(format!(
+                    "plugin prometheus ({where_}): config.{key} ignored (keygate has no such field)"
+                ));
+            }
+        }
+        table.insert("config".into(), out.into());
+        table
+    }
+
+    pub(super) fn rate_limiting(
+        &mut self,
+        scope: &Scope,
+        where_: &str,
+        config: Map<String, Value>,
+    ) -> toml::Table {
+        let mut table = self.plugin_table("rate-limiting", scope, where_);
         let mut out = toml::Table::new();
         let mut config: BTreeMap<String, Value> = config.into_iter().collect();
         match config.get("policy").and_then(Value::as_str) {
@@ -250,5 +452,183 @@ impl Importer {
         }
         table.insert("config".into(), out.into());
         table
+    }
+
+    /// Kong's cors plugin: the same fields. An origin regex keygate's engine cannot compile
+    /// (PCRE look-arounds, back-references) is dropped with a warning: a browser then refuses
+    /// that origin, which narrows access, never widens it.
+    pub(super) fn cors(
+        &mut self,
+        scope: &Scope,
+        where_: &str,
+        config: Map<String, Value>,
+    ) -> Option<toml::Table> {
+        use keygate_policy::plugins::cors::origin_compiles;
+        if scope.consumer.is_some() {
+            self.warn(format!(
+                "plugin cors ({where_}): Kong does not apply cors per consumer; ignored"
+            ));
+            return None;
+        }
+        let mut table = self.plugin_table("cors", scope, where_);
+        let mut out = toml::Table::new();
+        for (key, value) in config {
+            match key.as_str() {
+                "origins" => {
+                    let entries = list_of_strings(&value);
+                    let written = entries.len();
+                    let kept: Vec<String> = entries
+                        .into_iter()
+                        .filter(|origin| {
+                            let compiles = origin_compiles(origin);
+                            if !compiles {
+                                self.warn(format!(
+                                    "plugin cors ({where_}): origin {origin:?} dropped: keygate's regex engine cannot compile it (no look-around or back-references); browsers from it get no Access-Control-Allow-Origin"
+                                ));
+                            }
+                            compiles
+                        })
+                        .collect();
+                    if written > 0 && kept.is_empty() {
+                        self.warn(format!(
+                            "plugin cors ({where_}): no origin left that keygate can match; the plugin is not imported (browsers get no CORS headers)"
+                        ));
+                        return None;
+                    }
+                    out.insert(key, kept.into());
+                }
+                "allow_origin_absent" => {
+                    if value == Value::Bool(false) {
+                        self.warn(format!(
+                            "plugin cors ({where_}): config.allow_origin_absent = false ignored (Kong 3.10+; keygate follows 3.9 and adds the headers whether or not the request has an Origin)"
+                        ));
+                    }
+                }
+                _ if CORS_FIELDS.contains(&key.as_str()) => {
+                    // db_export writes an empty array as `{}`.
+                    if value.as_object().is_some_and(Map::is_empty) {
+                        continue;
+                    }
+                    if let Some(value) = to_toml(&value) {
+                        out.insert(key, value);
+                    }
+                }
+                _ => self.warn(format!(
+                    "plugin cors ({where_}): config.{key} ignored (keygate has no such field)"
+                )),
+            }
+        }
+        table.insert("config".into(), out.into());
+        Some(table)
+    }
+
+    /// Kong's ip-restriction plugin: the same fields (2.x's `whitelist` / `blacklist` read as
+    /// `allow` / `deny`). An address keygate cannot read refuses the import: dropping a
+    /// `deny` entry would widen access.
+    pub(super) fn ip_restriction(
+        &mut self,
+        scope: &Scope,
+        where_: &str,
+        config: Map<String, Value>,
+    ) -> anyhow::Result<toml::Table> {
+        let mut table = self.plugin_table("ip-restriction", scope, where_);
+        let mut out = toml::Table::new();
+        for (key, value) in config {
+            let list = match key.as_str() {
+                "whitelist" | "blacklist" => {
+                    let new = if key == "whitelist" { "allow" } else { "deny" };
+                    self.warn(format!(
+                        "plugin ip-restriction ({where_}): config.{key} read as config.{new} (its name since Kong 2.x)"
+                    ));
+                    Some(new)
+                }
+                "allow" | "deny" => Some(if key == "allow" { "allow" } else { "deny" }),
+                _ => None,
+            };
+            if let Some(list) = list {
+                if value.as_object().is_some_and(Map::is_empty) {
+                    continue;
+                }
+                let entries = list_of_strings(&value);
+                for entry in &entries {
+                    if keygate_policy::net::IpNet::try_from(entry.clone()).is_err() {
+                        bail!(
+                            "refused: plugin ip-restriction ({where_}): config.{key} entry {entry:?} is not an IP address or CIDR block keygate reads; nothing was written"
+                        );
+                    }
+                }
+                let merged = match out.remove(list) {
+                    Some(toml::Value::Array(mut before)) => {
+                        before.extend(entries.into_iter().map(toml::Value::from));
+                        toml::Value::Array(before)
+                    }
+                    _ => entries.into(),
+                };
+                out.insert(list.into(), merged);
+                continue;
+            }
+            match key.as_str() {
+                "status" => match value.as_f64() {
+                    Some(status) if (400.0..=599.0).contains(&status) && status.fract() == 0.0 => {
+                        out.insert(key, toml::Value::Integer(status as i64));
+                    }
+                    _ => self.warn(format!(
+                        "plugin ip-restriction ({where_}): config.status {value} dropped (Kong answers 500 for a status outside 400-599); refused requests get 403"
+                    )),
+                },
+                _ if IP_RESTRICTION_FIELDS.contains(&key.as_str()) => {
+                    if let Some(value) = to_toml(&value) {
+                        out.insert(key, value);
+                    }
+                }
+                _ => self.warn(format!(
+                    "plugin ip-restriction ({where_}): config.{key} ignored (keygate has no such field)"
+                )),
+            }
+        }
+        table.insert("config".into(), out.into());
+        Ok(table)
+    }
+
+    /// Kong's request-termination plugin: the same fields.
+    pub(super) fn request_termination(
+        &mut self,
+        scope: &Scope,
+        where_: &str,
+        config: Map<String, Value>,
+    ) -> anyhow::Result<toml::Table> {
+        let mut table = self.plugin_table("request-termination", scope, where_);
+        let mut out = toml::Table::new();
+        for (key, value) in config {
+            if key == "status_code"
+                && value
+                    .as_f64()
+                    .is_some_and(|status| (100.0..200.0).contains(&status))
+            {
+                bail!(
+                    "refused: plugin request-termination ({where_}): status_code {value} cannot end a response in keygate (a 1xx is not a final status); nothing was written"
+                );
+            }
+            if REQUEST_TERMINATION_FIELDS.contains(&key.as_str()) {
+                if let Some(value) = to_toml(&value) {
+                    out.insert(key, value);
+                }
+            } else {
+                self.warn(format!(
+                    "plugin request-termination ({where_}): config.{key} ignored (keygate has no such field)"
+                ));
+            }
+        }
+        table.insert("config".into(), out.into());
+        Ok(table)
+    }
+}
+
+/// A list of strings (a lone string counts as a list of one, as Kong's schema coerces it).
+fn list_of_strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items.iter().filter_map(|v| str_of(Some(v))).collect(),
+        Value::String(s) => vec![s.clone()],
+        _ => Vec::new(),
     }
 }

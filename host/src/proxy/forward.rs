@@ -3,6 +3,7 @@
 //! with the response edits. Bodies go from socket to socket in the host. Upgrades
 //! (WebSocket) are passed through as Kong proxies them: 101, then both directions streamed.
 
+use super::balancer::{self, BalancedError, Balancer, Recoverable};
 use super::plan::ValidPlan;
 use crate::capabilities::outgoing_http::{IdleTimeoutBody, client_error, pooled_client};
 use crate::http_util::{connection_tokens, remove_hop_by_hop};
@@ -41,6 +42,8 @@ pub enum ForwardError {
     Upstream(UpstreamFailure),
     /// The request's `Content-Length` is over the plan's `max-request-body`.
     BodyTooLarge,
+    /// Every target of the service's upstream is drained or marked down.
+    NoPeer,
 }
 
 impl Upstream {
@@ -65,13 +68,15 @@ impl Upstream {
     }
 
     /// Send `request` as `plan` says and return the origin's response head, its body left
-    /// streaming.
+    /// streaming. The plan's header edits are moved into the messages (what is left of the
+    /// plan is enough to word a failure).
     pub async fn forward(
         &self,
-        plan: &ValidPlan,
+        plan: &mut ValidPlan,
         request: hyper::Request<Incoming>,
         started: Instant,
         metrics: &Metrics,
+        balancer: Option<&Balancer>,
     ) -> Result<hyper::Response<ResponseBody>, ForwardError> {
         let (mut parts, body) = request.into_parts();
         if let Some(max) = plan.max_request_body
@@ -88,8 +93,8 @@ impl Upstream {
             headers.remove(name);
         }
         remove_hop_by_hop(headers, false);
-        for (name, value) in &plan.request.append {
-            headers.append(name.clone(), value.clone());
+        for (name, value) in std::mem::take(&mut plan.request.append) {
+            headers.append(name, value);
         }
         if let Some(protocol) = upgrade {
             headers.insert(
@@ -100,21 +105,58 @@ impl Upstream {
         }
         parts.uri = plan.uri.clone();
         parts.version = http::Version::HTTP_11;
-        let body = LimitedBody {
-            inner: body,
-            remaining: plan.max_request_body.unwrap_or(u64::MAX),
-        };
+        let limit = plan.max_request_body.unwrap_or(u64::MAX);
         let sent_at = Instant::now();
-        let pending = self
-            .client()
-            .request(hyper::Request::from_parts(parts, body));
-        let outcome = match tokio::time::timeout(plan.first_byte_timeout, pending).await {
-            Err(_) => Err(UpstreamFailure::ResponseTimeout),
-            Ok(Err(err)) => {
-                tracing::debug!(service = %plan.service, "origin call failed: {err:?}");
-                Err(failure_of(&client_error(&err)))
+        let client = self.client();
+        let first_byte = plan.first_byte_timeout;
+        let service = &plan.service;
+        let send = |request: hyper::Request<LimitedBody>| {
+            let pending = client.request(request);
+            async move {
+                match tokio::time::timeout(first_byte, pending).await {
+                    Err(_) => Err(UpstreamFailure::ResponseTimeout),
+                    Ok(Err(err)) => {
+                        tracing::debug!(%service, "origin call failed: {err:?}");
+                        Err(failure_of(&client_error(&err)))
+                    }
+                    Ok(Ok(response)) => Ok(response),
+                }
             }
-            Ok(Ok(response)) => Ok(response),
+        };
+        let outcome = match balancer {
+            None => {
+                let body = LimitedBody {
+                    inner: Inner::Direct(body),
+                    remaining: limit,
+                };
+                send(hyper::Request::from_parts(parts, body)).await
+            }
+            // An upstream: a target that cannot be connected to hands the request, none of
+            // it sent yet, to the next.
+            Some(balancer) => {
+                let balanced = balancer::send(
+                    balancer,
+                    hyper::Request::from_parts(parts, body),
+                    |failure| {
+                        matches!(
+                            failure,
+                            UpstreamFailure::ConnectionRefused | UpstreamFailure::ConnectTimeout
+                        )
+                    },
+                    |attempt| {
+                        send(attempt.map(|body| LimitedBody {
+                            inner: Inner::Balanced(body),
+                            remaining: limit,
+                        }))
+                    },
+                )
+                .await;
+                match balanced {
+                    Ok(response) => Ok(response),
+                    Err(BalancedError::NoPeer) => return Err(ForwardError::NoPeer),
+                    Err(BalancedError::Failed(failure)) => Err(failure),
+                }
+            }
         };
         metrics.outgoing(
             &plan.service,
@@ -151,14 +193,16 @@ impl Upstream {
 /// kept on a 101), then the plan's edits, `Via`, `Server`, the latency headers.
 fn edit_response(
     headers: &mut http::HeaderMap,
-    plan: &ValidPlan,
+    plan: &mut ValidPlan,
     switching: bool,
     started: Instant,
     sent_at: Instant,
     received_at: Instant,
 ) {
-    let edits = &plan.response;
+    let edits = &mut plan.response;
     remove_hop_by_hop(headers, switching);
+    // An origin's copy of keygate's internal headers must not pass for the guest's.
+    crate::http_util::remove_internal_headers(headers);
     if switching {
         headers.insert(
             http::header::CONNECTION,
@@ -168,40 +212,40 @@ fn edit_response(
     for name in &edits.headers.remove {
         headers.remove(name);
     }
-    if let Some(ours) = &edits.via {
+    if let Some(ours) = edits.via.take() {
         let via = joined_via(headers, ours);
         headers.insert(http::header::VIA, via);
     }
-    if let Some(server) = &edits.server_if_absent
+    if let Some(server) = edits.server_if_absent.take()
         && !headers.contains_key(http::header::SERVER)
     {
-        headers.insert(http::header::SERVER, server.clone());
+        headers.insert(http::header::SERVER, server);
     }
     let millis =
         |d: Duration| http::HeaderValue::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    if let Some(name) = &edits.upstream_latency_header {
-        headers.insert(name.clone(), millis(received_at - sent_at));
+    if let Some(name) = edits.upstream_latency_header.take() {
+        headers.insert(name, millis(received_at - sent_at));
     }
-    if let Some(name) = &edits.proxy_latency_header {
-        headers.insert(name.clone(), millis(sent_at - started));
+    if let Some(name) = edits.proxy_latency_header.take() {
+        headers.insert(name, millis(sent_at - started));
     }
-    for (name, value) in &edits.headers.append {
-        headers.append(name.clone(), value.clone());
+    for (name, value) in std::mem::take(&mut edits.headers.append) {
+        headers.append(name, value);
     }
 }
 
 /// Every `Via` value the origin sent, in order, then `ours`, as one value (RFC 9110 §7.6.3).
-fn joined_via(headers: &http::HeaderMap, ours: &http::HeaderValue) -> http::HeaderValue {
+fn joined_via(headers: &http::HeaderMap, ours: http::HeaderValue) -> http::HeaderValue {
     let mut joined = Vec::new();
     for value in headers.get_all(http::header::VIA) {
         joined.extend_from_slice(value.as_bytes());
         joined.extend_from_slice(b", ");
     }
     if joined.is_empty() {
-        return ours.clone();
+        return ours;
     }
     joined.extend_from_slice(ours.as_bytes());
-    http::HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ours.clone())
+    http::HeaderValue::from_bytes(&joined).unwrap_or(ours)
 }
 
 /// What the guest needs to word an origin failure.
@@ -280,8 +324,14 @@ fn failure_of(err: &wasmtime_wasi_http::Error) -> UpstreamFailure {
 /// The client's body on its way to the origin, cut off past the plan's `max-request-body`
 /// (a body without `Content-Length` is only known to be too large once it is).
 pub struct LimitedBody {
-    inner: Incoming,
+    inner: Inner,
     remaining: u64,
+}
+
+/// The client's body as it is, or shared so a balancer can hand it to another target.
+enum Inner {
+    Direct(Incoming),
+    Balanced(Recoverable<Incoming>),
 }
 
 impl Body for LimitedBody {
@@ -292,7 +342,11 @@ impl Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = match &mut self.inner {
+            Inner::Direct(body) => Pin::new(body).poll_frame(cx),
+            Inner::Balanced(body) => Pin::new(body).poll_frame(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
@@ -310,11 +364,17 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Direct(body) => body.is_end_stream(),
+            Inner::Balanced(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Direct(body) => body.size_hint(),
+            Inner::Balanced(body) => body.size_hint(),
+        }
     }
 }
 
@@ -326,11 +386,11 @@ mod tests {
     fn via_keeps_every_value_the_origin_sent_then_ours() {
         let ours = http::HeaderValue::from_static("1.1 keygate");
         let mut headers = http::HeaderMap::new();
-        assert_eq!(joined_via(&headers, &ours), "1.1 keygate");
+        assert_eq!(joined_via(&headers, ours.clone()), "1.1 keygate");
         headers.append(http::header::VIA, "1.1 a".parse().unwrap());
         headers.append(http::header::VIA, "1.0 b, 1.1 c".parse().unwrap());
         assert_eq!(
-            joined_via(&headers, &ours),
+            joined_via(&headers, ours),
             "1.1 a, 1.0 b, 1.1 c, 1.1 keygate"
         );
     }

@@ -3,6 +3,7 @@
 //! before anything leaves the gateway (`plan`), and a forward is sent over this thread's
 //! pooled connections with bodies streamed host-side, never through wasm (`forward`).
 
+pub mod balancer;
 pub mod forward;
 pub mod head;
 pub mod plan;

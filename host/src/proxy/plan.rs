@@ -124,15 +124,61 @@ fn edits(edits: HeaderEdits) -> Result<ValidEdits, PlanError> {
             tracing::debug!(header = %name, "dropped a hop-by-hop header from a forward plan");
             continue;
         }
-        let value = http::HeaderValue::from_bytes(&raw_value)
+        // The lifted bytes become the value (checked as `from_bytes` checks), not a copy.
+        let value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(raw_value))
             .map_err(|_| PlanError::HeaderValue(name.to_string()))?;
         append.push((name, value));
     }
     Ok(ValidEdits { remove, append })
 }
 
+/// `text` as a header name. A plan names mostly the same headers request after request (the
+/// forwarded-for family, the consumer's, the latency ones): parsed names are remembered per
+/// request thread, so a name seen before costs a lookup and a reference count instead of a
+/// parse and an allocation.
 fn name(text: &str) -> Result<http::HeaderName, PlanError> {
-    http::HeaderName::from_bytes(text.as_bytes()).map_err(|_| PlanError::HeaderName(text.into()))
+    let parse = || {
+        http::HeaderName::from_bytes(text.as_bytes())
+            .map_err(|_| PlanError::HeaderName(text.into()))
+    };
+    if text.len() > NAME_MEMO_MAX {
+        return parse();
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if names.is_empty() {
+            names.resize_with(NAME_SLOTS, || None);
+        }
+        let slot = &mut names[name_slot(text)];
+        if let Some((known, name)) = slot
+            && **known == *text
+        {
+            return Ok(name.clone());
+        }
+        let name = parse()?;
+        *slot = Some((text.into(), name.clone()));
+        Ok(name)
+    })
+}
+
+/// Remembered header names: direct-mapped, a later name taking an earlier one's slot (the
+/// guest may name any header the client sent, so the memo must stay bounded).
+const NAME_SLOTS: usize = 128;
+const NAME_MEMO_MAX: usize = 64;
+
+/// A slot of the memo: the text and the name parsed from it.
+type NameSlot = Option<(Box<str>, http::HeaderName)>;
+
+thread_local! {
+    static NAMES: std::cell::RefCell<Vec<NameSlot>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// FNV-1a of the name, folded to a slot.
+fn name_slot(text: &str) -> usize {
+    let hash = text.bytes().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    (hash ^ (hash >> 16)) as usize % NAME_SLOTS
 }
 
 fn value_of(header: &'static str) -> impl Fn(String) -> Result<http::HeaderValue, PlanError> {
@@ -143,7 +189,7 @@ fn value_of(header: &'static str) -> impl Fn(String) -> Result<http::HeaderValue
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and `Upgrade`: the host's own business on each hop.
 pub fn is_hop_by_hop(name: &http::HeaderName) -> bool {
-    crate::http_util::HOP_BY_HOP.contains(name) || name == http::header::UPGRADE
+    crate::http_util::is_hop_by_hop_name(name) || name == http::header::UPGRADE
 }
 
 #[cfg(test)]

@@ -15,13 +15,17 @@ use crate::capabilities::key_cache::KeyCache;
 use crate::capabilities::outgoing_http::{AllowList, OutgoingHttp};
 use crate::guest_log::GuestLog;
 use crate::metrics::{Metrics, RateLimitOutcome};
+use crate::observe::{Observed, Observer};
+use crate::proxy::balancer::Balancers;
 use crate::proxy::forward::ForwardError;
 use crate::proxy::{self, Upstream};
+use crate::request_record::{RequestRecord, Source};
 use crate::responses::{ErrorContext, HostFailure, ResponseBody};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use keygate_policy::annotation::Annotation;
 use keygate_policy::{Config, GUEST_CONFIG_ENV, GuestEntry, internal_headers};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -46,6 +50,8 @@ pub struct Active {
     /// The rate-limit counters this component's requests count in: the gateway's (shared by
     /// every component it swaps in), or a trial's throwaway ones.
     pub(super) counters: Arc<CounterStores>,
+    /// The balancers of this config's `[[upstreams]]`.
+    pub balancers: Arc<Balancers>,
     /// Instances of this component + config waiting for their next request.
     pub(super) pool: Arc<InstancePool>,
     /// Whether requests take the fast path (the guest decides, the host forwards).
@@ -63,36 +69,104 @@ pub struct Gateway {
     counters: Arc<Counters>,
     /// `policy = "redis"` clients, by server: kept across swaps that keep the server.
     redis_clients: RedisClients,
+    /// The latest config's balancers: a swap keeps the state of upstreams it does not change.
+    balancers: std::sync::Mutex<Arc<Balancers>>,
     outgoing: OutgoingHttp,
     upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// Where finished requests are reported: metrics and the access log.
+    pub observer: Arc<Observer>,
     /// The guests' stderr, with repeated lines summed up.
     guest_log: GuestLog,
     pub(super) instances: Arc<Semaphore>,
     busy_ticks: u64,
     memory_limit: usize,
     listen_port: u16,
+    /// Set when shutdown begins: readiness probes fail so balancers stop sending traffic.
+    draining: std::sync::atomic::AtomicBool,
 }
 
-/// What an answer is counted under in metrics, from the guest's labels.
+/// What an answer is counted and logged under: the guest's labels, and what the host saw.
 #[derive(Default)]
 struct AnswerLabels {
     route: Option<String>,
+    service: Option<String>,
+    /// Username, else id.
+    consumer: Option<String>,
+    key_lookup: Option<String>,
+    auth_ms: Option<u64>,
     rate_limit: Option<String>,
+    request_id: Option<String>,
+    /// Set when the origin's response is the answer.
+    from_origin: bool,
+    /// The gateway's own time before forwarding (forwarded requests).
+    gateway: Option<std::time::Duration>,
+    /// Sending to the origin until its response head.
+    upstream: Option<std::time::Duration>,
+    /// The key's fingerprint prefix.
+    key: Option<String>,
 }
 
 impl AnswerLabels {
     fn of(labels: &Labels) -> Self {
         Self {
             route: labels.route.clone(),
+            service: labels.service.clone(),
+            consumer: labels
+                .consumer
+                .as_ref()
+                .and_then(|consumer| consumer.username.clone().or_else(|| consumer.id.clone())),
+            key_lookup: labels.key_lookup.clone(),
+            auth_ms: labels.auth_call_ms,
             rate_limit: labels.rate_limit.clone(),
+            ..Self::default()
         }
+    }
+
+    /// `record` (started from the request's head) completed with what is known once the
+    /// response head is ready; the body's bytes and the total come when it ends.
+    fn complete<B>(
+        self,
+        mut record: RequestRecord,
+        response: &hyper::Response<B>,
+        started: Instant,
+    ) -> RequestRecord {
+        record.route = self.route;
+        record.service = self.service;
+        record.consumer = self.consumer;
+        record.key_lookup = self.key_lookup;
+        record.auth_ms = self.auth_ms;
+        record.request_id = self.request_id.or_else(|| {
+            ["x-kong-request-id", "x-request-id"]
+                .iter()
+                .find_map(|name| {
+                    response
+                        .headers()
+                        .get(*name)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_string)
+                })
+        });
+        record.source = if self.from_origin {
+            Source::Origin
+        } else {
+            Source::Gateway
+        };
+        record.upstream = self.upstream;
+        record.gateway = self.gateway.unwrap_or_else(|| started.elapsed());
+        record.key = self.key;
+        record
     }
 }
 
 impl Gateway {
     /// Build the engine, compile the configured component and make it active.
-    pub fn new(config: Config, listen_port: u16) -> anyhow::Result<Arc<Self>> {
+    /// `access_log_file` (`--access-log`) wins over `[log] access_file`.
+    pub fn new(
+        config: Config,
+        listen_port: u16,
+        access_log_file: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Arc<Self>> {
         let engine = build_engine(&config.guest)?;
         start_epoch_ticker(&engine);
         let linker = build_linker(&engine)?;
@@ -109,8 +183,18 @@ impl Gateway {
             + Duration::from_millis(500);
         let capacity = config.auth_api.as_ref().map_or(1, |api| api.cache_capacity);
         let key_cache = Arc::new(KeyCache::new(capacity, fill_wait, Arc::clone(&metrics)));
+        let observer = Arc::new(Observer::new(
+            Arc::clone(&metrics),
+            &config,
+            access_log_file,
+        )?);
         let counters = Arc::new(Counters::new(counters::DEFAULT_CAPACITY));
         let redis_clients = RedisClients::default();
+        let balancers = Arc::new(Balancers::for_config(
+            &config,
+            &Balancers::default(),
+            &metrics,
+        ));
         let stores = Arc::new(CounterStores::for_config(
             &config,
             &counters,
@@ -138,8 +222,10 @@ impl Gateway {
                 Arc::new(config),
                 &outgoing,
                 stores,
+                Arc::clone(&balancers),
                 listen_port,
             )),
+            balancers: std::sync::Mutex::new(balancers),
             engine,
             linker,
             cache,
@@ -149,14 +235,47 @@ impl Gateway {
             outgoing,
             upstream,
             metrics,
+            observer,
             guest_log: GuestLog::with_flusher(),
             listen_port,
+            draining: Default::default(),
         };
         Ok(Arc::new(gateway))
     }
 
     pub fn active(&self) -> Arc<Active> {
         self.active.load_full()
+    }
+
+    /// The metrics as a scrape reads them: Kong's upstream target health is taken from the
+    /// balancers now, when a `prometheus` instance asks for it.
+    pub fn render_metrics(&self) -> String {
+        let active = self.active();
+        let health_asked = active.config.plugins.iter().any(|plugin| {
+            plugin.enabled
+                && plugin
+                    .prometheus()
+                    .is_some_and(|flags| flags.upstream_health_metrics)
+        });
+        if health_asked {
+            for balancer in active.balancers.iter() {
+                for (address, down) in balancer.health() {
+                    self.metrics
+                        .upstream_target_health(balancer.name(), &address, !down);
+                }
+            }
+        }
+        self.metrics.render(self.key_cache.len())
+    }
+
+    /// Shutdown has begun: in-flight requests finish, readiness probes answer 503.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The key cache itself, for what outlives a borrow (the cluster's revocation listener).
@@ -190,11 +309,20 @@ impl Gateway {
             &self.metrics,
         ));
         self.redis_clients.retain_used_by(&stores);
+        if let Err(err) = self.observer.configure(&config) {
+            tracing::error!("{err:#}; the access log keeps its previous settings");
+        }
+        let balancers = {
+            let mut latest = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+            *latest = Arc::new(Balancers::for_config(&config, &latest, &self.metrics));
+            Arc::clone(&latest)
+        };
         self.active.store(Arc::new(Active::new(
             guest,
             config,
             &self.outgoing,
             stores,
+            balancers,
             self.listen_port,
         )));
     }
@@ -217,6 +345,7 @@ impl Gateway {
             config,
             &self.outgoing,
             scratch_counters,
+            Arc::default(),
             self.listen_port,
         );
         active.outgoing = self.outgoing.with_allowed(AllowList::default());
@@ -284,14 +413,19 @@ impl Gateway {
             );
         }
         let key_name = config.key_auth.key_names.first();
-        let static_key = config.consumers.iter().flat_map(|c| c.keys.first()).next();
+        let static_key = config
+            .consumers
+            .iter()
+            .flat_map(|c| c.keys.first())
+            .map(|key| key.key().to_string())
+            .next();
         if let (Some(name), Some(key), true) = (key_name, static_key, config.key_auth.key_in_header)
         {
             let keyed = self
                 .decide(
                     active,
                     Arc::clone(scratch_cache),
-                    head(vec![(name.to_ascii_lowercase(), key.clone().into_bytes())]),
+                    head(vec![(name.to_ascii_lowercase(), key.into_bytes())]),
                 )
                 .await
                 .map_err(|f| anyhow::anyhow!("the trial decision failed: {}", f.describe()))?;
@@ -320,6 +454,7 @@ impl Gateway {
     ) -> hyper::Response<ResponseBody> {
         self.metrics.request_started();
         let started = Instant::now();
+        let record = crate::observe::start_record(&request, client);
         let active = self.active();
         // Kept for an answer the host may have to make itself (cheap: shared bytes).
         let asked = ErrorContext {
@@ -341,17 +476,28 @@ impl Gateway {
                 AnswerLabels::default(),
             ),
         };
+        // What the guest's answer says beyond its labels (on the fast path: the key).
+        let mut labels = labels;
+        let annotation = take_annotation(response.headers_mut());
+        labels.key = labels.key.take().or(annotation.key);
         crate::http_util::remove_internal_headers(response.headers_mut());
-        let route = labels.route.as_deref().unwrap_or("(none)");
-        self.metrics.request(route, response.status().as_u16());
-        if let Some(outcome) = labels
+        let rate_limit = labels
             .rate_limit
             .as_deref()
-            .and_then(RateLimitOutcome::parse)
-        {
+            .and_then(RateLimitOutcome::parse);
+        let record = labels.complete(record, &response, started);
+        let route = record.route.as_deref().unwrap_or("(none)");
+        self.metrics.request(route, response.status().as_u16());
+        if let Some(outcome) = rate_limit {
             self.metrics.rate_limit(route, outcome);
         }
-        response
+        Observed::wrap(
+            response,
+            record,
+            started,
+            Arc::clone(&self.observer),
+            Arc::clone(&active.config),
+        )
     }
 
     /// The guest's `wasi:http` handler answers; the route label comes back in a header.
@@ -365,15 +511,20 @@ impl Gateway {
             .run_handler(active, Arc::clone(&self.key_cache), request, client)
             .await?;
         let (mut parts, body) = response.into_parts();
-        let mut take = |name| {
-            parts
-                .headers
-                .remove(name)
-                .and_then(|v| v.to_str().ok().map(str::to_string))
-        };
+        let annotation = take_annotation(&mut parts.headers);
+        let ms = |ms: Option<u64>| ms.map(std::time::Duration::from_millis);
         let labels = AnswerLabels {
-            route: take(internal_headers::ROUTE),
-            rate_limit: take(internal_headers::RATE_LIMIT),
+            route: annotation.route,
+            service: annotation.service,
+            consumer: annotation.consumer,
+            key_lookup: annotation.key_lookup,
+            auth_ms: annotation.auth_ms,
+            rate_limit: annotation.rate_limit,
+            request_id: annotation.request_id,
+            from_origin: annotation.from_origin,
+            gateway: ms(annotation.gateway_ms),
+            upstream: ms(annotation.upstream_ms),
+            key: annotation.key,
         };
         Ok((hyper::Response::from_parts(parts, body), labels))
     }
@@ -399,17 +550,32 @@ impl Gateway {
             Decision::UseHandler => self.portable_path(active, request, client).await,
             Decision::Forward(plan) => {
                 // Logged once, with the request id, where the 500 is made.
-                let plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
+                let mut plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
                     HostFailure::Internal(format!("refused the guest's forward plan: {err}"))
                 })?;
-                let labels = AnswerLabels::of(&plan.labels);
+                let mut labels = AnswerLabels::of(&plan.labels);
+                labels.request_id = Some(plan.request_id.clone());
+                let balancer = active
+                    .config
+                    .services
+                    .iter()
+                    .find(|service| service.name == plan.service)
+                    .and_then(|service| active.balancers.get(&service.url.host))
+                    .map(|balancer| &**balancer);
+                let sending = started.elapsed();
                 let forwarded = self
                     .upstream
-                    .forward(&plan, request, started, &self.metrics)
+                    .forward(&mut plan, request, started, &self.metrics, balancer)
                     .await;
+                labels.gateway = Some(sending);
+                labels.upstream = Some(started.elapsed().saturating_sub(sending));
                 match forwarded {
-                    Ok(response) => Ok((response, labels)),
+                    Ok(response) => {
+                        labels.from_origin = true;
+                        Ok((response, labels))
+                    }
                     Err(ForwardError::BodyTooLarge) => Err(HostFailure::BodyTooLarge),
+                    Err(ForwardError::NoPeer) => Err(HostFailure::NoPeer),
                     Err(ForwardError::Upstream(failure)) => {
                         let context =
                             proxy::forward::failure_context(plan, failure, asked, started);
@@ -482,13 +648,16 @@ impl Active {
         config: Arc<Config>,
         outgoing: &OutgoingHttp,
         counters: Arc<CounterStores>,
+        balancers: Arc<Balancers>,
         listen_port: u16,
     ) -> Self {
         let mut guest_config = config.guest_config();
         guest_config.client_addr_header = Some(internal_headers::CLIENT_ADDR.to_string());
         guest_config.listen_port = Some(listen_port);
         guest_config.host_annotations = true;
-        let outgoing = outgoing.with_allowed(allowed_targets(&config));
+        let mut allowed = allowed_targets(&config);
+        allowed.balancers = Arc::clone(&balancers);
+        let outgoing = outgoing.with_allowed(allowed);
         let canonical = serde_json::to_string(&*config).expect("the config is plain data");
         let fast_path = guest.has_policy() && config.guest.entry == GuestEntry::Auto;
         Self {
@@ -499,9 +668,23 @@ impl Active {
             config,
             outgoing,
             counters,
+            balancers,
             fast_path,
         }
     }
+}
+
+/// Every `keygate-labels` annotation of a guest's answer, merged, and removed from it.
+fn take_annotation(headers: &mut http::HeaderMap) -> Annotation {
+    let mut merged = Annotation::default();
+    if let http::header::Entry::Occupied(entry) = headers.entry(internal_headers::LABELS) {
+        for value in entry.remove_entry_mult().1 {
+            if let Some(annotation) = Annotation::from_header(value.as_bytes()) {
+                merged.merge(annotation);
+            }
+        }
+    }
+    merged
 }
 
 /// Every origin and the auth API: the only places the guest may call. The auth API is named

@@ -192,6 +192,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check("auth_api.cache_capacity", capacity(old) != capacity(new));
     let in_flight = |c: &Config| c.auth_api.as_ref().map(|a| a.max_in_flight);
     check("auth_api.max_in_flight", in_flight(old) != in_flight(new));
+    check("cluster", old.cluster != new.cluster);
     changed
 }
 

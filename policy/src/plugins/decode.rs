@@ -148,6 +148,19 @@ fn decode_config(kind: PluginKind, config: &Value, path: &str) -> Result<PluginC
         PluginKind::RateLimiting => decode::<RawRateLimiting>(config, path)?
             .into_config(path)
             .map(PluginConfig::RateLimiting),
+        PluginKind::Prometheus => {
+            decode::<super::Prometheus>(config, path).map(PluginConfig::Prometheus)
+        }
+        PluginKind::Cors => decode::<super::Cors>(config, path).map(PluginConfig::Cors),
+        PluginKind::KeyAuth => {
+            decode::<crate::config::KeyAuth>(config, path).map(PluginConfig::KeyAuth)
+        }
+        PluginKind::IpRestriction => {
+            decode::<super::IpRestriction>(config, path).map(PluginConfig::IpRestriction)
+        }
+        PluginKind::RequestTermination => {
+            decode::<super::RequestTermination>(config, path).map(PluginConfig::RequestTermination)
+        }
     }
 }
 
@@ -275,17 +288,17 @@ config = { minute = 1000, policy = "local" }
     fn unknown_plugins_and_fields_are_named() {
         assert_eq!(
             error_of("[[plugins]]\nname = \"x\"\n"),
-            "plugins[0].name: unknown plugin \"x\"; known: rate-limiting"
+            "plugins[0].name: unknown plugin \"x\"; known: rate-limiting, prometheus, cors, ip-restriction, request-termination"
         );
         assert_eq!(
             error_of(
-                "[[plugins]]\nname = \"rate-limiting\"\nconfig = { second = 1 }\n[[plugins]]\nname = \"cors\"\n"
+                "[[plugins]]\nname = \"rate-limiting\"\nconfig = { second = 1 }\n[[plugins]]\nname = \"acl\"\n"
             ),
-            "plugins[1].name: unknown plugin \"cors\"; known: rate-limiting"
+            "plugins[1].name: unknown plugin \"acl\"; known: rate-limiting, prometheus, cors, ip-restriction, request-termination"
         );
         assert_eq!(
             error_of("[[plugins]]\nroute = \"a\"\n"),
-            "plugins[0]: missing field `name` (known plugins: rate-limiting)"
+            "plugins[0]: missing field `name` (known plugins: rate-limiting, prometheus, cors, ip-restriction, request-termination)"
         );
         assert_eq!(
             error_of("[[plugins]]\nname = \"rate-limiting\"\ninstance_name = \"a\"\n"),

@@ -11,15 +11,23 @@
 //! [`crate::GuestConfig`]: a position names one instance on both sides (e.g. whose Redis a
 //! counter lives in).
 
+pub mod cors;
 mod decode;
+pub mod ip_restriction;
 mod precedence;
+pub mod prometheus;
 pub mod rate_limiting;
 pub mod redis;
+pub mod request_termination;
 mod validate;
 
+pub use cors::Cors;
+pub use ip_restriction::IpRestriction;
 pub use precedence::{Applicable, ConsumerIdentity, RequestScope};
+pub use prometheus::Prometheus;
 pub use rate_limiting::{LimitBy, Period, Policy, RateLimiting};
 pub use redis::{Redis, RedisTarget};
+pub use request_termination::RequestTermination;
 
 use serde::{Serialize, Serializer};
 use std::fmt;
@@ -28,15 +36,51 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PluginKind {
     RateLimiting,
+    Prometheus,
+    Cors,
+    IpRestriction,
+    RequestTermination,
+    KeyAuth,
 }
 
 impl PluginKind {
-    pub const ALL: [Self; 1] = [Self::RateLimiting];
+    pub const ALL: [Self; 6] = [
+        Self::RateLimiting,
+        Self::Prometheus,
+        Self::Cors,
+        Self::IpRestriction,
+        Self::RequestTermination,
+        Self::KeyAuth,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::RateLimiting => "rate-limiting",
+            Self::Prometheus => "prometheus",
+            Self::Cors => "cors",
+            Self::IpRestriction => "ip-restriction",
+            Self::RequestTermination => "request-termination",
+            Self::KeyAuth => "key-auth",
         }
+    }
+
+    /// Kong's `PRIORITY` (higher runs first): cors 2000, key-auth 1250, ip-restriction 990,
+    /// rate-limiting 910, request-termination 2, prometheus 13 (log phase only).
+    pub fn priority(self) -> u16 {
+        match self {
+            Self::Cors => 2000,
+            Self::IpRestriction => 990,
+            Self::RateLimiting => 910,
+            Self::Prometheus => 13,
+            Self::RequestTermination => 2,
+            Self::KeyAuth => 1250,
+        }
+    }
+
+    /// Whether Kong's schema lets an instance be scoped to a consumer
+    /// (`consumer = typedefs.no_consumer`).
+    pub fn consumer_scope_allowed(self) -> bool {
+        !matches!(self, Self::Cors | Self::KeyAuth)
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -56,15 +100,30 @@ impl fmt::Display for PluginKind {
 }
 
 /// A plugin's `config`, typed by its name.
+// A config holds a handful of these, built once per load: boxing the larger ones would save
+// nothing worth an indirection on every request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum PluginConfig {
     RateLimiting(RateLimiting),
+    Prometheus(Prometheus),
+    Cors(Cors),
+    IpRestriction(IpRestriction),
+    RequestTermination(RequestTermination),
+    /// Kong's key-auth at a service or route: `[key_auth]`'s fields (but `body_buffer_size`,
+    /// which stays a `[key_auth]` setting).
+    KeyAuth(crate::config::KeyAuth),
 }
 
 impl PluginConfig {
     pub fn kind(&self) -> PluginKind {
         match self {
             Self::RateLimiting(_) => PluginKind::RateLimiting,
+            Self::Prometheus(_) => PluginKind::Prometheus,
+            Self::Cors(_) => PluginKind::Cors,
+            Self::IpRestriction(_) => PluginKind::IpRestriction,
+            Self::RequestTermination(_) => PluginKind::RequestTermination,
+            Self::KeyAuth(_) => PluginKind::KeyAuth,
         }
     }
 
@@ -75,6 +134,11 @@ impl PluginConfig {
                 redis: None,
                 ..config.clone()
             }),
+            Self::Prometheus(_)
+            | Self::Cors(_)
+            | Self::IpRestriction(_)
+            | Self::RequestTermination(_)
+            | Self::KeyAuth(_) => self.clone(),
         }
     }
 }
@@ -83,6 +147,11 @@ impl Serialize for PluginConfig {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::RateLimiting(config) => config.serialize(serializer),
+            Self::Prometheus(config) => config.serialize(serializer),
+            Self::Cors(config) => config.serialize(serializer),
+            Self::IpRestriction(config) => config.serialize(serializer),
+            Self::RequestTermination(config) => config.serialize(serializer),
+            Self::KeyAuth(config) => config.serialize(serializer),
         }
     }
 }
@@ -113,6 +182,42 @@ impl Plugin {
     pub fn rate_limiting(&self) -> Option<&RateLimiting> {
         match &self.config {
             PluginConfig::RateLimiting(config) => Some(config),
+            _ => None,
+        }
+    }
+
+    pub fn key_auth(&self) -> Option<&crate::config::KeyAuth> {
+        match &self.config {
+            PluginConfig::KeyAuth(config) => Some(config),
+            _ => None,
+        }
+    }
+
+    pub fn prometheus(&self) -> Option<&Prometheus> {
+        match &self.config {
+            PluginConfig::Prometheus(config) => Some(config),
+            _ => None,
+        }
+    }
+
+    pub fn cors(&self) -> Option<&Cors> {
+        match &self.config {
+            PluginConfig::Cors(config) => Some(config),
+            _ => None,
+        }
+    }
+
+    pub fn ip_restriction(&self) -> Option<&IpRestriction> {
+        match &self.config {
+            PluginConfig::IpRestriction(config) => Some(config),
+            _ => None,
+        }
+    }
+
+    pub fn request_termination(&self) -> Option<&RequestTermination> {
+        match &self.config {
+            PluginConfig::RequestTermination(config) => Some(config),
+            _ => None,
         }
     }
 

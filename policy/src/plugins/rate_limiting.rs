@@ -224,7 +224,7 @@ impl RateLimiting {
 }
 
 /// An RFC 9110 token, as Kong's `typedefs.header_name`.
-fn is_header_name(name: &str) -> bool {
+pub(crate) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -77,6 +77,16 @@ impl Config {
                     ));
                 }
             }
+            if plugin.consumer.is_some() && !plugin.kind().consumer_scope_allowed() {
+                return Err(invalid(
+                    format!("{field}.consumer"),
+                    format!(
+                        "{} cannot be scoped to a consumer (as in Kong: it runs before \
+                         authentication)",
+                        plugin.name()
+                    ),
+                ));
+            }
             let consumer = match &plugin.consumer {
                 None => None,
                 Some(name) => Some(self.consumer_ref(name).ok_or_else(|| {
@@ -91,6 +101,40 @@ impl Config {
             };
             match &plugin.config {
                 PluginConfig::RateLimiting(config) => {
+                    config.validate(&format!("{field}.config"))?
+                }
+                PluginConfig::Prometheus(_) => {}
+                PluginConfig::KeyAuth(config) => {
+                    config.validate_at(&format!("{field}.config"))?;
+                    if config.body_buffer_size != crate::config::KeyAuth::default().body_buffer_size
+                    {
+                        return Err(invalid(
+                            format!("{field}.config.body_buffer_size"),
+                            "is a [key_auth] setting (how much of a body any route reads), not a key-auth plugin field",
+                        ));
+                    }
+                    if let Some(anonymous) = &config.anonymous
+                        && self.anonymous_consumer(anonymous).is_none()
+                    {
+                        return Err(invalid(
+                            format!("{field}.config.anonymous"),
+                            format!(
+                                "{anonymous:?} is not the username or id of any [[consumers]] entry"
+                            ),
+                        ));
+                    }
+                    if plugin.route.is_none() && plugin.service.is_none() {
+                        return Err(invalid(
+                            field.clone(),
+                            "a global key-auth is [key_auth]: put these fields there",
+                        ));
+                    }
+                }
+                PluginConfig::Cors(config) => config.validate(&format!("{field}.config"))?,
+                PluginConfig::IpRestriction(config) => {
+                    config.validate(&format!("{field}.config"))?
+                }
+                PluginConfig::RequestTermination(config) => {
                     config.validate(&format!("{field}.config"))?
                 }
             }
@@ -269,5 +313,81 @@ paths = ["/search"]
             "route = \"search\"\nservice = \"search\"",
         ]))
         .unwrap();
+    }
+
+    #[test]
+    fn kongs_companion_plugins_load_and_validate() {
+        let toml = format!(
+            r#"{BASE}
+[[plugins]]
+name = "cors"
+service = "orders"
+[plugins.config]
+origins = ["https://app.example.com", "https://.*\\.example\\.org"]
+credentials = true
+max_age = 3600
+[[plugins]]
+name = "ip-restriction"
+route = "orders-list"
+consumer = "alice"
+config = {{ allow = ["10.0.0.0/8", "::1"], deny = ["10.9.9.9"], status = 451 }}
+[[plugins]]
+name = "request-termination"
+route = "search"
+config = {{ status_code = 403, message = "Access is forbidden.", trigger = "x-stop" }}
+"#
+        );
+        let config = Config::from_toml(&toml).unwrap();
+        let cors = config.plugins[0].cors().unwrap();
+        assert_eq!(cors.origins.len(), 2);
+        assert!(cors.credentials && cors.max_age == Some(3600.0));
+        let ip = config.plugins[1].ip_restriction().unwrap();
+        assert_eq!((ip.status(), ip.deny.as_ref().unwrap().len()), (451, 1));
+        let rt = config.plugins[2].request_termination().unwrap();
+        assert_eq!(rt.message(), Some("Access is forbidden."));
+        assert_eq!(rt.trigger.as_deref(), Some("x-stop"));
+        // The guest's copy round-trips.
+        let guest = config.guest_config();
+        let back = crate::GuestConfig::from_json(&guest.to_json()).unwrap();
+        assert_eq!(back.plugins, guest.plugins);
+    }
+
+    #[test]
+    fn companion_plugin_errors_are_named() {
+        let error = |plugin: &str| {
+            Config::from_toml(&format!("{BASE}\n[[plugins]]\n{plugin}\n"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("name = \"cors\"\nconsumer = \"alice\""),
+            "plugins[0].consumer: cors cannot be scoped to a consumer (as in Kong: it runs \
+             before authentication)"
+        );
+        assert_eq!(
+            error("name = \"ip-restriction\""),
+            "plugins[0].config: at least one of these fields must be non-empty: 'config.allow', \
+             'config.deny'"
+        );
+        let err = error("name = \"ip-restriction\"\nconfig = { deny = [\"10.0.0.0/33\"] }");
+        assert!(err.starts_with("plugins[0].config.deny: "), "{err}");
+        assert_eq!(
+            error("name = \"request-termination\"\nconfig = { message = \"m\", body = \"b\" }"),
+            "plugins[0].config: message and body are mutually exclusive"
+        );
+        assert_eq!(
+            error("name = \"request-termination\"\nconfig = { status_code = 700 }"),
+            "plugins[0].config.status_code: status_code must be between 100 .. 599"
+        );
+        let err = error("name = \"request-termination\"\nconfig = { code = 403 }");
+        assert!(
+            err.starts_with("plugins[0].config.code: unknown field `code`"),
+            "{err}"
+        );
+        let err = error("name = \"cors\"\nconfig = { origins = [\"(\"] }");
+        assert_eq!(
+            err,
+            "plugins[0].config.origins[0]: '(' is not a valid regex"
+        );
     }
 }
