@@ -98,8 +98,15 @@ fn a_deck_3_file_with_nested_entities_imports_and_checks() {
         !status.routes[0].auth,
         "no key-auth on this service: public"
     );
-    assert_eq!(config.key_auth.key_names, ["x-api-key"]);
-    assert!(config.key_auth.hide_credentials);
+    // key-auth on one service: that service's own instance; [key_auth] keeps Kong's defaults.
+    assert_eq!(config.key_auth.key_names, ["apikey"]);
+    let billing_auth = config
+        .plugins
+        .iter()
+        .find_map(|p| p.key_auth().filter(|_| p.service.as_deref() == Some("billing")))
+        .expect("billing's key-auth instance");
+    assert_eq!(billing_auth.key_names, ["x-api-key"]);
+    assert!(billing_auth.hide_credentials);
 
     let acme = &config.consumers[0];
     assert_eq!(
@@ -119,7 +126,7 @@ fn a_deck_3_file_with_nested_entities_imports_and_checks() {
         "top-level credential"
     );
 
-    assert_eq!(config.plugins.len(), 2);
+    assert_eq!(config.plugins.len(), 3, "two rate limits and billing's key-auth");
     let service_limit = &config.plugins[0];
     assert_eq!(service_limit.service.as_deref(), Some("billing"));
     let rl = service_limit.rate_limiting().unwrap();

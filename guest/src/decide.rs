@@ -28,22 +28,20 @@ pub fn decide(
     let mut key = None;
     let decision = decide_noting_key(policy, info, body, &mut key);
     match key {
-        Some(key) if policy.config.host_annotations => annotate(decision, key),
+        Some(key) if policy.config.host_annotations && policy.config.annotate_key => {
+            annotate(decision, key)
+        }
         _ => decision,
     }
 }
 
 /// The keygate host's access log follows a key by its fingerprint prefix, which the WIT
-/// `labels` have no field for: it travels in the answer's internal `keygate-labels` header
-/// (the host reads and strips it; an origin's copy is stripped before).
+/// `labels` have no field for: it travels in the answer's internal `keygate-key` header (the
+/// host reads and strips it; an origin's copy is stripped before).
 fn annotate(decision: Decision, key: String) -> Decision {
-    let annotation = keygate_policy::annotation::Annotation {
-        key: Some(key),
-        ..Default::default()
-    };
     let header = (
-        keygate_policy::internal_headers::LABELS.to_string(),
-        annotation.to_header().into_bytes(),
+        keygate_policy::internal_headers::KEY.to_string(),
+        key.into_bytes(),
     );
     match decision {
         Decision::Respond(mut reply) => {

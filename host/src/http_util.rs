@@ -82,15 +82,49 @@ pub fn remove_connection_tokens(headers: &mut http::HeaderMap, keep_upgrade: boo
 /// origin (or left by a guest) would leak to clients and, on the portable path, could name
 /// the route in metrics.
 pub fn remove_internal_headers(headers: &mut http::HeaderMap) {
+    take_internal_headers(headers, None);
+}
+
+/// [`remove_internal_headers`], returning the value of `keep` (one of them) if present. Every
+/// name shares the `keygate-` prefix: one pass over the names finds whether there is anything
+/// to do, which there almost never is (removing each name blindly costs a hash per name).
+pub fn take_internal_headers(
+    headers: &mut http::HeaderMap,
+    keep: Option<&'static str>,
+) -> Option<http::HeaderValue> {
+    let any = headers
+        .keys()
+        .any(|name| name.as_str().starts_with(keygate_policy::internal_headers::PREFIX));
+    if !any {
+        return None;
+    }
+    let kept = keep.and_then(|name| headers.remove(name));
     for name in keygate_policy::internal_headers::ALL {
         headers.remove(name);
     }
+    kept
 }
 
 /// The client's IP as the guest is told it on either path (an IPv4 client of a dual-stack
-/// listener as IPv4, not `::ffff:a.b.c.d`).
+/// listener as IPv4, not `::ffff:a.b.c.d`). The last one formatted is kept per thread: a
+/// keep-alive connection asks for the same address request after request.
 pub fn client_ip(client: std::net::SocketAddr) -> String {
-    client.ip().to_canonical().to_string()
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(std::net::IpAddr, String)>> = const { RefCell::new(None) };
+    }
+    let ip = client.ip();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((seen, text)) if *seen == ip => text.clone(),
+            _ => {
+                let text = ip.to_canonical().to_string();
+                *last = Some((ip, text.clone()));
+                text
+            }
+        }
+    })
 }
 
 /// Lower-case hex of some bytes.
@@ -139,4 +173,23 @@ pub fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_headers_all_share_the_prefix_the_fast_check_looks_for() {
+        for name in keygate_policy::internal_headers::ALL {
+            assert!(name.starts_with(keygate_policy::internal_headers::PREFIX), "{name}");
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert("keygate-key", "abc".parse().unwrap());
+        headers.insert("keygate-call", "x".parse().unwrap());
+        headers.insert("x-kept", "y".parse().unwrap());
+        let key = take_internal_headers(&mut headers, Some("keygate-key"));
+        assert_eq!(key.unwrap(), "abc");
+        assert_eq!(headers.len(), 1);
+    }
 }

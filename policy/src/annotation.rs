@@ -31,10 +31,6 @@ pub struct Annotation {
     /// Milliseconds the gateway spent before sending to the origin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_ms: Option<u64>,
-    /// The first characters of the key's SHA-256 fingerprint: enough to follow one key
-    /// through the access log, never enough to use it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
 }
 
 impl Annotation {
@@ -58,8 +54,7 @@ impl Annotation {
             rate_limit,
             request_id,
             upstream_ms,
-            gateway_ms,
-            key
+            gateway_ms
         );
         self.from_origin |= other.from_origin;
     }

@@ -13,6 +13,7 @@ impl Config {
             client_addr_header: None,
             listen_port: Some(self.server.listen.port()),
             host_annotations: false,
+            annotate_key: false,
             trusted_ips: self.proxy.trusted_ips.clone(),
             compat: self.compat.clone(),
             key_auth: self.key_auth.clone(),
@@ -60,6 +61,10 @@ pub struct GuestConfig {
     /// `keygate-labels` / `keygate-call` headers the host strips: keygate's metrics labels.
     #[serde(default)]
     pub host_annotations: bool,
+    /// Also tell the host each key's fingerprint prefix (`keygate-key`): only while its access
+    /// log is on, so requests do not carry it for nothing.
+    #[serde(default)]
+    pub annotate_key: bool,
     /// `proxy.trusted_ips`.
     #[serde(default)]
     pub trusted_ips: Vec<IpNet>,
@@ -102,5 +107,26 @@ impl GuestConfig {
 
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         serde_json::from_str(text).map_err(|err| ConfigError::Parse(err.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found by `cargo fuzz run config`: a rate limit of `minute = 1.5666666666666669` reached
+    /// the guest as 1.5666666666666667, serde_json's default float parsing being one bit off
+    /// at times; its `float_roundtrip` feature reads back exactly what it wrote.
+    #[test]
+    fn numbers_reach_the_guest_bit_for_bit() {
+        for limit in [
+            1.5666666666666669_f64,
+            0.1,
+            2.0000000000000004,
+            1e300,
+            5e-324,
+        ] {
+            let json = serde_json::to_string(&limit).unwrap();
+            let read: f64 = serde_json::from_str(&json).unwrap();
+            assert_eq!(read.to_bits(), limit.to_bits(), "{json}");
+        }
     }
 }

@@ -42,6 +42,11 @@ pub mod internal_headers {
     pub const LABELS: &str = "keygate-labels";
     /// On outgoing requests: `auth` or the service name (metrics label).
     pub const CALL: &str = "keygate-call";
+    /// On guest answers: the first characters of the key's fingerprint, for the access log
+    /// (a plain value: it travels with every keyed request, on the fast path too).
+    pub const KEY: &str = "keygate-key";
     /// What a client must never be sent, whoever set it (an origin, a guest).
-    pub const ALL: [&str; 3] = [CLIENT_ADDR, LABELS, CALL];
+    pub const ALL: [&str; 4] = [CLIENT_ADDR, LABELS, CALL, KEY];
+    /// Every internal header's name starts with it.
+    pub const PREFIX: &str = "keygate-";
 }

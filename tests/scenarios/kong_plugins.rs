@@ -73,7 +73,7 @@ async fn cors_preflight_is_answered_without_a_key_and_never_reaches_the_origin()
     assert_eq!(header(&reply, "access-control-max-age"), "600");
     assert_eq!(header(&reply, "vary"), "Origin");
     assert_eq!(reply.header("access-control-expose-headers"), None);
-    assert!(is_hex_id(header(&reply, "x-kong-request-id")));
+    assert!(is_hex_id(header(&reply, "x-request-id")));
     // A regex entry matches the host of the normalized origin (default port dropped).
     let reply = options(
         &gw,
@@ -312,6 +312,23 @@ async fn ip_restriction_reads_the_address_a_trusted_proxy_gives() {
     assert_eq!(origin.hits(), 1);
 }
 
+/// A host that does not say who the client is: Kong's answer for a unix-socket client.
+#[tokio::test]
+async fn ip_restriction_without_the_client_address_refuses() {
+    if crate::HOST != crate::suite::Host::WasmtimeServe {
+        return;
+    }
+    let rules = plugin("ip-restriction", "", "deny = [\"10.0.0.0/8\"]");
+    let (origin, gw) = gateway(&rules).await;
+    let reply = get(gw.addr, "/api/x", &[ALICE]).await;
+    assert_refused(
+        &reply,
+        403,
+        "Cannot identify the client IP address, unix domain sockets are not supported.",
+    );
+    assert_eq!(origin.hits(), 0);
+}
+
 #[tokio::test]
 async fn ip_restriction_scoped_to_a_consumer() {
     needs_the_client_address!();
@@ -345,7 +362,7 @@ async fn request_termination_with_a_message_after_key_auth() {
         header(&reply, "content-type"),
         "application/json; charset=utf-8"
     );
-    assert!(is_hex_id(header(&reply, "x-kong-request-id")));
+    assert!(is_hex_id(header(&reply, "x-request-id")));
     // No key: key-auth's 401 comes first.
     let reply = get(gw.addr, "/api/x", &[]).await;
     assert_refused(&reply, 401, "No API key found in request");

@@ -196,6 +196,7 @@ const FORGED_INTERNAL_HEADERS: &[(&str, &str)] = &[
         r#"keygate-labels={"route":"forged-route","rate_limit":"limited"}"#,
     ),
     ("x-test-respond-with", "keygate-call=forged-call"),
+    ("x-test-respond-with", "keygate-key=forged-key"),
     ("x-test-respond-with", "keygate-client-addr=6.6.6.6"),
 ];
 

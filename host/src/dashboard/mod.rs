@@ -1,5 +1,5 @@
 //! The admin listener's live dashboard: `GET /` serves one page built into the binary (no
-//! network access besides its own `GET /admin/stats`), which polls [`stats`] every second and
+//! network access besides its own `GET /admin/stats`), which polls [`stats()`] every second and
 //! draws the rates from the difference of two successive answers.
 //!
 //! The page holds no data, so it is served without the admin token; the stats need it. With

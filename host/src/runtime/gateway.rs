@@ -476,11 +476,13 @@ impl Gateway {
                 AnswerLabels::default(),
             ),
         };
-        // What the guest's answer says beyond its labels (on the fast path: the key).
+        // The key the guest found, for the access log (its fingerprint's first characters).
         let mut labels = labels;
-        let annotation = take_annotation(response.headers_mut());
-        labels.key = labels.key.take().or(annotation.key);
-        crate::http_util::remove_internal_headers(response.headers_mut());
+        labels.key = crate::http_util::take_internal_headers(
+            response.headers_mut(),
+            Some(internal_headers::KEY),
+        )
+        .and_then(|value| value.to_str().ok().map(str::to_string));
         let rate_limit = labels
             .rate_limit
             .as_deref()
@@ -524,7 +526,7 @@ impl Gateway {
             from_origin: annotation.from_origin,
             gateway: ms(annotation.gateway_ms),
             upstream: ms(annotation.upstream_ms),
-            key: annotation.key,
+            key: None,
         };
         Ok((hyper::Response::from_parts(parts, body), labels))
     }
@@ -655,6 +657,7 @@ impl Active {
         guest_config.client_addr_header = Some(internal_headers::CLIENT_ADDR.to_string());
         guest_config.listen_port = Some(listen_port);
         guest_config.host_annotations = true;
+        guest_config.annotate_key = config.log.access != keygate_policy::AccessLog::Off;
         let mut allowed = allowed_targets(&config);
         allowed.balancers = Arc::clone(&balancers);
         let outgoing = outgoing.with_allowed(allowed);

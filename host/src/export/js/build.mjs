@@ -119,6 +119,39 @@ if (target === 'node') {
   for (const file of readdirSync(browser).filter((f) => f.endsWith('.js'))) {
     copyFileSync(join(browser, file), join(here, 'shim', file));
   }
+  // Streaming responses: the Web bridge of preview2-shim 0.26.1 buffers a response until the
+  // component finishes its body, and hands it over only when the handler returns. worker.mjs
+  // has a bridge of its own that returns the response once the component sets it; here its
+  // body becomes a stream (as request bodies already can be), a body dropped unfinished errors
+  // that stream (the client sees a cut response), and the bridge gets the shim's constructors.
+  const patches = [
+    [
+      '? await outgoingBodyFinishedData(response.#body)',
+      '? ([101, 103, 204, 205, 304].includes(response.#status) ? null : outgoingBodyRequestStream(response.#body))',
+    ],
+    [
+      '    [symbolDispose]() { }\n}\nconst outgoingBodyCreate = OutgoingBody._create;',
+      `    [symbolDispose]() {
+        if (!this.#finished && !this.#requestStreamCancelled && this.#requestStreamController) {
+            this.#finished = true;
+            this.#requestStreamController.error(new Error("the body was not finished"));
+        }
+    }
+}
+const outgoingBodyCreate = OutgoingBody._create;`,
+    ],
+  ];
+  const httpPath = join(here, 'shim', 'http.js');
+  let http = readFileSync(httpPath, 'utf8');
+  for (const [from, to] of patches) {
+    if (!http.includes(from)) {
+      console.error(`build.mjs: preview2-shim's http.js has changed: no ${JSON.stringify(from)}`);
+      process.exit(1);
+    }
+    http = http.replace(from, to);
+  }
+  http += '\nexport { responseOutparamCreate as _keygateResponseOutparamCreate, incomingRequestCreate as _keygateIncomingRequestCreate };\n';
+  writeFileSync(httpPath, http);
 }
 
 // Into the cache, whole or not at all (exports running side by side may race for it).

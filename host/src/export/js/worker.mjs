@@ -68,13 +68,14 @@ function isolateState(env) {
     // Outgoing requests go to the config's origins and auth API only (the socket's network
     // service in config.capnp allows their addresses too).
     const allowed = new Set(JSON.parse(env.KEYGATE_OUTBOUND).map((url) => new URL(url).origin));
+    const idle = readTimeouts(JSON.parse(env.KEYGATE_CONFIG));
     const fetch = globalThis.fetch;
-    globalThis.fetch = (input, init) => {
+    globalThis.fetch = async (input, init) => {
       const url = new URL(input instanceof Request ? input.url : String(input));
       if (!allowed.has(url.origin)) {
-        return Promise.reject(new TypeError(`keygate: outgoing request to ${url.origin} is not allowed`));
+        throw new TypeError(`keygate: outgoing request to ${url.origin} is not allowed`);
       }
-      return fetch(input, init);
+      return withIdleTimeout(await fetch(input, init), idle.get(url.origin));
     };
     const keyCache = await instantiateKeyCache(getCoreModule, wasi);
     const counters = await instantiateCounters(getCoreModule, wasi);
@@ -93,14 +94,100 @@ function isolateState(env) {
   return isolate;
 }
 
+// humantime durations as keygate writes them ("1m", "300ms", "1m 30s") in milliseconds.
+function durationMs(text) {
+  const units = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1e3, m: 6e4, h: 36e5, d: 864e5 };
+  let total = 0;
+  for (const part of String(text ?? '').trim().split(/\s+/)) {
+    const match = /^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)$/.exec(part);
+    if (!match) return undefined;
+    total += Number(match[1]) * units[match[2]];
+  }
+  return total > 0 ? total : undefined;
+}
+
+// The longest time an origin (its services' read_timeout) or the auth API (its timeout) may
+// go quiet mid-body, by origin: preview2-shim times out the response head only.
+function readTimeouts(config) {
+  const timeouts = new Map();
+  const add = (url, text) => {
+    const ms = durationMs(text);
+    if (!ms) return;
+    const origin = new URL(url.replace('{key}', 'k')).origin;
+    timeouts.set(origin, Math.max(timeouts.get(origin) ?? 0, ms));
+  };
+  for (const service of config.services ?? []) add(service.url, service.read_timeout);
+  if (config.auth_api) add(config.auth_api.url, config.auth_api.timeout);
+  return timeouts;
+}
+
+// `response` whose body errors when no bytes arrive for `ms`.
+function withIdleTimeout(response, ms) {
+  if (!response.body || !ms) return response;
+  const reader = response.body.getReader();
+  const body = new ReadableStream({
+    async pull(controller) {
+      let timer;
+      const quiet = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error('keygate: the origin went quiet (read_timeout)')), ms);
+      });
+      try {
+        const { done, value } = await Promise.race([reader.read(), quiet]);
+        if (done) controller.close();
+        else controller.enqueue(value);
+      } catch (error) {
+        reader.cancel(error).catch(() => {});
+        controller.error(error);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+  return new Response(body, response);
+}
+
+// The response as workerd sends it: a body the component announced with Content-Length goes
+// out with that length (a FixedLengthStream), not chunked.
+function sized(request, response) {
+  const length = Number(response.headers.get('content-length'));
+  if (request.method === 'HEAD' || !response.body || !Number.isSafeInteger(length) || length < 0) {
+    return response;
+  }
+  const fixed = new FixedLengthStream(length);
+  response.body.pipeTo(fixed.writable).catch(() => {});
+  return new Response(fixed.readable, response);
+}
+
 export default {
-  async fetch(request, env) {
+  async fetch(request, env, ctx) {
     try {
       const { imports } = await isolateState(env);
       const gateway = await instantiateGateway(getCoreModule, imports);
-      return await http.handleIncomingRequest(request, (incoming, out) =>
-        gateway.incomingHandler.handle(incoming, out),
+      const body = request.body ? new Uint8Array(await request.clone().arrayBuffer()) : new Uint8Array();
+      const [out, response] = http._keygateResponseOutparamCreate();
+      const incoming = http._keygateIncomingRequestCreate(request, body);
+      // The response goes out as soon as the component sets it; its body streams while the
+      // handler goes on writing it.
+      const handled = Promise.resolve().then(() => gateway.incomingHandler.handle(incoming, out));
+      ctx.waitUntil(
+        handled.catch((error) => console.error('keygate: the gateway component failed:', error?.stack ?? String(error))),
       );
+      const first = await Promise.race([
+        response.then((value) => ({ response: value })),
+        handled.then(
+          () => ({}),
+          (error) => ({ error }),
+        ),
+      ]);
+      if (first.error) throw first.error;
+      if (first.response) return sized(request, first.response);
+      // The handler returned: a response it set is being converted; none is an error.
+      const set = await Promise.race([response, new Promise((resolve) => setTimeout(resolve, 0))]);
+      if (!set) throw new Error('the gateway component set no response');
+      return sized(request, set);
     } catch (error) {
       console.error('keygate: the gateway component failed:', error?.stack ?? String(error));
       return new Response('{\n  "message":"An unexpected error occurred"\n}', {
