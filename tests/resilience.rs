@@ -171,3 +171,61 @@ async fn an_auth_api_that_stopped_answering_is_not_waited_for() {
     let metrics = gw.gateway.metrics.render(0);
     assert!(metrics.contains("keygate_auth_api_down 0\n"), "{metrics}");
 }
+
+/// An origin that refuses connections is not tried by every request: after a few refusals the
+/// gateway answers its 502 at once for a moment, then tries the origin again — so an outage
+/// costs no connection attempt per request, and a recovered origin is used within a second.
+#[tokio::test]
+async fn a_refusing_origin_is_not_dialled_by_every_request() {
+    use keygate::capabilities::breaker::FAILURES_TO_OPEN;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = GatewayConfig::new()
+        .server("workers = 1")
+        .consumer("alice", None, &["alice-key"])
+        .service("api", format_args!("http://127.0.0.1:{port}"))
+        .route("paths = [\"/\"]");
+    let gw = start_gateway(&config.to_string()).await;
+    for _ in 0..FAILURES_TO_OPEN {
+        let reply = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
+        assert_eq!(reply.status, 502, "{}", reply.text());
+    }
+    // The origin is back, listening and counting connections.
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let skipped = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
+    assert_eq!(skipped.status, 502, "known down: answered without dialling");
+    assert!(skipped.text().contains("An invalid response was received from the upstream server"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "no connection attempt");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the origin is never tried again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(accepted.load(Ordering::SeqCst) >= 1);
+}

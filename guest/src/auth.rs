@@ -9,7 +9,7 @@ use crate::outbound;
 use crate::percent::percent_encode;
 use keygate_policy::KeyAuth;
 use keygate_policy::errors::{AUTH_UNAVAILABLE, DUPLICATE_KEY, INVALID_KEY, NO_KEY};
-use keygate_policy::fingerprint::{fingerprint, redact};
+use keygate_policy::fingerprint::fingerprint;
 use keygate_policy::{GuestAuthApi, GuestConsumer};
 use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
 
@@ -106,7 +106,9 @@ pub fn authenticate(
             }
             Err(reason) => {
                 key_cache::release(&fp);
-                eprintln!("auth API unavailable for key {}: {reason}", redact(&key));
+                // One line per distinct failure: the host sums repeats up per second, which a
+                // per-key detail would defeat during an outage with many keys.
+                eprintln!("auth API unavailable: {reason}");
                 match lookup {
                     Lookup::Stale(verdict) => verdict,
                     _ => return Err(GatewayError::new(503, AUTH_UNAVAILABLE)),

@@ -20,7 +20,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Records waiting for the writer at most (a few MiB when full).
@@ -28,6 +28,10 @@ const QUEUE: usize = 16_384;
 
 /// The writer flushes at least this often.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the writer takes what the queue holds (see [`Writer::run`]); with [`QUEUE`] this
+/// bounds the lines per second it can take before dropping: 16 384 per 20 ms.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// Where lines go, and how they look.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,34 +148,36 @@ struct Writer {
 }
 
 impl Writer {
+    /// Drain the queue every [`DRAIN_EVERY`] rather than wait on it: a writer blocked on the
+    /// queue would be woken by every request (a futex wake and a context switch each), which
+    /// cost more CPU than the line.
     fn run(mut self, records: Receiver<RequestRecord>) {
         let mut flushed = Instant::now();
         loop {
-            let wait = FLUSH_EVERY.saturating_sub(flushed.elapsed());
-            match records.recv_timeout(wait) {
-                Ok(record) => {
-                    if self.reopen.swap(false, Ordering::SeqCst) {
-                        self.reopen_file();
+            if self.reopen.swap(false, Ordering::SeqCst) {
+                self.reopen_file();
+            }
+            loop {
+                match records.try_recv() {
+                    Ok(record) => {
+                        self.line.clear();
+                        format_record(&record, &self.settings, &mut self.line);
+                        if let Err(err) = self.sink.writer().write_all(self.line.as_bytes()) {
+                            tracing::warn!("writing the access log: {err}");
+                        }
                     }
-                    self.line.clear();
-                    format_record(&record, &self.settings, &mut self.line);
-                    if let Err(err) = self.sink.writer().write_all(self.line.as_bytes()) {
-                        tracing::warn!("writing the access log: {err}");
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        let _ = self.sink.writer().flush();
+                        return;
                     }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.sink.writer().flush();
-                    return;
                 }
             }
             if flushed.elapsed() >= FLUSH_EVERY {
-                if self.reopen.swap(false, Ordering::SeqCst) {
-                    self.reopen_file();
-                }
                 let _ = self.sink.writer().flush();
                 flushed = Instant::now();
             }
+            std::thread::sleep(DRAIN_EVERY);
         }
     }
 
@@ -196,27 +202,66 @@ pub fn format_record(record: &RequestRecord, settings: &Settings, out: &mut Stri
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     match settings.format {
         Format::Json => {
-            let line = serde_json::json!({
-                "time": time,
-                "request_id": record.request_id,
-                "client_ip": record.client_ip.to_string(),
-                "method": record.method.as_str(),
-                "path": path,
-                "route": record.route,
-                "service": record.service,
-                "consumer": record.consumer,
-                "status": record.status,
-                "source": record.source.label(),
-                "bytes_in": record.bytes_in,
-                "bytes_out": record.bytes_out,
-                "latency_ms": round3(ms(record.total)),
-                "upstream_ms": record.upstream.map(|d| round3(ms(d))),
-                "gateway_ms": round3(ms(record.gateway)),
-                "auth_ms": record.auth_ms,
-                "key_cache": record.key_lookup,
-                "key": record.key,
-            });
-            let _ = writeln!(out, "{line}");
+            // Written field by field: building a `serde_json::Value` first allocated a map
+            // and a string per field, per line.
+            let mut first = true;
+            let mut field = |out: &mut String, name: &str| {
+                out.push(if first { '{' } else { ',' });
+                first = false;
+                json_string(out, name);
+                out.push(':');
+            };
+            let text = |out: &mut String, value: Option<&str>| match value {
+                Some(value) => json_string(out, value),
+                None => out.push_str("null"),
+            };
+            field(out, "time");
+            json_string(out, &time);
+            field(out, "request_id");
+            text(out, record.request_id.as_deref());
+            field(out, "client_ip");
+            let _ = write!(out, "\"{}\"", record.client_ip);
+            field(out, "method");
+            json_string(out, record.method.as_str());
+            field(out, "path");
+            json_string(out, &path);
+            field(out, "route");
+            text(out, record.route.as_deref());
+            field(out, "service");
+            text(out, record.service.as_deref());
+            field(out, "consumer");
+            text(out, record.consumer.as_deref());
+            field(out, "status");
+            let _ = write!(out, "{}", record.status);
+            field(out, "source");
+            json_string(out, record.source.label());
+            field(out, "bytes_in");
+            let _ = write!(out, "{}", record.bytes_in);
+            field(out, "bytes_out");
+            let _ = write!(out, "{}", record.bytes_out);
+            field(out, "latency_ms");
+            let _ = write!(out, "{}", round3(ms(record.total)));
+            field(out, "upstream_ms");
+            match record.upstream {
+                Some(upstream) => {
+                    let _ = write!(out, "{}", round3(ms(upstream)));
+                }
+                None => out.push_str("null"),
+            }
+            field(out, "gateway_ms");
+            let _ = write!(out, "{}", round3(ms(record.gateway)));
+            field(out, "auth_ms");
+            match record.auth_ms {
+                Some(auth) => {
+                    let _ = write!(out, "{auth}");
+                }
+                None => out.push_str("null"),
+            }
+            field(out, "key_cache");
+            text(out, record.key_lookup.as_deref());
+            field(out, "key");
+            text(out, record.key.as_deref());
+            out.push_str("}\n");
         }
         Format::Text | Format::Off => {
             let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
@@ -252,6 +297,25 @@ pub fn format_record(record: &RequestRecord, settings: &Settings, out: &mut Stri
     }
 }
 
+/// `value` as a JSON string: quotes, backslashes and control characters escaped.
+fn json_string(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
@@ -266,7 +330,9 @@ fn quoted(value: &str) -> String {
     if plain {
         value.to_string()
     } else {
-        serde_json::Value::String(value.to_string()).to_string()
+        let mut quoted = String::with_capacity(value.len() + 2);
+        json_string(&mut quoted, value);
+        quoted
     }
 }
 

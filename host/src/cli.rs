@@ -48,8 +48,9 @@ enum Command {
         config: PathBuf,
     },
     /// Write the gateway component and what another wasi:http host needs to run it:
-    /// `gateway.wasm` + `serve.sh ADDR` for `wasmtime serve`, or `spin.toml` + components for
-    /// Spin 3.x.
+    /// `gateway.wasm` + `serve.sh ADDR` for `wasmtime serve`, `spin.toml` + components for
+    /// Spin 3.x, or a transpiled module + `serve.sh ADDR` for Node (jco) or Cloudflare's
+    /// workerd (experimental).
     Export {
         /// The host to export for.
         #[arg(long = "for", value_enum)]

@@ -27,6 +27,8 @@ pub enum HostFailure {
     UriTooLong,
     /// Every target of the service's upstream is drained or marked down.
     NoPeer,
+    /// The origin refused its last connections and is not tried for a moment.
+    OriginDown,
 }
 
 impl HostFailure {
@@ -41,6 +43,7 @@ impl HostFailure {
             Self::HeaderTooLarge => "a request header line over its size limit".into(),
             Self::UriTooLong => "request target over its size limit".into(),
             Self::NoPeer => "no target of the upstream is up".into(),
+            Self::OriginDown => "the origin refused its last connections".into(),
         }
     }
 
@@ -74,6 +77,8 @@ impl HostFailure {
             Self::UriTooLong => (414, URI_TOO_LONG),
             // Kong's balancer words.
             Self::NoPeer => (503, "failure to get a peer from the ring-balancer"),
+            // The 502 the guest words for a refused connection, made here without asking it.
+            Self::OriginDown => (502, keygate_policy::errors::BAD_GATEWAY),
             Self::Internal(reason) => {
                 tracing::error!(request_id = %id, "internal error: {reason}");
                 (500, INTERNAL)

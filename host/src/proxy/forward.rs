@@ -5,6 +5,8 @@
 
 use super::balancer::{self, BalancedError, Balancer, Recoverable};
 use super::plan::ValidPlan;
+use crate::capabilities::breaker::{FAILURES_TO_OPEN, PROBE_EVERY};
+use std::collections::HashMap;
 use crate::capabilities::outgoing_http::{IdleTimeoutBody, client_error, pooled_client};
 use crate::http_util::{connection_tokens, remove_hop_by_hop};
 use crate::metrics::Metrics;
@@ -35,6 +37,50 @@ type UpstreamClient = Client<HttpConnector, LimitedBody>;
 
 thread_local! {
     static THREAD_POOLS: RefCell<Vec<(u64, UpstreamClient)>> = const { RefCell::new(Vec::new()) };
+    /// Origins this thread found refusing connections: (gateway id, service) → health.
+    static ORIGIN_HEALTH: RefCell<HashMap<(u64, Box<str>), OriginHealth>> =
+        RefCell::new(HashMap::new());
+}
+
+/// An origin that refused (or did not accept) the last connections: after
+/// [`FAILURES_TO_OPEN`] in a row its requests get the gateway's 502 at once for
+/// [`PROBE_EVERY`], then one request tries it again. An origin outage so costs no connection
+/// attempt (nor a second guest call) per request, and the gateway keeps its pace for every
+/// other route. Each request thread learns it on its own: nothing is shared between threads.
+#[derive(Default)]
+struct OriginHealth {
+    failures: u32,
+    down_until: Option<Instant>,
+}
+
+fn origin_is_down(gateway: u64, service: &str) -> bool {
+    ORIGIN_HEALTH.with(|health| {
+        let health = health.borrow();
+        if health.is_empty() {
+            return false;
+        }
+        health
+            .get(&(gateway, Box::from(service)))
+            .and_then(|origin| origin.down_until)
+            .is_some_and(|until| Instant::now() < until)
+    })
+}
+
+fn origin_answered(gateway: u64, service: &str, connected: bool) {
+    ORIGIN_HEALTH.with(|health| {
+        let mut health = health.borrow_mut();
+        if connected {
+            if !health.is_empty() {
+                health.remove(&(gateway, Box::from(service)));
+            }
+            return;
+        }
+        let origin = health.entry((gateway, Box::from(service))).or_default();
+        origin.failures += 1;
+        if origin.failures >= FAILURES_TO_OPEN {
+            origin.down_until = Some(Instant::now() + PROBE_EVERY);
+        }
+    })
 }
 
 /// Why a forward produced no response from the origin.
@@ -44,6 +90,8 @@ pub enum ForwardError {
     BodyTooLarge,
     /// Every target of the service's upstream is drained or marked down.
     NoPeer,
+    /// The origin refused the last connections (see [`OriginHealth`]): not tried now.
+    OriginDown,
 }
 
 impl Upstream {
@@ -105,6 +153,10 @@ impl Upstream {
         }
         parts.uri = plan.uri.clone();
         parts.version = http::Version::HTTP_11;
+        if balancer.is_none() && origin_is_down(self.id, &plan.service) {
+            metrics.outgoing(&plan.service, None);
+            return Err(ForwardError::OriginDown);
+        }
         let limit = plan.max_request_body.unwrap_or(u64::MAX);
         let sent_at = Instant::now();
         let client = self.client();
@@ -162,6 +214,15 @@ impl Upstream {
             &plan.service,
             outcome.as_ref().ok().map(|r| r.status().as_u16()),
         );
+        if balancer.is_none() {
+            match &outcome {
+                Ok(_) => origin_answered(self.id, &plan.service, true),
+                Err(UpstreamFailure::ConnectionRefused | UpstreamFailure::ConnectTimeout) => {
+                    origin_answered(self.id, &plan.service, false)
+                }
+                Err(_) => {}
+            }
+        }
         let mut response = outcome.map_err(ForwardError::Upstream)?;
         let received_at = Instant::now();
         let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;

@@ -578,6 +578,7 @@ impl Gateway {
                     }
                     Err(ForwardError::BodyTooLarge) => Err(HostFailure::BodyTooLarge),
                     Err(ForwardError::NoPeer) => Err(HostFailure::NoPeer),
+                    Err(ForwardError::OriginDown) => Err(HostFailure::OriginDown),
                     Err(ForwardError::Upstream(failure)) => {
                         let context =
                             proxy::forward::failure_context(plan, failure, asked, started);
