@@ -222,3 +222,32 @@ async fn a_blackholed_redis_is_not_waited_for() {
         "{metrics}"
     );
 }
+
+/// `ssl = true`: counts go over TLS; the certificate is checked unless `ssl_verify = false`
+/// (Kong's default), so a self-signed one is refused when it is checked.
+#[tokio::test]
+async fn a_redis_over_tls_counts_and_its_certificate_is_checked_when_asked() {
+    let redis = RedisServer::start_tls();
+    let tls_port = redis.tls_port.unwrap();
+    let origin = Origin::start("origin").await;
+    let unverified = format!(
+        "host = \"127.0.0.1\", port = {tls_port}, ssl = true, ssl_verify = false, timeout = 2000"
+    );
+    let gw = start_gateway(&config(&origin, "minute = 100", &unverified)).await;
+    within_one_minute().await;
+    let first = get(gw.addr, "/x", &[ALICE]).await;
+    assert_eq!(first.header("x-ratelimit-remaining-minute"), Some("99"), "{:?}", first.headers);
+    let second = get(gw.addr, "/x", &[ALICE]).await;
+    assert_eq!(second.header("x-ratelimit-remaining-minute"), Some("98"));
+    let minute_key = redis.keys("ratelimit:*:minute");
+    assert_eq!(redis.get(&minute_key[0]).as_deref(), Some("2"), "counted in this Redis");
+
+    let verified = format!(
+        "host = \"127.0.0.1\", port = {tls_port}, ssl = true, ssl_verify = true, timeout = 2000"
+    );
+    let checking = start_gateway(&config(&origin, "minute = 100", &verified)).await;
+    let refused = get(checking.addr, "/x", &[ALICE]).await;
+    assert_eq!(refused.status, 200, "fault_tolerant: passes");
+    assert_eq!(refused.header("x-ratelimit-remaining-minute"), None, "not counted");
+    assert_eq!(redis.get(&minute_key[0]).as_deref(), Some("2"));
+}

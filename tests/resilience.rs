@@ -229,3 +229,37 @@ async fn a_refusing_origin_is_not_dialled_by_every_request() {
     }
     assert!(accepted.load(Ordering::SeqCst) >= 1);
 }
+
+/// The same for an origin that accepts connections and never answers: after a few timeouts
+/// its requests get the 504 at once instead of each holding a connection for `read_timeout`.
+#[tokio::test]
+async fn a_silent_origin_is_not_waited_for_by_every_request() {
+    use keygate::capabilities::breaker::FAILURES_TO_OPEN;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let config = GatewayConfig::new()
+        .server("workers = 1")
+        .consumer("alice", None, &["alice-key"])
+        .service("api", format_args!("http://{addr}"))
+        .service_setting("read_timeout = \"100ms\"")
+        .route("paths = [\"/\"]");
+    let gw = start_gateway(&config.to_string()).await;
+    for _ in 0..FAILURES_TO_OPEN {
+        let reply = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
+        assert_eq!(reply.status, 504, "{}", reply.text());
+    }
+    let dialled = accepted.load(Ordering::SeqCst);
+    let skipped = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
+    assert_eq!(skipped.status, 504);
+    assert!(skipped.text().contains("The upstream server is timing out"));
+    assert_eq!(accepted.load(Ordering::SeqCst), dialled, "not sent to the silent origin");
+}

@@ -63,10 +63,15 @@ fn check_redis_limits(config: &Config) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("{field}.host: required when policy = \"redis\""))?
             .target()
             .map_err(|err| anyhow::anyhow!("{field}: {err}"))?;
-        if target.ssl {
+        if target
+            .server_name
+            .as_deref()
+            .is_some_and(|name| name != target.host)
+        {
             anyhow::bail!(
-                "{field}.ssl: TLS to Redis is not supported yet; reach it over a private network \
-                 or a local TLS tunnel (e.g. stunnel) and set ssl = false"
+                "{field}.server_name: only the host's own name can be checked (keygate's Redis \
+                 client verifies the name it connects to); connect to {name:?} as the host",
+                name = target.server_name.as_deref().unwrap_or_default()
             );
         }
         let namespace = plugin.counter_namespace();
@@ -100,17 +105,19 @@ mod tests {
     }
 
     #[test]
-    fn a_redis_limit_over_tls_is_refused_until_it_is_implemented() {
-        let err = parse(&redis_limit("", "host = \"r\", ssl = true"), None)
-            .unwrap_err()
-            .to_string();
+    fn redis_over_tls_checks_only_the_hosts_own_name() {
+        assert!(parse(&redis_limit("", "host = \"r\", ssl = true"), None).is_ok());
+        assert!(parse(&redis_limit("", "url = \"rediss://:pw@r:6380/2\""), None).is_ok());
+        let other = parse(
+            &redis_limit("", "host = \"10.0.0.5\", ssl = true, server_name = \"redis.internal\""),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            err.starts_with("plugins[0].config.redis.ssl: TLS to Redis is not supported yet"),
-            "{err}"
+            other.starts_with("plugins[0].config.redis.server_name: only the host's own name"),
+            "{other}"
         );
-        assert!(parse(&redis_limit("", "host = \"r\""), None).is_ok());
-        let url = redis_limit("", "url = \"redis://:pw@r:6380/2\"");
-        assert!(parse(&url, None).is_ok());
     }
 
     #[test]

@@ -587,15 +587,13 @@ impl Metrics {
         self.auth_api_latency.take(&mut tally.auth_latency);
         if !tally.consumers.is_empty() {
             let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
-            for (consumer, n) in &mut tally.consumers {
-                let n = std::mem::take(n);
-                if n == 0 {
-                    continue;
-                }
-                if let Some(count) = consumers.get_mut(consumer) {
+            // Drained, not zeroed: consumers are unbounded (a new key can be a new one), so a
+            // thread must not keep every name it ever counted.
+            for (consumer, n) in tally.consumers.drain() {
+                if let Some(count) = consumers.get_mut(&consumer) {
                     *count += n;
                 } else if consumers.len() < TRACKED_CONSUMERS {
-                    consumers.insert(consumer.clone(), n);
+                    consumers.insert(consumer, n);
                 } else {
                     *consumers.entry("(others)".into()).or_default() += n;
                 }

@@ -27,8 +27,9 @@ pub enum HostFailure {
     UriTooLong,
     /// Every target of the service's upstream is drained or marked down.
     NoPeer,
-    /// The origin refused its last connections and is not tried for a moment.
-    OriginDown,
+    /// The origin failed its last requests (refused, or timed out) and is not tried for a
+    /// moment.
+    OriginDown { timed_out: bool },
 }
 
 impl HostFailure {
@@ -43,7 +44,7 @@ impl HostFailure {
             Self::HeaderTooLarge => "a request header line over its size limit".into(),
             Self::UriTooLong => "request target over its size limit".into(),
             Self::NoPeer => "no target of the upstream is up".into(),
-            Self::OriginDown => "the origin refused its last connections".into(),
+            Self::OriginDown { .. } => "the origin failed its last requests".into(),
         }
     }
 
@@ -78,7 +79,8 @@ impl HostFailure {
             // Kong's balancer words.
             Self::NoPeer => (503, "failure to get a peer from the ring-balancer"),
             // The 502 the guest words for a refused connection, made here without asking it.
-            Self::OriginDown => (502, keygate_policy::errors::BAD_GATEWAY),
+            Self::OriginDown { timed_out: false } => (502, keygate_policy::errors::BAD_GATEWAY),
+            Self::OriginDown { timed_out: true } => (504, keygate_policy::errors::TIMEOUT),
             Self::Internal(reason) => {
                 tracing::error!(request_id = %id, "internal error: {reason}");
                 (500, INTERNAL)

@@ -36,15 +36,7 @@ impl Config {
             auth_api.validate()?;
         }
         if let Some(url) = &self.cluster.redis {
-            let target = crate::plugins::Redis::from_url(url)
-                .map_err(|err| invalid("cluster.redis", err))?;
-            if target.ssl {
-                return Err(invalid(
-                    "cluster.redis",
-                    "rediss:// (TLS) is not supported yet; reach Redis over a private network \
-                     or a local TLS tunnel",
-                ));
-            }
+            crate::plugins::Redis::from_url(url).map_err(|err| invalid("cluster.redis", err))?;
         }
         if self.guest.memory_limit_mb == 0 {
             return Err(invalid("guest.memory_limit_mb", "must be at least 1"));

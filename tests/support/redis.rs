@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// With [`RedisServer::start_tls`]: the TLS port (the plain one stays for the tests).
+    pub tls_port: Option<u16>,
+    /// The self-signed certificate and key of the TLS port.
+    tls_dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
@@ -18,7 +22,44 @@ impl RedisServer {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
-        let mut server = Self { child: None, port };
+        let mut server = Self {
+            child: None,
+            port,
+            tls_port: None,
+            tls_dir: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// [`RedisServer::start`], also listening with TLS on another port, with a self-signed
+    /// certificate for `127.0.0.1` made by `openssl`.
+    pub fn start_tls() -> Self {
+        let free = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port()
+        };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(made.success(), "openssl could not make a certificate");
+        let mut server = Self {
+            child: None,
+            port: free(),
+            tls_port: Some(free()),
+            tls_dir: Some(dir),
+        };
         server.restart();
         server
     }
@@ -49,10 +90,24 @@ impl RedisServer {
                  installs it) or `apt-get install redis-server`"
             )
         });
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+        if let (Some(port), Some(dir)) = (self.tls_port, &self.tls_dir) {
+            command
+                .arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(dir.path().join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.path().join("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.path().join("cert.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -223,21 +223,34 @@ impl RedisCounters {
     }
 }
 
+/// rustls needs one process-wide crypto provider: ring's (the first call installs it).
+fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// `host:port/db`.
 pub fn describe(target: &RedisTarget) -> String {
     format!("{}:{}/{}", target.host, target.port, target.database)
 }
 
-/// How the redis client reaches `target` (refuses TLS, which the configuration refuses too).
+/// How the redis client reaches `target`: over TLS with `ssl` (rustls; the system's roots,
+/// and the name checked unless `ssl_verify` is off, as Kong's default), else in clear text.
 pub(crate) fn connection_info(target: &RedisTarget) -> Result<ConnectionInfo, String> {
-    if target.ssl {
-        // Refused when the configuration is loaded; kept here so no path connects in clear
-        // text to a server the operator asked to reach over TLS.
+    if target
+        .server_name
+        .as_deref()
+        .is_some_and(|name| name != target.host)
+    {
+        // Refused when the configuration is loaded too: the client checks the host's name.
         return Err(format!(
-            "redis {}: ssl is not supported yet",
+            "redis {}: a server_name other than the host is not supported",
             describe(target)
         ));
     }
+    install_crypto_provider();
     let mut settings = RedisConnectionInfo::default()
         .set_db(i64::from(target.database))
         .set_skip_set_lib_name();
@@ -247,7 +260,17 @@ pub(crate) fn connection_info(target: &RedisTarget) -> Result<ConnectionInfo, St
     if let Some(password) = &target.password {
         settings = settings.set_password(password);
     }
-    Ok(ConnectionAddr::Tcp(target.host.clone(), target.port)
+    let addr = if target.ssl {
+        ConnectionAddr::TcpTls {
+            host: target.host.clone(),
+            port: target.port,
+            insecure: !target.ssl_verify,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(target.host.clone(), target.port)
+    };
+    Ok(addr
         .into_connection_info()
         .map_err(|err| format!("redis {}: {err}", describe(target)))?
         .set_redis_settings(settings))

@@ -423,17 +423,16 @@ impl Importer {
                     ));
                     config.remove("sync_rate");
                 }
-                let ssl = |config: &BTreeMap<String, Value>| {
-                    config.get("redis_ssl").and_then(Value::as_bool) == Some(true)
-                        || config
-                            .get("redis")
-                            .and_then(|redis| redis.get("ssl"))
-                            .and_then(Value::as_bool)
-                            == Some(true)
+                let server_name = |config: &BTreeMap<String, Value>| {
+                    config
+                        .get("redis_server_name")
+                        .or_else(|| config.get("redis").and_then(|redis| redis.get("server_name")))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
                 };
-                if ssl(&config) {
+                if let Some(name) = server_name(&config) {
                     self.warn(format!(
-                        "plugin rate-limiting ({where_}): redis ssl = true kept, but keygate does not speak TLS to Redis yet (`keygate check` refuses it): reach Redis through a local TLS tunnel and set ssl = false"
+                        "plugin rate-limiting ({where_}): redis server_name {name:?} kept; keygate checks only the host's own name, so `keygate check` refuses a different one: connect to that name as the host"
                     ));
                 }
             }

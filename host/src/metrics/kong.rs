@@ -198,6 +198,10 @@ impl KongFamilies {
                     }
                 }
             }
+            // Named consumers are unbounded (`per_consumer`): their entries go once counted;
+            // the unnamed one stays, so the usual request allocates nothing.
+            counts.requests.retain(|consumer, _| consumer.is_empty());
+            counts.bandwidth.retain(|consumer, _| consumer.is_empty());
             let labels = scope(&[("workspace", "default".into())]);
             for (family, histogram) in [
                 (&self.kong_latency, &mut counts.kong_latency),

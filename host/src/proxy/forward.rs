@@ -42,41 +42,51 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// An origin that refused (or did not accept) the last connections: after
-/// [`FAILURES_TO_OPEN`] in a row its requests get the gateway's 502 at once for
-/// [`PROBE_EVERY`], then one request tries it again. An origin outage so costs no connection
+/// An origin that refused (or did not accept, or did not answer) the last requests: after
+/// [`FAILURES_TO_OPEN`] in a row its requests get the gateway's 502 (504 when it timed out)
+/// at once for [`PROBE_EVERY`], then one request tries it again. An origin outage so costs no connection
 /// attempt (nor a second guest call) per request, and the gateway keeps its pace for every
 /// other route. Each request thread learns it on its own: nothing is shared between threads.
-#[derive(Default)]
 struct OriginHealth {
     failures: u32,
     down_until: Option<Instant>,
+    /// How the last attempt failed: what the requests skipped meanwhile are told.
+    last: UpstreamFailure,
 }
 
-fn origin_is_down(gateway: u64, service: &str) -> bool {
+/// How the origin failed, while it is known down.
+fn origin_down(gateway: u64, service: &str) -> Option<UpstreamFailure> {
     ORIGIN_HEALTH.with(|health| {
         let health = health.borrow();
         if health.is_empty() {
-            return false;
+            return None;
         }
         health
             .get(&(gateway, Box::from(service)))
-            .and_then(|origin| origin.down_until)
-            .is_some_and(|until| Instant::now() < until)
+            .filter(|origin| origin.down_until.is_some_and(|until| Instant::now() < until))
+            .map(|origin| origin.last)
     })
 }
 
-fn origin_answered(gateway: u64, service: &str, connected: bool) {
+/// `failure`: `None` when the origin answered.
+fn origin_answered(gateway: u64, service: &str, failure: Option<UpstreamFailure>) {
     ORIGIN_HEALTH.with(|health| {
         let mut health = health.borrow_mut();
-        if connected {
+        let Some(failure) = failure else {
             if !health.is_empty() {
                 health.remove(&(gateway, Box::from(service)));
             }
             return;
-        }
-        let origin = health.entry((gateway, Box::from(service))).or_default();
+        };
+        let origin = health
+            .entry((gateway, Box::from(service)))
+            .or_insert(OriginHealth {
+                failures: 0,
+                down_until: None,
+                last: failure,
+            });
         origin.failures += 1;
+        origin.last = failure;
         if origin.failures >= FAILURES_TO_OPEN {
             origin.down_until = Some(Instant::now() + PROBE_EVERY);
         }
@@ -90,8 +100,8 @@ pub enum ForwardError {
     BodyTooLarge,
     /// Every target of the service's upstream is drained or marked down.
     NoPeer,
-    /// The origin refused the last connections (see [`OriginHealth`]): not tried now.
-    OriginDown,
+    /// The origin failed the last requests (see [`OriginHealth`]) this way: not tried now.
+    OriginDown(UpstreamFailure),
 }
 
 impl Upstream {
@@ -153,9 +163,11 @@ impl Upstream {
         }
         parts.uri = plan.uri.clone();
         parts.version = http::Version::HTTP_11;
-        if balancer.is_none() && origin_is_down(self.id, &plan.service) {
+        if balancer.is_none()
+            && let Some(failure) = origin_down(self.id, &plan.service)
+        {
             metrics.outgoing(&plan.service, None);
-            return Err(ForwardError::OriginDown);
+            return Err(ForwardError::OriginDown(failure));
         }
         let limit = plan.max_request_body.unwrap_or(u64::MAX);
         let sent_at = Instant::now();
@@ -216,10 +228,12 @@ impl Upstream {
         );
         if balancer.is_none() {
             match &outcome {
-                Ok(_) => origin_answered(self.id, &plan.service, true),
-                Err(UpstreamFailure::ConnectionRefused | UpstreamFailure::ConnectTimeout) => {
-                    origin_answered(self.id, &plan.service, false)
-                }
+                Ok(_) => origin_answered(self.id, &plan.service, None),
+                Err(
+                    failure @ (UpstreamFailure::ConnectionRefused
+                    | UpstreamFailure::ConnectTimeout
+                    | UpstreamFailure::ResponseTimeout),
+                ) => origin_answered(self.id, &plan.service, Some(*failure)),
                 Err(_) => {}
             }
         }

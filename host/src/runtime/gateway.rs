@@ -4,7 +4,7 @@
 //! and the host forwards natively (`crate::proxy`); otherwise the request runs through the
 //! guest's `wasi:http` handler.
 
-use super::component::policy_api::{Decision, Labels, RequestHead};
+use super::component::policy_api::{Decision, Labels, RequestHead, UpstreamFailure};
 use super::component::{CompiledGuest, GuestSource};
 use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
 use super::pool::InstancePool;
@@ -578,7 +578,12 @@ impl Gateway {
                     }
                     Err(ForwardError::BodyTooLarge) => Err(HostFailure::BodyTooLarge),
                     Err(ForwardError::NoPeer) => Err(HostFailure::NoPeer),
-                    Err(ForwardError::OriginDown) => Err(HostFailure::OriginDown),
+                    Err(ForwardError::OriginDown(failure)) => Err(HostFailure::OriginDown {
+                        timed_out: matches!(
+                            failure,
+                            UpstreamFailure::ConnectTimeout | UpstreamFailure::ResponseTimeout
+                        ),
+                    }),
                     Err(ForwardError::Upstream(failure)) => {
                         let context =
                             proxy::forward::failure_context(plan, failure, asked, started);
