@@ -45,7 +45,10 @@ pub struct Cluster {
 impl Cluster {
     /// Subscribe (in the background, retrying while Redis is away) and get ready to publish.
     pub fn start(url: &str, key_cache: Arc<KeyCache>) -> anyhow::Result<Arc<Self>> {
-        let target = Redis::from_url(url).map_err(|err| anyhow::anyhow!("cluster.redis: {err}"))?;
+        let mut target =
+            Redis::from_url(url).map_err(|err| anyhow::anyhow!("cluster.redis: {err}"))?;
+        // Not a Kong setting: `rediss://` checks the certificate, as URLs promise.
+        target.ssl_verify = true;
         let server = format!("{}:{}/{}", target.host, target.port, target.database);
         let client = redis::Client::open(connection_info(&target).map_err(anyhow::Error::msg)?)
             .map_err(|err| anyhow::anyhow!("cluster.redis {server}: {err}"))?;
