@@ -103,7 +103,10 @@ fn a_deck_3_file_with_nested_entities_imports_and_checks() {
     let billing_auth = config
         .plugins
         .iter()
-        .find_map(|p| p.key_auth().filter(|_| p.service.as_deref() == Some("billing")))
+        .find_map(|p| {
+            p.key_auth()
+                .filter(|_| p.service.as_deref() == Some("billing"))
+        })
         .expect("billing's key-auth instance");
     assert_eq!(billing_auth.key_names, ["x-api-key"]);
     assert!(billing_auth.hide_credentials);
@@ -126,7 +129,11 @@ fn a_deck_3_file_with_nested_entities_imports_and_checks() {
         "top-level credential"
     );
 
-    assert_eq!(config.plugins.len(), 3, "two rate limits and billing's key-auth");
+    assert_eq!(
+        config.plugins.len(),
+        3,
+        "two rate limits and billing's key-auth"
+    );
     let service_limit = &config.plugins[0];
     assert_eq!(service_limit.service.as_deref(), Some("billing"));
     let rl = service_limit.rate_limiting().unwrap();

@@ -236,11 +236,20 @@ async fn a_redis_over_tls_counts_and_its_certificate_is_checked_when_asked() {
     let gw = start_gateway(&config(&origin, "minute = 100", &unverified)).await;
     within_one_minute().await;
     let first = get(gw.addr, "/x", &[ALICE]).await;
-    assert_eq!(first.header("x-ratelimit-remaining-minute"), Some("99"), "{:?}", first.headers);
+    assert_eq!(
+        first.header("x-ratelimit-remaining-minute"),
+        Some("99"),
+        "{:?}",
+        first.headers
+    );
     let second = get(gw.addr, "/x", &[ALICE]).await;
     assert_eq!(second.header("x-ratelimit-remaining-minute"), Some("98"));
     let minute_key = redis.keys("ratelimit:*:minute");
-    assert_eq!(redis.get(&minute_key[0]).as_deref(), Some("2"), "counted in this Redis");
+    assert_eq!(
+        redis.get(&minute_key[0]).as_deref(),
+        Some("2"),
+        "counted in this Redis"
+    );
 
     let verified = format!(
         "host = \"127.0.0.1\", port = {tls_port}, ssl = true, ssl_verify = true, timeout = 2000"
@@ -248,6 +257,10 @@ async fn a_redis_over_tls_counts_and_its_certificate_is_checked_when_asked() {
     let checking = start_gateway(&config(&origin, "minute = 100", &verified)).await;
     let refused = get(checking.addr, "/x", &[ALICE]).await;
     assert_eq!(refused.status, 200, "fault_tolerant: passes");
-    assert_eq!(refused.header("x-ratelimit-remaining-minute"), None, "not counted");
+    assert_eq!(
+        refused.header("x-ratelimit-remaining-minute"),
+        None,
+        "not counted"
+    );
     assert_eq!(redis.get(&minute_key[0]).as_deref(), Some("2"));
 }

@@ -216,7 +216,11 @@ async fn a_refusing_origin_is_not_dialled_by_every_request() {
     });
     let skipped = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
     assert_eq!(skipped.status, 502, "known down: answered without dialling");
-    assert!(skipped.text().contains("An invalid response was received from the upstream server"));
+    assert!(
+        skipped
+            .text()
+            .contains("An invalid response was received from the upstream server")
+    );
     assert_eq!(accepted.load(Ordering::SeqCst), 0, "no connection attempt");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -261,5 +265,9 @@ async fn a_silent_origin_is_not_waited_for_by_every_request() {
     let skipped = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
     assert_eq!(skipped.status, 504);
     assert!(skipped.text().contains("The upstream server is timing out"));
-    assert_eq!(accepted.load(Ordering::SeqCst), dialled, "not sent to the silent origin");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        dialled,
+        "not sent to the silent origin"
+    );
 }

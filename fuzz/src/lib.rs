@@ -10,8 +10,11 @@
 use keygate_guest::fuzzing::Input;
 use keygate_policy::errors::ErrorFormat;
 
+/// A fuzz target's body: the fuzzer's bytes in, a panic when a property breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `fuzz/corpus/<name>/` and `cargo fuzz run <name>` call it.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("credentials", credentials),
     ("body", body),
     ("route", route),

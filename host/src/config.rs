@@ -109,7 +109,10 @@ mod tests {
         assert!(parse(&redis_limit("", "host = \"r\", ssl = true"), None).is_ok());
         assert!(parse(&redis_limit("", "url = \"rediss://:pw@r:6380/2\""), None).is_ok());
         let other = parse(
-            &redis_limit("", "host = \"10.0.0.5\", ssl = true, server_name = \"redis.internal\""),
+            &redis_limit(
+                "",
+                "host = \"10.0.0.5\", ssl = true, server_name = \"redis.internal\"",
+            ),
             None,
         )
         .unwrap_err()

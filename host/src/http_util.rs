@@ -92,9 +92,10 @@ pub fn take_internal_headers(
     headers: &mut http::HeaderMap,
     keep: Option<&'static str>,
 ) -> Option<http::HeaderValue> {
-    let any = headers
-        .keys()
-        .any(|name| name.as_str().starts_with(keygate_policy::internal_headers::PREFIX));
+    let any = headers.keys().any(|name| {
+        name.as_str()
+            .starts_with(keygate_policy::internal_headers::PREFIX)
+    });
     if !any {
         return None;
     }
@@ -182,7 +183,10 @@ mod tests {
     #[test]
     fn internal_headers_all_share_the_prefix_the_fast_check_looks_for() {
         for name in keygate_policy::internal_headers::ALL {
-            assert!(name.starts_with(keygate_policy::internal_headers::PREFIX), "{name}");
+            assert!(
+                name.starts_with(keygate_policy::internal_headers::PREFIX),
+                "{name}"
+            );
         }
         let mut headers = http::HeaderMap::new();
         headers.insert("keygate-key", "abc".parse().unwrap());

@@ -29,7 +29,9 @@ pub enum HostFailure {
     NoPeer,
     /// The origin failed its last requests (refused, or timed out) and is not tried for a
     /// moment.
-    OriginDown { timed_out: bool },
+    OriginDown {
+        timed_out: bool,
+    },
 }
 
 impl HostFailure {

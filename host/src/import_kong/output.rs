@@ -426,7 +426,11 @@ impl Importer {
                 let server_name = |config: &BTreeMap<String, Value>| {
                     config
                         .get("redis_server_name")
-                        .or_else(|| config.get("redis").and_then(|redis| redis.get("server_name")))
+                        .or_else(|| {
+                            config
+                                .get("redis")
+                                .and_then(|redis| redis.get("server_name"))
+                        })
                         .and_then(Value::as_str)
                         .map(str::to_string)
                 };

@@ -6,7 +6,6 @@
 use super::balancer::{self, BalancedError, Balancer, Recoverable};
 use super::plan::ValidPlan;
 use crate::capabilities::breaker::{FAILURES_TO_OPEN, PROBE_EVERY};
-use std::collections::HashMap;
 use crate::capabilities::outgoing_http::{IdleTimeoutBody, client_error, pooled_client};
 use crate::http_util::{connection_tokens, remove_hop_by_hop};
 use crate::metrics::Metrics;
@@ -20,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -63,7 +63,11 @@ fn origin_down(gateway: u64, service: &str) -> Option<UpstreamFailure> {
         }
         health
             .get(&(gateway, Box::from(service)))
-            .filter(|origin| origin.down_until.is_some_and(|until| Instant::now() < until))
+            .filter(|origin| {
+                origin
+                    .down_until
+                    .is_some_and(|until| Instant::now() < until)
+            })
             .map(|origin| origin.last)
     })
 }
