@@ -14,6 +14,7 @@ use crate::plan;
 use crate::rate_limit::{self, Limited};
 use crate::request::RequestInfo;
 use crate::router::Match;
+use crate::{cors, ip_restriction, request_termination};
 use keygate_policy::Compat;
 use keygate_policy::errors::{BAD_GATEWAY, NAME_RESOLUTION, NO_ROUTE, TIMEOUT, UNAVAILABLE};
 use wasip2::http::types::Method;
@@ -75,6 +76,12 @@ fn decide_noting_key(
     let key_auth = policy.key_auth_for(&matched);
     let preflight = matches!(info.method, Method::Options) && !key_auth.run_on_preflight;
     let mut labels = route_labels(&matched);
+    // Kong's cors (priority 2000) runs before key-auth: it answers preflights itself, and its
+    // headers go on every other answer of the route, the gateway's own included.
+    let cors = match cors::access(policy, info, &matched) {
+        cors::Access::Answer(reply) => return Decision::Respond(with_labels(*reply, labels)),
+        cors::Access::Proceed(headers) => headers,
+    };
     let mut hidden = None;
     let identity = if matched.route.auth && !preflight {
         // `hide_credentials` with `key_in_body` rewrites the body whichever source the key
@@ -102,7 +109,8 @@ fn decide_noting_key(
                 policy.anonymous_consumer(key_auth).map(Identity::anonymous)
             }
             Err(refusal) => {
-                return Decision::Respond(with_labels(refusal.reply(info, compat), labels));
+                let reply = cors.decorate(refusal.reply(info, compat));
+                return Decision::Respond(with_labels(reply, labels));
             }
         }
     } else {
@@ -111,6 +119,10 @@ fn decide_noting_key(
     if let Some(identity) = &identity {
         labels.consumer = Some(identity.consumer.clone());
     }
+    // Kong's ip-restriction (990) runs after key-auth, before rate limiting.
+    if let Some(reply) = ip_restriction::check(policy, info, &matched, identity.as_ref()) {
+        return Decision::Respond(with_labels(cors.decorate(reply), labels));
+    }
     // Kong's rate-limiting runs after key-auth: a request without a valid key never counts.
     let limited = rate_limit::check(policy, info, &matched, identity.as_ref());
     labels.rate_limit = rate_limit::outcome(&limited).map(str::to_string);
@@ -118,9 +130,21 @@ fn decide_noting_key(
         Limited::Pass(headers) => headers,
         Limited::NotApplied | Limited::Unavailable => Vec::new(),
         Limited::Refuse(error) | Limited::Failed(error) => {
-            return Decision::Respond(with_labels(error.reply(info, compat), labels));
+            let reply = cors.decorate(error.reply(info, compat));
+            return Decision::Respond(with_labels(reply, labels));
         }
     };
+    // Kong's request-termination (2) runs last: a terminated request passed all the others,
+    // and the limit headers of a request that passed go on whatever answers it.
+    if let Some(reply) = request_termination::check(policy, info, &matched, identity.as_ref()) {
+        let mut reply = cors.decorate(reply);
+        for (name, value) in &limit_headers {
+            reply
+                .headers
+                .push((name.clone(), value.clone().into_bytes()));
+        }
+        return Decision::Respond(with_labels(reply, labels));
+    }
     let mut new_length = None;
     if let Some(body) = body {
         if let Some(name) = &hidden
@@ -132,7 +156,7 @@ fn decide_noting_key(
         body.has_body();
         new_length = body.new_length();
     }
-    Decision::Forward(plan::forward_plan(
+    let mut plan = plan::forward_plan(
         policy,
         info,
         &matched,
@@ -141,7 +165,9 @@ fn decide_noting_key(
         new_length,
         limit_headers,
         labels,
-    ))
+    );
+    cors.edit(&mut plan.response.headers);
+    Decision::Forward(plan)
 }
 
 /// What the client gets when the origin gave no response, in Kong's words: nginx's 502 and

@@ -85,7 +85,6 @@ impl GatewayError {
 
     /// [`Self::reply`] with a message made for this request (ip-restriction's default names
     /// the client's address) instead of `self.message`.
-    #[allow(dead_code)] // TEMP until the cors/ip-restriction/request-termination wiring
     pub fn reply_message(&self, message: &str, request: &RequestInfo, compat: &Compat) -> Reply {
         let accept = request.header("accept");
         let content_type = request.header("content-type");
@@ -141,7 +140,6 @@ impl GatewayError {
 /// A reply made the way Kong's `kong.response.exit` makes one (request-termination, the cors
 /// preflight): `status`, `headers` and `body` as given (a `Content-Type` only when
 /// `content_type` is set), plus the gateway's headers, as on its errors; no body for HEAD.
-#[allow(dead_code)] // TEMP until the cors/ip-restriction/request-termination wiring
 pub fn exit_reply(
     status: u16,
     content_type: Option<&str>,
@@ -176,7 +174,6 @@ pub fn exit_reply(
 }
 
 /// [`exit_reply`] for `request`.
-#[allow(dead_code)] // TEMP until the cors/ip-restriction/request-termination wiring
 pub fn exit_reply_for(
     status: u16,
     content_type: Option<&str>,

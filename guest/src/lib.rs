@@ -11,11 +11,13 @@ mod auth;
 mod bindings;
 mod body;
 mod config;
+mod cors;
 mod credentials;
 mod decide;
 mod errors;
 mod fields;
 mod forward;
+mod ip_restriction;
 // The fuzz targets' bodies (fuzz/, tests/fuzz_corpus.rs): native builds only.
 #[cfg(not(target_family = "wasm"))]
 #[doc(hidden)]
@@ -25,6 +27,7 @@ mod percent;
 mod plan;
 mod rate_limit;
 mod request;
+mod request_termination;
 mod router;
 
 use bindings::exports::keygate::gateway::policy::{Decision, FailureContext, Reply, RequestHead};

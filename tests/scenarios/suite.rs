@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 mod forwarding;
 mod key_auth;
 mod kong;
+mod kong_plugins;
 mod rate_limiting;
 mod routing;
 
