@@ -426,6 +426,37 @@ async fn key_auth_at_three_scopes_keeps_each_routes_key_location() {
     );
 }
 
+/// A realistic deployment, imported: the whole keygate.toml and the whole report are what was
+/// reviewed and kept next to it (`realistic.golden.*`), and `keygate check` accepts the file.
+/// After a deliberate change, `KEYGATE_BLESS=1` rewrites the golden files; review their diff.
+#[test]
+fn a_realistic_deployment_imports_to_the_reviewed_config_and_report() {
+    let output = import(&[fixture("realistic.yaml").to_str().unwrap()], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let toml = String::from_utf8(output.stdout.clone()).unwrap();
+    let report = stderr(&output);
+    let golden = |name: &str| fixture(name);
+    if std::env::var_os("KEYGATE_BLESS").is_some() {
+        std::fs::write(golden("realistic.golden.toml"), &toml).unwrap();
+        std::fs::write(golden("realistic.golden.report"), &report).unwrap();
+    }
+    assert_eq!(
+        toml,
+        std::fs::read_to_string(golden("realistic.golden.toml")).unwrap(),
+        "the imported keygate.toml changed"
+    );
+    assert_eq!(
+        report,
+        std::fs::read_to_string(golden("realistic.golden.report")).unwrap(),
+        "the report changed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keygate.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let check = run(&["check", "--config", file.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+}
+
 trait IntoText {
     fn into_string(self) -> String;
 }
