@@ -14,16 +14,7 @@ NEEDS="nginx wrk" NAME=hosts
 . "$(dirname "$0")/lib.sh"
 WASMTIME=${WASMTIME:-$(command -v wasmtime || echo "$ROOT/target/wasmtime-serve/release/wasmtime")}
 
-{ nginx_preamble nginx; cat <<EOF
-    server { listen 127.0.0.1:$ORIGIN backlog=4096; default_type application/json;
-             location / { return 200 '{"ok":true}\n'; } }
-    server { listen 127.0.0.1:$AUTH backlog=4096;
-             location = /validate { return 200 '{"consumer":{"id":"c-\$arg_apikey"}}'; } }
-}
-EOF
-} > "$RUN/nginx.conf"
-nginx -c "$RUN/nginx.conf" -g 'daemon off;' & PIDS+=($!)
-wait_port $ORIGIN; wait_port $AUTH
+start_backends '{"consumer":{"id":"c-$arg_apikey"}}'
 
 cat > "$RUN/keygate.toml" <<EOF
 [server]
@@ -39,12 +30,7 @@ url = "http://127.0.0.1:$ORIGIN"
 paths = ["/"]
 strip_path = false
 EOF
-cat > "$RUN/hot.lua" <<EOF
-local n, i = $HOT_KEYS, 0
-request = function() i = (i + 1) % n
-  return wrk.format("GET", "/api/resource", { ["apikey"] = string.format("key%06d", i) }) end
-done = function(s, l) io.write(string.format("RESULT %.0f %.2f %d\n", s.requests / (s.duration / 1e6), l:percentile(99) / 1000, s.errors.status)) end
-EOF
+hot_keys_lua > "$RUN/hot.lua"
 
 # CPU ticks of a process and all its descendants (serve.sh runs node or workerd under it).
 tree_ticks() {
@@ -60,7 +46,7 @@ measure() { # name pid
     before=$(tree_ticks "$2")
     out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$RUN/hot.lua" "http://127.0.0.1:$GATEWAY_PORT/" | grep RESULT)
     after=$(tree_ticks "$2")
-    read -r _ rps p99 bad <<< "$out"
+    read -r _ rps p99 bad _ <<< "$out"
     printf '%-22s %9s %8s %7s %10s\n' "$1" "$rps" "$p99" "$bad" \
         "$(awk -v d=$((after - before)) -v hz="$HZ" -v r="$rps" -v t="$DURATION" 'BEGIN { if (r > 0) printf "%.1f", d / hz * 1e6 / (r * t); else print "-" }')"
 }

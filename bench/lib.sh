@@ -58,3 +58,29 @@ http {
     keepalive_requests 1000000;
 PREAMBLE
 }
+
+# nginx as the origin ({"ok":true} on every path) and the auth API (GET /validate: 200 with
+# this body) on $ORIGIN and $AUTH, started and waited for.
+start_backends() { # auth-answer-body
+    { nginx_preamble nginx; cat <<EOF
+    server { listen 127.0.0.1:$ORIGIN backlog=4096; default_type application/json;
+             location / { return 200 '{"ok":true}\n'; } }
+    server { listen 127.0.0.1:$AUTH backlog=4096;
+             location = /validate { return 200 '$1'; } }
+}
+EOF
+    } > "$RUN/nginx.conf"
+    nginx -c "$RUN/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+    wait_port "$ORIGIN"; wait_port "$AUTH"
+}
+
+# A wrk script rotating $HOT_KEYS valid keys in header `apikey`; its `done` prints
+# "RESULT req/s p99_ms non2xx requests".
+hot_keys_lua() {
+    cat <<EOF
+local n, i = ${HOT_KEYS:-100}, 0
+request = function() i = (i + 1) % n
+  return wrk.format("GET", "/api/resource", { ["apikey"] = string.format("key%06d", i) }) end
+done = function(s, l) io.write(string.format("RESULT %.0f %.2f %d %d\n", s.requests / (s.duration / 1e6), l:percentile(99) / 1000, s.errors.status, s.requests)) end
+EOF
+}

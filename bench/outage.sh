@@ -16,15 +16,7 @@ ORIGIN=19280 AUTH=19281 DEAD=19282 HOLE=19283 KEYGATE_PORT=19295
 NEEDS="nginx wrk" NAME=outage
 . "$(dirname "$0")/lib.sh"
 
-{ nginx_preamble nginx; cat <<EOF
-    server { listen 127.0.0.1:$ORIGIN backlog=4096; default_type application/json;
-             location / { return 200 '{"ok":true}\n'; } }
-    server { listen 127.0.0.1:$AUTH backlog=4096;
-             location = /validate { return 200 '{}'; } }
-}
-EOF
-} > "$RUN/nginx.conf"
-nginx -c "$RUN/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+start_backends '{}'
 # A blackhole: accepts every connection and never answers.
 python3 - "$HOLE" <<'EOF' & PIDS+=($!)
 import socket, sys

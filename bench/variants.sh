@@ -25,24 +25,11 @@ ORIGIN=19180 AUTH=19181 KEYGATE_PORT=19195 REDIS_PORT=19379
 NEEDS="nginx wrk redis-server" NAME=$SUITE
 . "$(dirname "$0")/lib.sh"
 
-{ nginx_preamble nginx; cat <<EOF
-    server { listen 127.0.0.1:$ORIGIN backlog=4096; default_type application/json;
-             location / { return 200 '{"ok":true}\n'; } }
-    server { listen 127.0.0.1:$AUTH backlog=4096;
-             location = /validate { return 200 '{"consumer":{"id":"c-\$arg_apikey"}}'; } }
-}
-EOF
-} > "$RUN/nginx.conf"
-nginx -c "$RUN/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+start_backends '{"consumer":{"id":"c-$arg_apikey"}}'
 redis-server --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly no >"$RUN/redis.log" 2>&1 & PIDS+=($!)
 wait_port $ORIGIN; wait_port $AUTH; wait_port $REDIS_PORT
 
-cat > "$RUN/hot.lua" <<EOF
-local n, i = $HOT_KEYS, 0
-request = function() i = (i + 1) % n
-  return wrk.format("GET", "/api/resource", { ["apikey"] = string.format("key%06d", i) }) end
-done = function(s, l) io.write(string.format("RESULT %.0f %.2f %d %d\n", s.requests / (s.duration / 1e6), l:percentile(99) / 1000, s.errors.status, s.requests)) end
-EOF
+hot_keys_lua > "$RUN/hot.lua"
 
 # A keygate config, with these extra top-level lines (plugins, [log]).
 config() { # extra-lines

@@ -93,14 +93,8 @@ impl Counters {
         now: u64,
         before: &mut Vec<u64>,
     ) -> bool {
-        let hashed;
-        let identity = if identity.len() > MAX_IDENTITY {
-            use sha2::Digest;
-            hashed = crate::http_util::hex(&sha2::Sha256::digest(identity.as_bytes()));
-            hashed.as_str()
-        } else {
-            identity
-        };
+        let identity = stored_identity(identity);
+        let identity = identity.as_ref();
         let mut shard = self.shard(namespace, identity);
         if let Some(tracked) = shard
             .namespaces
@@ -180,6 +174,15 @@ impl Shard {
             self.len -= 1;
         }
     }
+}
+
+/// An identity as counters keep it: itself, or its SHA-256 (hex) past [`MAX_IDENTITY`] bytes.
+pub(crate) fn stored_identity(identity: &str) -> std::borrow::Cow<'_, str> {
+    if identity.len() <= MAX_IDENTITY {
+        return identity.into();
+    }
+    use sha2::Digest;
+    crate::http_util::hex(&sha2::Sha256::digest(identity.as_bytes())).into()
 }
 
 fn seconds_now() -> u64 {

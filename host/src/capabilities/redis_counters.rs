@@ -34,10 +34,6 @@ use std::time::Duration;
 /// queueing every request behind one socket.
 const CONNECTIONS: usize = 4;
 
-/// Identities longer than this (a `limit_by = "header"` value can be kilobytes) go into keys
-/// as their SHA-256, as in the in-memory counters.
-const MAX_IDENTITY: usize = 128;
-
 /// `KEYS`: one per window; `ARGV`: each window's seconds to live. Returns each window's count
 /// before this request.
 const HIT_SCRIPT: &str = r"
@@ -132,14 +128,7 @@ impl RedisCounters {
                 server: self.server.clone(),
             });
         }
-        let hashed;
-        let identity = if identity.len() > MAX_IDENTITY {
-            use sha2::Digest;
-            hashed = crate::http_util::hex(&sha2::Sha256::digest(identity.as_bytes()));
-            hashed.as_str()
-        } else {
-            identity
-        };
+        let identity = super::counters::stored_identity(identity);
         let mut invocation = self.script.prepare_invoke();
         for &(period, _) in windows {
             let start = period.window_start(now);
