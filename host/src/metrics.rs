@@ -9,13 +9,14 @@
 mod exposition;
 pub mod histogram;
 mod kong;
+mod tally;
 
 pub use exposition::CONTENT_TYPE;
 
 use crate::request_record::RequestRecord;
 use histogram::{KEYGATE_LATENCY, Merged, Tally as Histogram};
 use keygate_policy::plugins::Prometheus;
-use kong::{KongFamilies, KongTally};
+use kong::KongFamilies;
 use prometheus_client::encoding::text::encode_registry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,6 +25,7 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tally::{Shard, Tally};
 
 /// Consumers the dashboard's top list keeps at most; later ones are summed as `(others)`.
 const TRACKED_CONSUMERS: usize = 10_000;
@@ -660,73 +662,4 @@ impl LookupResult {
 /// A status code label; `error` when there was no answer.
 fn code_label(code: Option<u16>) -> String {
     code.map_or_else(|| "error".to_string(), |c| c.to_string())
-}
-
-/// One tally, on a cache line of its own.
-#[derive(Default)]
-#[repr(align(128))]
-struct Shard(Mutex<Tally>);
-
-/// What the threads of one shard counted since the last scrape.
-struct Tally {
-    requests: LabelledCounts,
-    upstream_responses: LabelledCounts,
-    auth_api_responses: LabelledCounts,
-    /// By route, then [`RateLimitOutcome`].
-    rate_limit_decisions: HashMap<Box<str>, [u64; 3]>,
-    key_cache_lookups: [u64; 4],
-    /// Requests started minus answered by these threads (a request may end on another
-    /// thread than it started on, so one shard can go negative; the sum cannot).
-    in_flight: i64,
-    /// By route: total and upstream latency.
-    latency: HashMap<Box<str>, [Histogram; 2]>,
-    auth_latency: Histogram,
-    consumers: HashMap<Box<str>, u64>,
-    kong: KongTally,
-}
-
-impl Default for Tally {
-    fn default() -> Self {
-        Self {
-            requests: LabelledCounts::default(),
-            upstream_responses: LabelledCounts::default(),
-            auth_api_responses: LabelledCounts::default(),
-            rate_limit_decisions: HashMap::new(),
-            key_cache_lookups: [0; 4],
-            in_flight: 0,
-            latency: HashMap::new(),
-            auth_latency: Histogram::new(KEYGATE_LATENCY),
-            consumers: HashMap::new(),
-            kong: KongTally::default(),
-        }
-    }
-}
-
-/// Counts by a name (route, service) and a status code. A name is allocated the first time a
-/// thread sees it, never again.
-#[derive(Default)]
-struct LabelledCounts(HashMap<Box<str>, Vec<(Option<u16>, u64)>>);
-
-impl LabelledCounts {
-    fn count(&mut self, name: &str, code: Option<u16>) {
-        let codes = match self.0.get_mut(name) {
-            Some(codes) => codes,
-            None => self.0.entry(name.into()).or_default(),
-        };
-        match codes.iter_mut().find(|(c, _)| *c == code) {
-            Some((_, n)) => *n += 1,
-            None => codes.push((code, 1)),
-        }
-    }
-
-    /// Every non-zero count, reset to zero (names and codes stay, so counting stays
-    /// allocation-free).
-    fn drain(&mut self) -> impl Iterator<Item = (String, Option<u16>, u64)> + '_ {
-        self.0.iter_mut().flat_map(|(name, codes)| {
-            codes
-                .iter_mut()
-                .filter(|(_, n)| *n > 0)
-                .map(|(code, n)| (name.to_string(), *code, std::mem::take(n)))
-        })
-    }
 }

@@ -4,7 +4,8 @@
 //! and the host forwards natively (`crate::proxy`); otherwise the request runs through the
 //! guest's `wasi:http` handler.
 
-use super::component::policy_api::{Decision, Labels, RequestHead, UpstreamFailure};
+use super::answer::{AnswerLabels, take_annotation};
+use super::component::policy_api::{Decision, RequestHead, UpstreamFailure};
 use super::component::{CompiledGuest, GuestSource};
 use super::engine::{EPOCH_TICK, build_engine, build_linker, start_epoch_ticker};
 use super::pool::InstancePool;
@@ -19,13 +20,11 @@ use crate::observe::{Observed, Observer};
 use crate::proxy::balancer::Balancers;
 use crate::proxy::forward::ForwardError;
 use crate::proxy::{self, Upstream};
-use crate::request_record::{RequestRecord, Source};
 use crate::responses::{ErrorContext, HostFailure, ResponseBody};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use keygate_policy::annotation::Annotation;
 use keygate_policy::{Config, GUEST_CONFIG_ENV, GuestEntry, internal_headers};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -84,79 +83,6 @@ pub struct Gateway {
     listen_port: u16,
     /// Set when shutdown begins: readiness probes fail so balancers stop sending traffic.
     draining: std::sync::atomic::AtomicBool,
-}
-
-/// What an answer is counted and logged under: the guest's labels, and what the host saw.
-#[derive(Default)]
-struct AnswerLabels {
-    route: Option<String>,
-    service: Option<String>,
-    /// Username, else id.
-    consumer: Option<String>,
-    key_lookup: Option<String>,
-    auth_ms: Option<u64>,
-    rate_limit: Option<String>,
-    request_id: Option<String>,
-    /// Set when the origin's response is the answer.
-    from_origin: bool,
-    /// The gateway's own time before forwarding (forwarded requests).
-    gateway: Option<std::time::Duration>,
-    /// Sending to the origin until its response head.
-    upstream: Option<std::time::Duration>,
-    /// The key's fingerprint prefix.
-    key: Option<String>,
-}
-
-impl AnswerLabels {
-    fn of(labels: &Labels) -> Self {
-        Self {
-            route: labels.route.clone(),
-            service: labels.service.clone(),
-            consumer: labels
-                .consumer
-                .as_ref()
-                .and_then(|consumer| consumer.username.clone().or_else(|| consumer.id.clone())),
-            key_lookup: labels.key_lookup.clone(),
-            auth_ms: labels.auth_call_ms,
-            rate_limit: labels.rate_limit.clone(),
-            ..Self::default()
-        }
-    }
-
-    /// `record` (started from the request's head) completed with what is known once the
-    /// response head is ready; the body's bytes and the total come when it ends.
-    fn complete<B>(
-        self,
-        mut record: RequestRecord,
-        response: &hyper::Response<B>,
-        started: Instant,
-    ) -> RequestRecord {
-        record.route = self.route;
-        record.service = self.service;
-        record.consumer = self.consumer;
-        record.key_lookup = self.key_lookup;
-        record.auth_ms = self.auth_ms;
-        record.request_id = self.request_id.or_else(|| {
-            ["x-kong-request-id", "x-request-id"]
-                .iter()
-                .find_map(|name| {
-                    response
-                        .headers()
-                        .get(*name)
-                        .and_then(|value| value.to_str().ok())
-                        .map(str::to_string)
-                })
-        });
-        record.source = if self.from_origin {
-            Source::Origin
-        } else {
-            Source::Gateway
-        };
-        record.upstream = self.upstream;
-        record.gateway = self.gateway.unwrap_or_else(|| started.elapsed());
-        record.key = self.key;
-        record
-    }
 }
 
 impl Gateway {
@@ -681,19 +607,6 @@ impl Active {
             fast_path,
         }
     }
-}
-
-/// Every `keygate-labels` annotation of a guest's answer, merged, and removed from it.
-fn take_annotation(headers: &mut http::HeaderMap) -> Annotation {
-    let mut merged = Annotation::default();
-    if let http::header::Entry::Occupied(entry) = headers.entry(internal_headers::LABELS) {
-        for value in entry.remove_entry_mult().1 {
-            if let Some(annotation) = Annotation::from_header(value.as_bytes()) {
-                merged.merge(annotation);
-            }
-        }
-    }
-    merged
 }
 
 /// Every origin and the auth API: the only places the guest may call. The auth API is named

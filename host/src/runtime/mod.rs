@@ -1,6 +1,7 @@
 //! Running the policy component: the engine and linker (built once), the active component +
 //! configuration (swappable), and the per-request store.
 
+mod answer;
 pub mod component;
 mod drive;
 pub mod engine;

@@ -1,0 +1,95 @@
+//! What an answer is counted and logged under: the guest's labels (the fast path's WIT
+//! `labels`, the portable path's `keygate-labels` annotation) and what the host saw (who
+//! answered, the origin's latency), completing the request's record.
+
+use super::component::policy_api::Labels;
+use crate::request_record::{RequestRecord, Source};
+use keygate_policy::annotation::Annotation;
+use keygate_policy::internal_headers;
+use std::time::Instant;
+
+/// What an answer is counted and logged under: the guest's labels, and what the host saw.
+#[derive(Default)]
+pub(super) struct AnswerLabels {
+    pub(super) route: Option<String>,
+    pub(super) service: Option<String>,
+    /// Username, else id.
+    pub(super) consumer: Option<String>,
+    pub(super) key_lookup: Option<String>,
+    pub(super) auth_ms: Option<u64>,
+    pub(super) rate_limit: Option<String>,
+    pub(super) request_id: Option<String>,
+    /// Set when the origin's response is the answer.
+    pub(super) from_origin: bool,
+    /// The gateway's own time before forwarding (forwarded requests).
+    pub(super) gateway: Option<std::time::Duration>,
+    /// Sending to the origin until its response head.
+    pub(super) upstream: Option<std::time::Duration>,
+    /// The key's fingerprint prefix.
+    pub(super) key: Option<String>,
+}
+
+impl AnswerLabels {
+    pub(super) fn of(labels: &Labels) -> Self {
+        Self {
+            route: labels.route.clone(),
+            service: labels.service.clone(),
+            consumer: labels
+                .consumer
+                .as_ref()
+                .and_then(|consumer| consumer.username.clone().or_else(|| consumer.id.clone())),
+            key_lookup: labels.key_lookup.clone(),
+            auth_ms: labels.auth_call_ms,
+            rate_limit: labels.rate_limit.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// `record` (started from the request's head) completed with what is known once the
+    /// response head is ready; the body's bytes and the total come when it ends.
+    pub(super) fn complete<B>(
+        self,
+        mut record: RequestRecord,
+        response: &hyper::Response<B>,
+        started: Instant,
+    ) -> RequestRecord {
+        record.route = self.route;
+        record.service = self.service;
+        record.consumer = self.consumer;
+        record.key_lookup = self.key_lookup;
+        record.auth_ms = self.auth_ms;
+        record.request_id = self.request_id.or_else(|| {
+            ["x-kong-request-id", "x-request-id"]
+                .iter()
+                .find_map(|name| {
+                    response
+                        .headers()
+                        .get(*name)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_string)
+                })
+        });
+        record.source = if self.from_origin {
+            Source::Origin
+        } else {
+            Source::Gateway
+        };
+        record.upstream = self.upstream;
+        record.gateway = self.gateway.unwrap_or_else(|| started.elapsed());
+        record.key = self.key;
+        record
+    }
+}
+
+/// Every `keygate-labels` annotation of a guest's answer, merged, and removed from it.
+pub(super) fn take_annotation(headers: &mut http::HeaderMap) -> Annotation {
+    let mut merged = Annotation::default();
+    if let http::header::Entry::Occupied(entry) = headers.entry(internal_headers::LABELS) {
+        for value in entry.remove_entry_mult().1 {
+            if let Some(annotation) = Annotation::from_header(value.as_bytes()) {
+                merged.merge(annotation);
+            }
+        }
+    }
+    merged
+}
