@@ -133,8 +133,11 @@ pub fn run(
     let imported = convert(&text, |name| std::env::var(name).ok(), fallback)
         .with_context(|| format!("importing {}", input.display()))?;
     // What is written must be a config keygate reads.
-    keygate_policy::Config::from_toml(&imported.toml)
+    let config = keygate_policy::Config::from_toml(&imported.toml)
         .map_err(|err| anyhow::anyhow!("the imported config is invalid (a keygate bug): {err}"))?;
+    for line in mapped(&config) {
+        eprintln!("mapped: {line}");
+    }
     for warning in &imported.warnings {
         eprintln!("warning: {warning}");
     }
@@ -152,6 +155,67 @@ pub fn run(
         None => print!("{}", imported.toml),
     }
     Ok(())
+}
+
+/// The report's first part: every entity that made it into the keygate.toml (key values
+/// never: a consumer's keys are counted).
+fn mapped(config: &keygate_policy::Config) -> Vec<String> {
+    let mut lines = Vec::new();
+    for service in &config.services {
+        let routes: Vec<String> = service
+            .routes
+            .iter()
+            .map(|route| {
+                let name = route.name.as_deref().unwrap_or("(unnamed)");
+                if route.auth {
+                    name.to_string()
+                } else {
+                    format!("{name} (public)")
+                }
+            })
+            .collect();
+        lines.push(format!(
+            "service {:?} → {} ({} route{}: {})",
+            service.name,
+            String::from(service.url.clone()),
+            routes.len(),
+            if routes.len() == 1 { "" } else { "s" },
+            routes.join(", ")
+        ));
+    }
+    for consumer in &config.consumers {
+        let name = consumer
+            .username
+            .as_deref()
+            .or(consumer.custom_id.as_deref())
+            .unwrap_or("?");
+        let ids = consumer.keys.iter().filter(|key| key.id().is_some()).count();
+        lines.push(format!(
+            "consumer {name:?}{} ({} key{}, {ids} with its credential id)",
+            consumer
+                .id
+                .as_deref()
+                .map(|id| format!(" id {id}"))
+                .unwrap_or_default(),
+            consumer.keys.len(),
+            if consumer.keys.len() == 1 { "" } else { "s" },
+        ));
+    }
+    for upstream in &config.upstreams {
+        lines.push(format!(
+            "upstream {:?} ({} targets)",
+            upstream.name,
+            upstream.targets.len()
+        ));
+    }
+    for plugin in config.plugins.iter() {
+        lines.push(format!(
+            "plugin {} ({})",
+            plugin.name(),
+            plugin.scope_description()
+        ));
+    }
+    lines
 }
 
 /// Convert a Kong declarative file's text; `env` looks up `DECK_` variables.
