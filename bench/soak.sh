@@ -144,7 +144,8 @@ while [ $(( $(date +%s) - start )) -lt "$DURATION" ]; do
     elif [ -z "$AUTH_PID" ]; then
         start_auth
     fi
-    if [ $(( elapsed / 60 )) -gt "$minute" ]; then
+    # Sampled only while the load runs (its last connections close when wrk ends).
+    if [ $(( elapsed / 60 )) -gt "$minute" ] && [ "$elapsed" -lt "$DURATION" ]; then
         minute=$(( elapsed / 60 ))
         sample "$minute"
         # The hot swap: the file watcher reloads the changed config.
