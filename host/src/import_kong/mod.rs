@@ -189,7 +189,11 @@ fn mapped(config: &keygate_policy::Config) -> Vec<String> {
             .as_deref()
             .or(consumer.custom_id.as_deref())
             .unwrap_or("?");
-        let ids = consumer.keys.iter().filter(|key| key.id().is_some()).count();
+        let ids = consumer
+            .keys
+            .iter()
+            .filter(|key| key.id().is_some())
+            .count();
         lines.push(format!(
             "consumer {name:?}{} ({} key{}, {ids} with its credential id)",
             consumer
