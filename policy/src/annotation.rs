@@ -39,26 +39,6 @@ impl Annotation {
         serde_json::to_string(self).expect("plain data serializes")
     }
 
-    /// Fill what `self` lacks from `other` (an answer may carry several annotations: the
-    /// decision's and the portable path's).
-    pub fn merge(&mut self, other: Self) {
-        macro_rules! fill {
-            ($($field:ident),*) => { $( if self.$field.is_none() { self.$field = other.$field; } )* };
-        }
-        fill!(
-            route,
-            service,
-            consumer,
-            key_lookup,
-            auth_ms,
-            rate_limit,
-            request_id,
-            upstream_ms,
-            gateway_ms
-        );
-        self.from_origin |= other.from_origin;
-    }
-
     /// `None` for a value that is not one (a forged header is stripped before this is read,
     /// but the host never trusts it further than a label).
     pub fn from_header(value: &[u8]) -> Option<Self> {

@@ -81,15 +81,10 @@ impl AnswerLabels {
     }
 }
 
-/// Every `keygate-labels` annotation of a guest's answer, merged, and removed from it.
+/// The `keygate-labels` annotation of a guest's answer (the guest sends one), removed from it.
 pub(super) fn take_annotation(headers: &mut http::HeaderMap) -> Annotation {
-    let mut merged = Annotation::default();
-    if let http::header::Entry::Occupied(entry) = headers.entry(internal_headers::LABELS) {
-        for value in entry.remove_entry_mult().1 {
-            if let Some(annotation) = Annotation::from_header(value.as_bytes()) {
-                merged.merge(annotation);
-            }
-        }
-    }
-    merged
+    headers
+        .remove(internal_headers::LABELS)
+        .and_then(|value| Annotation::from_header(value.as_bytes()))
+        .unwrap_or_default()
 }
