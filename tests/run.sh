@@ -9,6 +9,7 @@
 #   (host/src/export/js/{node,workerd}/package-lock.json: jco-transpile, preview2-shim,
 #   workerd) are installed here once, with `npm ci`, into target/js-export/ (again only when a
 #   lock file changes): the tests' only traffic to the npm registry.
+# - curl and openssl: the TLS and HTTP/2 tests (certificates made per test, curl --http2).
 # - chromium (Debian's package): tests/dashboard.rs renders the admin dashboard headless and
 #   keeps its screenshots under target/ (fonts-liberation: text in them, not boxes).
 # Everything else comes through cargo and rustup: the toolchain and wasm target that
@@ -24,6 +25,15 @@ if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; 
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends redis-server
     # The package starts a system-wide server on 6379; the tests use their own.
 fi
+
+for tool in curl openssl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "tests/run.sh: installing $tool (the TLS and HTTP/2 tests make certificates with openssl and talk to keygate with curl --http2)" >&2
+        if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+        "${SUDO[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "$tool" ca-certificates
+    fi
+done
 
 if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
     echo "tests/run.sh: installing chromium (tests/dashboard.rs loads the admin page in it, headless)" >&2

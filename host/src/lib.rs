@@ -92,11 +92,7 @@ async fn start_with(
         .map(TcpListener::local_addr)
         .transpose()
         .context("reading the admin address")?;
-    let max_connections = config.server.max_connections;
-    let workers = config.server.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let drain_timeout = config.server.drain_timeout.get();
+    let listener_settings = config.server.clone();
     let admin_token = config.server.admin_token.clone();
     let cluster_redis = config.cluster.redis.clone();
     let watched: Vec<PathBuf> = config_path
@@ -117,14 +113,9 @@ async fn start_with(
     } else {
         Some(watch::watch(Arc::clone(&reloader), &watched)?)
     };
-    let requests = server::RequestThreads::start(
-        listener,
-        workers,
-        Arc::clone(&gateway),
-        max_connections,
-        drain_timeout,
-    )
-    .context("starting the request threads")?;
+    let requests =
+        server::RequestThreads::start(listener, Arc::clone(&gateway), &listener_settings)
+            .context("starting the request threads")?;
     let admin = admin_listener.map(|listener| {
         let admin = Arc::new(admin::Admin {
             gateway: Arc::clone(&gateway),
@@ -134,7 +125,7 @@ async fn start_with(
         });
         tokio::spawn(admin::serve(listener, admin))
     });
-    tracing::info!(%addr, admin = ?admin_addr, workers, "keygate is serving");
+    tracing::info!(%addr, admin = ?admin_addr, workers = requests.workers(), "keygate is serving");
     Ok(RunningGateway {
         addr,
         admin_addr,

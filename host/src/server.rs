@@ -60,21 +60,25 @@ struct Lane {
 
 /// The acceptor and the request threads, until [`RequestThreads::stop`].
 pub struct RequestThreads {
+    workers: usize,
     stop: watch::Sender<bool>,
     stopped: Vec<oneshot::Receiver<()>>,
 }
 
 impl RequestThreads {
-    /// Serve `listener` on `workers` threads: the calling runtime's thread (which also runs
-    /// the acceptor) and `workers - 1` threads of their own. Connections beyond
-    /// `max_connections` wait in the kernel's accept queue.
+    /// Serve `listener` on `settings.workers` threads (one per CPU when absent): the calling
+    /// runtime's thread (which also runs the acceptor) and the others of their own.
+    /// Connections beyond `settings.max_connections` wait in the kernel's accept queue.
     pub fn start(
         listener: std::net::TcpListener,
-        workers: usize,
         gateway: Arc<Gateway>,
-        max_connections: usize,
-        drain_timeout: Duration,
+        settings: &keygate_policy::Server,
     ) -> std::io::Result<Self> {
+        let workers = settings.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let max_connections = settings.max_connections;
+        let drain_timeout = settings.drain_timeout.get();
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
         let (stop, stopping) = watch::channel(false);
@@ -110,7 +114,16 @@ impl RequestThreads {
             connections.watch(Arc::clone(&lane.load));
         }
         tokio::spawn(accept(listener, lanes, permits, stopping, connections));
-        Ok(Self { stop, stopped })
+        Ok(Self {
+            workers,
+            stop,
+            stopped,
+        })
+    }
+
+    /// How many threads serve requests.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// Stop accepting and wait until every thread has drained its connections.

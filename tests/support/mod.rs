@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod process;
 pub mod redis;
+pub mod tls;
 pub mod servers;
 pub mod wasmtime_serve;
 
