@@ -17,7 +17,8 @@ NEEDS="nginx wrk" NAME=soak
 . "$(dirname "$0")/lib.sh"
 # The auth API is stopped and started during the run: its pid is kept apart.
 AUTH_PID=
-trap 'cleanup; [ -z "$AUTH_PID" ] || kill "$AUTH_PID" 2>/dev/null || true' EXIT
+# Killed before cleanup, whose `wait` would otherwise wait for it.
+trap '[ -z "$AUTH_PID" ] || kill "$AUTH_PID" 2>/dev/null || true; cleanup' EXIT
 
 nginx_conf() { # name body
     nginx_preamble "$1"

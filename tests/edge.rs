@@ -5,14 +5,19 @@
 //! than 100 header lines → hyper's 431 (empty body) and the connection closed; one header line
 //! over 8 KiB → 431, a request target over 8 KiB → 414, both in Kong's error format; smuggling
 //! shapes (`Content-Length` with `Transfer-Encoding`, two `Content-Length`s) → 400. None is
-//! forwarded. The client is a raw `TcpStream`: the wire is the point.
+//! forwarded. And for connections (`[server]`, the README's "Limits on connections"): a head
+//! not complete within `header_read_timeout` or an idle kept-alive connection past
+//! `keepalive_timeout` is closed without an answer, a request in flight or an upgraded
+//! connection never is; connections over `max_connections_per_ip` are closed as accepted and
+//! counted; `keygate serve` raises its open-file soft limit. The client is a raw `TcpStream`:
+//! the wire is the point.
 
 mod support;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::{GatewayConfig, Origin, start_gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -183,7 +188,7 @@ async fn a_request_target_over_8k_is_refused_414() {
     let wire = exchange(gw.addr, request.as_bytes()).await;
     assert_eq!(status_of(&wire), 414, "{wire}");
     let body: serde_json::Value = serde_json::from_str(body_of(&wire)).expect("a JSON body");
-    assert_eq!(body["message"], "Request-URI too large");
+    assert_eq!(body["message"], "URI too long");
     assert_eq!(origin.hits(), 0, "a refused head was forwarded");
 }
 
@@ -375,4 +380,552 @@ async fn a_guest_trap_is_one_warning_line_with_the_request_id_and_the_backtrace_
         .position(|line| line.contains(" DEBUG ") && line.contains("guest call failed"));
     assert!(debug.is_some(), "the full error at debug level: {lines:#?}");
     assert!(lines.len() > loud.len() + 1, "{lines:#?}");
+}
+
+// Hostile connections: slow heads, idle connections, floods from one address, descriptors.
+// (`[server] header_read_timeout`, `keepalive_timeout`, `max_connections_per_ip`; the README's
+// "Limits" table.)
+
+/// Read one response (with a `Content-Length`) from a kept-alive connection: its head and body.
+async fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut wire = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let head_end = loop {
+        if let Some(at) = wire.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = within("a response head", stream.read(&mut chunk))
+            .await
+            .expect("read a response");
+        assert!(
+            n > 0,
+            "closed before a response: {:?}",
+            String::from_utf8_lossy(&wire)
+        );
+        wire.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(wire[..head_end].to_vec()).expect("a text head");
+    let length: usize = header_of(&head, "content-length")
+        .unwrap_or_else(|| panic!("a content-length in {head}"))
+        .parse()
+        .unwrap();
+    let mut body = wire[head_end..].to_vec();
+    while body.len() < length {
+        let n = within("a response body", stream.read(&mut chunk))
+            .await
+            .expect("read a body");
+        assert!(n > 0, "closed {} bytes into a body", body.len());
+        body.extend_from_slice(&chunk[..n]);
+    }
+    (head, body)
+}
+
+/// Send `head` one byte every `every` until the gateway closes the connection: what it sent
+/// back (nothing, expected), how many bytes went, and when the close came.
+async fn drip(stream: &mut TcpStream, head: &[u8], every: Duration) -> (Vec<u8>, usize, Instant) {
+    let mut answer = Vec::new();
+    let mut sent = 0;
+    let mut chunk = [0u8; 4096];
+    let mut tick = tokio::time::interval(every);
+    within("the gateway closing a slow head", async {
+        loop {
+            tokio::select! {
+                read = stream.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                },
+                _ = tick.tick() => {
+                    if sent < head.len() {
+                        // A failed write: the gateway closed.
+                        if stream.write_all(&head[sent..=sent]).await.is_err() {
+                            break;
+                        }
+                        sent += 1;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    (answer, sent, Instant::now())
+}
+
+/// Read until the gateway closes `stream`: the bytes it sent before.
+async fn until_closed(stream: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match within(what, stream.read(&mut chunk)).await {
+            Ok(0) | Err(_) => return wire,
+            Ok(n) => wire.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_head_sent_byte_by_byte_is_closed_at_header_read_timeout_without_an_answer() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let origin = Origin::start("edge").await;
+    // keepalive_timeout stays 60 s: what closes here is the head's clock.
+    let gw = gateway(&origin, &["header_read_timeout = \"1s\""]).await;
+    // 100 bytes of padding a byte every 100 ms: never complete before the timeout.
+    let head = raw_request(gw.addr, &format!("x-pad: {}\r\n", "p".repeat(100)), "");
+    let every = Duration::from_millis(100);
+
+    // A new connection: the clock starts when it is accepted (after `connect` returns).
+    let fresh = async {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let connected = Instant::now();
+        let (answer, sent, closed) = drip(&mut stream, &head, every).await;
+        (answer, sent, closed - connected)
+    };
+    // A kept-alive connection after a served request: from the next head's first byte.
+    let kept_alive = async {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(&raw_request(gw.addr, "", ""))
+            .await
+            .unwrap();
+        let (head_line, _) = read_response(&mut stream).await;
+        assert_eq!(status_of(&head_line), 200, "{head_line}");
+        let first_byte = Instant::now();
+        let (answer, sent, closed) = drip(&mut stream, &head, every).await;
+        (answer, sent, closed - first_byte)
+    };
+    // A connection that never sends a byte.
+    let silent = async {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let connected = Instant::now();
+        let answer = until_closed(&mut stream, "the gateway closing a silent connection").await;
+        (answer, 0, connected.elapsed())
+    };
+    let (fresh, kept_alive, silent) = tokio::join!(fresh, kept_alive, silent);
+    for (name, (answer, sent, after)) in [
+        ("new connection", fresh),
+        ("kept-alive connection", kept_alive),
+        ("silent connection", silent),
+    ] {
+        assert!(
+            answer.is_empty(),
+            "{name}: closed without an answer, got {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(
+            after >= TIMEOUT - Duration::from_millis(50) && after < TIMEOUT * 5,
+            "{name}: closed {after:?} after its head started; header_read_timeout is {TIMEOUT:?}"
+        );
+        assert!(sent < head.len(), "{name}: the head was never complete");
+    }
+    assert_eq!(origin.hits(), 1, "only the complete request was forwarded");
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_at_keepalive_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let origin = Origin::start("edge").await;
+    // header_read_timeout stays 30 s: what closes here is the idle clock.
+    let gw = gateway(&origin, &["keepalive_timeout = \"1s\""]).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(&raw_request(gw.addr, "", ""))
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_ne!(header_of(&head, "connection"), Some("close"), "{head}");
+    let idle = Instant::now();
+    let more = until_closed(&mut stream, "the gateway closing an idle connection").await;
+    let after = idle.elapsed();
+    assert!(more.is_empty(), "{:?}", String::from_utf8_lossy(&more));
+    // The gateway's clock starts as the response ends, a moment before the client has read it.
+    assert!(
+        after >= TIMEOUT - Duration::from_millis(100) && after < TIMEOUT * 5,
+        "closed {after:?} after going idle; keepalive_timeout is {TIMEOUT:?}"
+    );
+}
+
+/// hyper's own header timer runs from the end of a response, so on its own it would close an
+/// idle connection at the head timeout: keygate's idle wait is `keepalive_timeout`'s.
+#[tokio::test]
+async fn an_idle_wait_past_header_read_timeout_is_allowed_until_keepalive_timeout() {
+    let origin = Origin::start("edge").await;
+    let gw = gateway(
+        &origin,
+        &[
+            "header_read_timeout = \"500ms\"",
+            "keepalive_timeout = \"10s\"",
+        ],
+    )
+    .await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(&raw_request(gw.addr, "", ""))
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    // Idle for three head timeouts (the time is what is tested).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream
+        .write_all(&raw_request(gw.addr, "", ""))
+        .await
+        .expect("the idle connection is still open");
+    let (head, _) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_download_and_a_slow_upload_are_not_cut_by_either_timeout() {
+    const SHORT: Duration = Duration::from_millis(300);
+    const PAUSE: Duration = Duration::from_millis(1200);
+    let origin = Origin::start("edge").await;
+    let gw = gateway(
+        &origin,
+        &[
+            "header_read_timeout = \"300ms\"",
+            "keepalive_timeout = \"300ms\"",
+        ],
+    )
+    .await;
+    assert!(PAUSE > SHORT * 3);
+    // More than every socket buffer on the way holds: the gateway is mid-response while the
+    // client pauses.
+    let size: u64 = 48 * 1024 * 1024;
+    let download = async {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let request = format!(
+            "GET /api/download/{size} HTTP/1.1\r\nhost: {}\r\napikey: {KEY}\r\n\r\n",
+            gw.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = within("the download's first bytes", stream.read(&mut chunk))
+            .await
+            .unwrap();
+        assert!(n > 0);
+        // Stop reading for a while, twice.
+        let mut received = chunk[..n].to_vec();
+        for _ in 0..2 {
+            tokio::time::sleep(PAUSE).await;
+            let n = within("the download, after a pause", stream.read(&mut chunk))
+                .await
+                .expect("still open after a pause");
+            assert!(n > 0, "closed after {} bytes", received.len());
+            received.extend_from_slice(&chunk[..n]);
+        }
+        let head_end = received
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head in the first bytes")
+            + 4;
+        let head = String::from_utf8_lossy(&received[..head_end]).to_string();
+        assert_eq!(status_of(&head), 200, "{head}");
+        let mut bytes = (received.len() - head_end) as u64;
+        let mut sum = received[head_end..]
+            .iter()
+            .fold(0u64, |s, b| s.wrapping_add(u64::from(*b)));
+        while bytes < size {
+            let n = within("the rest of the download", stream.read(&mut chunk))
+                .await
+                .unwrap();
+            assert!(n > 0, "the download was cut at {bytes} of {size} bytes");
+            bytes += n as u64;
+            sum = chunk[..n]
+                .iter()
+                .fold(sum, |s, b| s.wrapping_add(u64::from(*b)));
+        }
+        assert_eq!(bytes, size);
+        assert_eq!(sum, support::servers::download_sum(size));
+    };
+    let upload = async {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let part = "u".repeat(1000);
+        stream
+            .write_all(&raw_upload(gw.addr, "content-length: 3000\r\n", &part))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            tokio::time::sleep(PAUSE).await;
+            stream
+                .write_all(part.as_bytes())
+                .await
+                .expect("still open after a pause");
+        }
+        let (head, body) = read_response(&mut stream).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("the origin's JSON");
+        assert_eq!(body["bytes"], 3000, "{body}");
+    };
+    tokio::join!(download, upload);
+}
+
+/// `keygate_connections_refused_total{reason="per_ip"}` as rendered, 0 when absent.
+fn refused_per_ip(gw: &keygate::RunningGateway) -> u64 {
+    let metrics = gw.gateway.metrics.render(0);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("keygate_connections_refused_total{reason=\"per_ip\"} "))
+        .map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_per_ip_are_closed_at_once_and_counted() {
+    let origin = Origin::start("edge").await;
+    let gw = gateway(&origin, &["max_connections_per_ip = 2"]).await;
+    // Two connections, each served (so each is counted by the gateway).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(&raw_request(gw.addr, "", ""))
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut stream).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        held.push(stream);
+    }
+    assert_eq!(refused_per_ip(&gw), 0);
+    // A third from the same address: closed before anything is read, no answer.
+    let mut third = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = third.write_all(&raw_request(gw.addr, "", "")).await;
+    let answer = until_closed(
+        &mut third,
+        "the gateway closing a connection over the limit",
+    )
+    .await;
+    assert!(
+        answer.is_empty(),
+        "closed without an answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        origin.hits(),
+        2,
+        "the refused connection's request was forwarded"
+    );
+    assert_eq!(refused_per_ip(&gw), 1);
+    // The held ones still work.
+    held[0]
+        .write_all(&raw_request(gw.addr, "", ""))
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut held[0]).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    // One closes: a new connection is served again once the gateway has seen it go.
+    drop(held.pop());
+    let mut attempts = 0;
+    within("a connection served after one closed", async {
+        loop {
+            attempts += 1;
+            let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+            let _ = stream.write_all(&raw_request(gw.addr, "", "")).await;
+            let wire = until_closed_or_answered(&mut stream).await;
+            if !wire.is_empty() {
+                assert_eq!(status_of(&wire), 200, "{wire}");
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        refused_per_ip(&gw),
+        attempts,
+        "every attempt before the close was seen is refused and counted"
+    );
+}
+
+/// The first answer on `stream` (its head), or nothing when it is closed first.
+async fn until_closed_or_answered(stream: &mut TcpStream) -> String {
+    let mut wire = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&wire).into_owned(),
+            Ok(n) => wire.extend_from_slice(&chunk[..n]),
+        }
+        if wire.windows(4).any(|w| w == b"\r\n\r\n") {
+            return String::from_utf8_lossy(&wire).into_owned();
+        }
+    }
+}
+
+/// The `keygate` binary started under a low soft open-file limit (as many service managers
+/// start processes) raises it to the hard limit and says so.
+#[tokio::test]
+async fn serve_raises_its_open_file_soft_limit_to_the_hard_limit() {
+    use std::io::{BufRead, BufReader};
+    let origin = Origin::start("edge").await;
+    let config = GatewayConfig::new()
+        .tables(format_args!(
+            "[guest]\ncache_dir = {:?}",
+            support::cache_dir()
+        ))
+        .consumer("static-user", None, &[KEY])
+        .service("api", format_args!("http://{}/v1", origin.addr))
+        .route("paths = [\"/api\"]");
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut file, config.to_string().as_bytes()).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --config \"$1\""])
+        .arg(support::process::KEYGATE)
+        .arg(file.path())
+        .env("KEYGATE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keygate serve");
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let (log, serving) = tokio::task::spawn_blocking(move || {
+        let mut log = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let ready = line.contains("keygate is serving");
+            log.push(line);
+            if ready {
+                return (log, true);
+            }
+        }
+        (log, false)
+    })
+    .await
+    .unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(serving, "keygate serve did not start: {log:#?}");
+    let limits = limits.expect("/proc/PID/limits");
+    let open_files: Vec<u64> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a Max open files line")
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    let [soft, hard] = open_files[..] else {
+        panic!("soft and hard limits in {limits}")
+    };
+    assert!(
+        hard > 256,
+        "the test needs a hard limit above 256: {limits}"
+    );
+    assert_eq!(soft, hard, "the soft limit was not raised: {limits}");
+    assert!(
+        log.iter()
+            .any(|line| line.contains("open-file limit")
+                && line.contains(&format!("open_files={hard}"))),
+        "the limit is logged: {log:#?}"
+    );
+}
+
+/// A WebSocket (upgraded) connection belongs to its tunnel: neither timeout applies to it.
+#[tokio::test]
+async fn an_upgraded_connection_is_not_cut_by_either_timeout() {
+    use http_body_util::BodyExt;
+    // An origin that upgrades and echoes.
+    let origin = support::servers::serve(|mut request: hyper::Request<hyper::body::Incoming>| {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(upgrade.await.expect("origin upgraded"));
+            let mut buf = [0u8; 1024];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        async move {
+            hyper::Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(
+                    http_body_util::Empty::new()
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .unwrap()
+        }
+    })
+    .await;
+    let config = GatewayConfig::new()
+        .server("header_read_timeout = \"300ms\"")
+        .server("keepalive_timeout = \"300ms\"")
+        .consumer("static-user", None, &[KEY])
+        .service("api", format_args!("http://{}/v1", origin.addr))
+        .route("paths = [\"/api\"]");
+    let gw = start_gateway(&config.to_string()).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let upgrade = raw_request(
+        gw.addr,
+        "connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "",
+    );
+    stream.write_all(&upgrade).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within("the 101", stream.read_exact(&mut byte))
+            .await
+            .expect("a 101 head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert_eq!(status_of(&head), 101, "{head}");
+    for message in [&b"first"[..], b"after a pause"] {
+        // Silent for four times both timeouts before each message (the time is what is tested).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        stream
+            .write_all(message)
+            .await
+            .expect("the tunnel is still open");
+        let mut echoed = vec![0u8; message.len()];
+        within("the echo", stream.read_exact(&mut echoed))
+            .await
+            .expect("the echo through the tunnel");
+        assert_eq!(echoed, message);
+    }
+}
+
+/// HTTP/2 (h2c here; the same clock runs under TLS): a connection with no stream open is idle,
+/// and closed at `keepalive_timeout`.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_at_keepalive_timeout() {
+    use http_body_util::BodyExt;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let origin = Origin::start("edge").await;
+    let gw = gateway(&origin, &["h2c = true", "keepalive_timeout = \"1s\""]).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{}/api/x", gw.addr))
+        .header("apikey", KEY)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = within("an HTTP/2 answer", sender.send_request(request))
+        .await
+        .expect("an HTTP/2 response");
+    assert_eq!(response.status(), 200);
+    within("the body", response.into_body().collect())
+        .await
+        .unwrap();
+    let idle = Instant::now();
+    let _ = within("the gateway closing an idle HTTP/2 connection", connection).await;
+    let after = idle.elapsed();
+    assert!(
+        after >= TIMEOUT - Duration::from_millis(100) && after < TIMEOUT * 5,
+        "closed {after:?} after its last stream; keepalive_timeout is {TIMEOUT:?}"
+    );
 }

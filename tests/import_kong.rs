@@ -549,3 +549,67 @@ async fn companion_plugins_are_imported_at_their_scopes_and_serve() {
     assert_eq!(alice.json()["message"], "IP address not allowed: 127.0.0.1");
     assert_eq!(origin.hits(), 1);
 }
+
+/// request-size-limiting becomes the `max_body_size` of the routes it covers (Kong's
+/// precedence: route, service, global), a consumer's instance is named as not imported, and
+/// the result answers an over-limit body 413 before the origin sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_size_limiting_becomes_max_body_size_at_its_scope() {
+    let origin = Origin::start("kong-origin").await;
+    let addr = origin.addr.to_string();
+    let (toml, report) = import_and_check("request-size.yaml", &[("DECK_ORIGIN", &addr)]);
+    let config = config_of(&toml);
+    let limit_of = |route: &str| {
+        config
+            .services
+            .iter()
+            .flat_map(|service| &service.routes)
+            .find(|r| r.name.as_deref() == Some(route))
+            .unwrap_or_else(|| panic!("route {route} in {toml}"))
+            .max_body_size
+            .map(keygate_policy::ByteSize::bytes)
+    };
+    assert_eq!(limit_of("uploads"), Some(1000), "the route's instance wins");
+    assert_eq!(limit_of("orders"), Some(64 * 1024), "then the service's");
+    assert_eq!(limit_of("status"), Some(128 << 20), "then the global one");
+    assert!(toml.contains("max_body_size = \"64k\""), "{toml}");
+    for expected in [
+        "plugin request-size-limiting (consumer \"alice\"): not imported",
+        "require_content_length ignored",
+        "imported as max_body_size = 1000 bytes on its route",
+        "\"Payload too large\"",
+    ] {
+        assert!(
+            report.contains(expected),
+            "{expected:?} not in the report:\n{report}"
+        );
+    }
+    assert!(
+        config
+            .plugins
+            .iter()
+            .all(|p| p.name() != "request-size-limiting")
+    );
+
+    let gateway = support::start_gateway_with(&toml, |config| {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+    })
+    .await;
+    let post = |path: &'static str, size: usize| {
+        let request = support::request("POST", gateway.addr, path)
+            .header("apikey", "alice-key-1")
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'b';
+                size
+            ])))
+            .unwrap();
+        support::send(gateway.addr, request)
+    };
+    let refused = post("/uploads", 1001).await;
+    assert_eq!(refused.status, 413, "{}", refused.text());
+    assert_eq!(refused.json()["message"], "Payload too large");
+    assert_eq!(origin.hits(), 0);
+    assert_eq!(post("/uploads", 1000).await.status, 200);
+    assert_eq!(post("/orders", 2000).await.status, 200);
+    assert_eq!(origin.hits(), 2);
+}

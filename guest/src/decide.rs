@@ -16,7 +16,9 @@ use crate::request::RequestInfo;
 use crate::router::Match;
 use crate::{cors, ip_restriction, request_termination};
 use keygate_policy::Compat;
-use keygate_policy::errors::{BAD_GATEWAY, NAME_RESOLUTION, NO_ROUTE, TIMEOUT, UNAVAILABLE};
+use keygate_policy::errors::{
+    BAD_GATEWAY, NAME_RESOLUTION, NO_ROUTE, PAYLOAD_TOO_LARGE, TIMEOUT, UNAVAILABLE,
+};
 use wasip2::http::types::Method;
 
 /// Decide `info`. `body` is the client's body where this entry point has it (the portable
@@ -71,6 +73,13 @@ fn decide_noting_key(
     else {
         return Decision::Respond(GatewayError::new(404, NO_ROUTE).reply(info, compat));
     };
+    // nginx checks `client_max_body_size` against the declared length right after choosing
+    // the location, before any plugin runs: no key is looked for, nothing is forwarded, and
+    // the body is never read.
+    if declared_over_limit(info, &matched) {
+        let reply = too_large(info, compat);
+        return Decision::Respond(with_labels(reply, route_labels(&matched)));
+    }
     // The route's key-auth instance (Kong's precedence: route, then service), else
     // `[key_auth]`.
     let key_auth = policy.key_auth_for(&matched);
@@ -168,6 +177,21 @@ fn decide_noting_key(
     );
     cors.edit(&mut plan.response.headers);
     Decision::Forward(plan)
+}
+
+/// Whether the request declares a `Content-Length` over its route's `max_body_size`.
+fn declared_over_limit(info: &RequestInfo, matched: &Match) -> bool {
+    let Some(limit) = matched.route.max_body_size else {
+        return false;
+    };
+    info.header("content-length")
+        .and_then(|length| length.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > limit.bytes())
+}
+
+/// The 413 of a body over its route's `max_body_size`: nginx's, through Kong's error handler.
+pub fn too_large(info: &RequestInfo, compat: &Compat) -> Reply {
+    GatewayError::from_error_handler(413, PAYLOAD_TOO_LARGE).reply(info, compat)
 }
 
 /// What the client gets when the origin gave no response, in Kong's words: nginx's 502 and

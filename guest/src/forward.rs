@@ -60,21 +60,31 @@ pub fn forward(
         nanos(plan.timeouts.between_bytes_ms),
     );
 
+    // The route's `max_body_size`: what the policy already read of the body counts first (a
+    // body read whole and over the limit never leaves), the rest as it streams.
+    let parts = has_body.then(|| body.into_parts());
+    let limit = plan.max_request_body;
+    if let (Some(limit), Some((first, _))) = (limit, &parts)
+        && first.len() as u64 > limit
+    {
+        return too_large(policy, info, out, plan);
+    }
     let sent_at = monotonic_clock::now();
     let future = match outbound::start(request, options) {
         Ok(future) => future,
         Err(err) => return upstream_failed(policy, info, out, plan, &err),
     };
-    if let Some(outgoing_body) = outgoing_body {
-        let (first, rest) = body.into_parts();
+    if let (Some(outgoing_body), Some((first, rest))) = (outgoing_body, parts) {
         let sent = match outgoing_body.write() {
             Ok(sink) => {
                 let result = outbound::write_all(&sink, &first).and_then(|()| {
-                    rest.as_ref()
-                        .map_or(Ok(0), |rest: &BodyReader| {
-                            outbound::pump(&rest.stream, &sink)
-                        })
-                        .map(drop)
+                    match (rest.as_ref(), limit) {
+                        (None, _) => Ok(true),
+                        (Some(rest), None) => outbound::pump(&rest.stream, &sink).map(|_| true),
+                        (Some(rest), Some(limit)) => {
+                            outbound::pump_at_most(&rest.stream, &sink, limit - first.len() as u64)
+                        }
+                    }
                 });
                 drop(sink);
                 result
@@ -82,8 +92,17 @@ pub fn forward(
             Err(()) => Err("request body unavailable".to_string()),
         };
         match sent {
-            Ok(()) => {
+            Ok(true) => {
                 let _ = OutgoingBody::finish(outgoing_body, None);
+            }
+            // Over the limit: the body is dropped unfinished, which aborts the origin's
+            // request (it sees an incomplete body), and so is the call. No response has
+            // been sent yet (the origin's is only read once the body is sent): a 413.
+            Ok(false) => {
+                drop(outgoing_body);
+                drop(rest);
+                drop(future);
+                return too_large(policy, info, out, plan);
             }
             Err(reason) => {
                 eprintln!("request body to service {} failed: {reason}", plan.service);
@@ -187,6 +206,13 @@ pub fn forward(
             plan.service
         ),
     }
+}
+
+/// The body grew past the route's `max_body_size`: the 413 a declared length gets.
+fn too_large(policy: &Policy, info: &RequestInfo, out: ResponseOutparam, plan: ForwardPlan) {
+    let mut reply = decide::too_large(info, &policy.config.compat);
+    reply.labels = plan.labels;
+    send_reply(reply, out, policy.config.host_annotations);
 }
 
 /// The origin gave no response: the policy's words for it, sent from here.

@@ -105,7 +105,10 @@ pub fn forward_plan(
             first_byte_ms: millis(service.read_timeout.get()),
             between_bytes_ms: millis(service.read_timeout.get()),
         },
-        max_request_body: None,
+        max_request_body: matched
+            .route
+            .max_body_size
+            .map(keygate_policy::ByteSize::bytes),
         request_id: info.id.clone(),
         labels,
     }
@@ -176,6 +179,7 @@ fn request_edits(
                     || name == names.request_id
                     || tokens.iter().any(|t| t == name)
                     || Some(name) == client_addr_header
+                    || name == keygate_policy::internal_headers::LOCAL_PORT
                     || on_spin && name.starts_with("spin-")
                     || hidden_headers
                         .as_ref()

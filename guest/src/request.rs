@@ -1,6 +1,7 @@
 //! What the guest knows about the client's request, read once from the incoming request.
 
 use crate::bindings::exports::keygate::gateway::policy::RequestHead;
+use keygate_policy::internal_headers;
 use wasip2::http::types::{IncomingRequest, Method, Scheme};
 
 pub struct RequestInfo {
@@ -38,14 +39,25 @@ impl RequestInfo {
                 .and_then(|(_, v)| std::str::from_utf8(v).ok())
                 .map(client_ip_of)
         });
-        Self::new(
+        // Only the keygate host sets it (and replaces a client's copy).
+        let local_port = (client_addr_header == Some(internal_headers::CLIENT_ADDR))
+            .then(|| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(internal_headers::LOCAL_PORT))
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok())
+            })
+            .flatten();
+        let mut info = Self::new(
             request.method(),
             request.path_with_query(),
             request.scheme().unwrap_or(Scheme::Http),
             request.authority().unwrap_or_default(),
             headers,
             client_ip,
-        )
+        );
+        info.local_port = local_port;
+        info
     }
 
     /// The fast path: the head the host lowered once. Header names are lower-cased here too,

@@ -20,18 +20,29 @@ pub fn parse(text: &str, base_dir: Option<&Path>) -> anyhow::Result<Config> {
     {
         config.guest.component = Some(base.join(component));
     }
-    for (i, service) in config.services.iter().enumerate() {
-        if service.url.https {
-            anyhow::bail!(
-                "services[{i}].url: https origins are not supported yet; use http:// (e.g. through a local TLS sidecar)"
-            );
+    if let Some(base) = base_dir {
+        for path in [&mut config.server.tls_cert, &mut config.server.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
         }
     }
-    if let Some(api) = &config.auth_api
-        && api.url.starts_with("https://")
-    {
-        anyhow::bail!("auth_api.url: https is not supported yet; use http://");
+    crate::server::tls::check(&config.server)?;
+    if let Some(base) = base_dir {
+        let services = config.services.iter_mut().map(|s| &mut s.ca_file);
+        for path in services
+            .chain(config.auth_api.iter_mut().map(|api| &mut api.ca_file))
+            .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
     }
+    crate::tls_client::TlsClients::check(&config)?;
     check_redis_limits(&config)?;
     if let Some(component) = &config.guest.component
         && !component.is_file()

@@ -19,12 +19,14 @@ pub mod http_util;
 pub mod import_kong;
 pub mod metrics;
 pub mod observe;
+pub mod process_limits;
 pub mod proxy;
 pub mod request_record;
 pub mod responses;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod tls_client;
 pub mod watch;
 
 use anyhow::Context;
@@ -42,6 +44,8 @@ use tokio::task::JoinHandle;
 pub struct RunningGateway {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The TLS listener's address, when `[server] tls_listen` is set.
+    pub tls_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub reloader: Arc<Reloader>,
     requests: server::RequestThreads,
@@ -74,11 +78,32 @@ async fn start_with(
     config_path: Option<PathBuf>,
     access_log: Option<PathBuf>,
 ) -> anyhow::Result<RunningGateway> {
+    // Before the first descriptor is spent on a connection.
+    process_limits::raise_open_files(config.server.max_connections);
     let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
+    let tls = match config.server.tls_listen {
+        Some(tls_addr) => {
+            let listener = std::net::TcpListener::bind(tls_addr)
+                .with_context(|| format!("binding server.tls_listen {tls_addr}"))?;
+            let certificates = server::tls::Certificates::for_settings(&config.server)?
+                .context("server.tls_listen is set without a certificate")?;
+            Some(server::TlsListener {
+                listener,
+                certificates,
+            })
+        }
+        None => None,
+    };
+    let tls_addr = tls
+        .as_ref()
+        .map(|tls| tls.listener.local_addr())
+        .transpose()
+        .context("reading the TLS listen address")?;
+    let certificates = tls.as_ref().map(|tls| Arc::clone(&tls.certificates));
     let admin_listener = match config.server.admin_listen {
         Some(admin) => Some(
             TcpListener::bind(admin)
@@ -99,6 +124,15 @@ async fn start_with(
         .iter()
         .cloned()
         .chain(config.guest.component.clone())
+        // A renewed certificate is picked up like an edited config (only with a config file:
+        // the certificate's reload re-reads the paths the file names).
+        .chain(
+            [&config.server.tls_cert, &config.server.tls_key]
+                .into_iter()
+                .flatten()
+                .filter(|_| config_path.is_some() && tls_addr.is_some())
+                .cloned(),
+        )
         .collect();
     let gateway =
         tokio::task::spawn_blocking(move || Gateway::new(config, addr.port(), access_log))
@@ -107,14 +141,15 @@ async fn start_with(
     let cluster = cluster_redis
         .map(|url| Cluster::start(&url, gateway.key_cache_handle()))
         .transpose()?;
-    let reloader = Arc::new(Reloader::new(Arc::clone(&gateway), config_path));
+    let reloader =
+        Arc::new(Reloader::new(Arc::clone(&gateway), config_path).with_certificates(certificates));
     let watch = if watched.is_empty() {
         None
     } else {
         Some(watch::watch(Arc::clone(&reloader), &watched)?)
     };
     let requests =
-        server::RequestThreads::start(listener, Arc::clone(&gateway), &listener_settings)
+        server::RequestThreads::start(listener, tls, Arc::clone(&gateway), &listener_settings)
             .context("starting the request threads")?;
     let admin = admin_listener.map(|listener| {
         let admin = Arc::new(admin::Admin {
@@ -125,10 +160,11 @@ async fn start_with(
         });
         tokio::spawn(admin::serve(listener, admin))
     });
-    tracing::info!(%addr, admin = ?admin_addr, workers = requests.workers(), "keygate is serving");
+    tracing::info!(%addr, tls = ?tls_addr, admin = ?admin_addr, workers = requests.workers(), "keygate is serving");
     Ok(RunningGateway {
         addr,
         admin_addr,
+        tls_addr,
         gateway,
         reloader,
         requests,

@@ -38,9 +38,19 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Connections {
     pub accepted: std::sync::atomic::AtomicU64,
     serving: Mutex<Vec<Arc<AtomicUsize>>>,
+    /// `keygate_connections_refused_total{reason}`: closed as accepted (`per_ip`: over
+    /// `server.max_connections_per_ip`).
+    refused: Family<Labels, Counter>,
 }
 
 impl Connections {
+    /// A connection closed as it was accepted, for `reason`.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
     /// Add a request thread's count of the connections it serves.
     pub fn watch(&self, serving: Arc<AtomicUsize>) {
         self.serving
@@ -259,6 +269,12 @@ impl Default for Metrics {
             "Client requests being handled now",
             in_flight.clone(),
         );
+        let connections = Arc::<Connections>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed as they were accepted, by reason (per_ip: the address held server.max_connections_per_ip already)",
+            connections.refused.clone(),
+        );
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             registry,
@@ -285,7 +301,7 @@ impl Default for Metrics {
             target_failures,
             target_down,
             kong: KongFamilies::default(),
-            connections: Arc::default(),
+            connections,
             kong_enabled: AtomicBool::new(false),
             consumers: Mutex::default(),
             latency_routes: Mutex::default(),
@@ -315,6 +331,10 @@ impl Metrics {
         }
         if let Some(auth) = record.auth_ms {
             tally.auth_latency.observe(auth as f64);
+        } else if matches!(record.key_lookup.as_deref(), Some("miss" | "stale")) {
+            // The guest needed the auth API and did not ask it (its host had just said it is
+            // down): a call that was made always has its time.
+            self.auth_call_skipped();
         }
         if let Some(consumer) = record.consumer.as_deref() {
             match tally.consumers.get_mut(consumer) {

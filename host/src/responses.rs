@@ -17,7 +17,7 @@ pub enum HostFailure {
     Overloaded,
     GuestFailed(String),
     Internal(String),
-    /// The request's declared body is over the route's size limit.
+    /// The request's body is over the route's `max_body_size`.
     BodyTooLarge,
     /// An upgrade (WebSocket) request on the portable path, which `wasi:http` 0.2 cannot carry.
     UpgradeUnsupported,
@@ -58,7 +58,18 @@ impl HostFailure {
         compat: &Compat,
         started: std::time::Instant,
     ) -> hyper::Response<ResponseBody> {
-        let id = crate::http_util::request_id();
+        self.into_response_as(crate::http_util::request_id(), asked, compat, started)
+    }
+
+    /// [`Self::into_response`] for a request that already has its id (a forward plan's, which
+    /// the origin may have seen).
+    pub fn into_response_as(
+        self,
+        id: String,
+        asked: &ErrorContext,
+        compat: &Compat,
+        started: std::time::Instant,
+    ) -> hyper::Response<ResponseBody> {
         let (status, message) = match self {
             Self::BadRequest(reason) => {
                 tracing::debug!(request_id = %id, "refused a malformed request: {reason}");
@@ -72,8 +83,9 @@ impl HostFailure {
                 (500, INTERNAL)
             }
             Self::UpgradeUnsupported => (501, UPGRADE_UNSUPPORTED),
-            // Kong's request-size-limiting wording.
-            Self::BodyTooLarge => (413, "Request size limit exceeded"),
+            // nginx's 413 through Kong's error handler, as the guest words a declared length
+            // over the route's `max_body_size`.
+            Self::BodyTooLarge => (413, keygate_policy::errors::PAYLOAD_TOO_LARGE),
             // Kong's (nginx's) wording; nginx answers these 400 (its 494), keygate with the
             // status made for them, as hyper does for a head over the whole-head limit.
             Self::HeaderTooLarge => (431, HEADER_TOO_LARGE),
@@ -117,7 +129,7 @@ pub const UPGRADE_UNSUPPORTED: &str =
 pub const HEADER_TOO_LARGE: &str = "Request header or cookie too large";
 
 /// The message of a 414 for a request target over its limit (Kong's error page words).
-pub const URI_TOO_LONG: &str = "Request-URI too large";
+pub const URI_TOO_LONG: &str = "URI too long";
 
 /// What the client asked for that shapes an error the host makes itself.
 pub struct ErrorContext {

@@ -1,5 +1,6 @@
-//! The client-facing HTTP/1.1 listener: accept, serve each connection with keep-alive, and on
-//! shutdown stop accepting and drain in-flight requests.
+//! The client-facing listeners: accept, serve each connection (HTTP/1.1 with keep-alive; HTTP/2
+//! over TLS by ALPN, and as h2c with prior knowledge on the plain listener when `[server] h2c`
+//! says so), and on shutdown stop accepting and drain in-flight requests.
 //!
 //! Requests run on `server.workers` threads, each with its own single-threaded runtime: a
 //! connection, its guest call and the guest's outgoing calls (over that thread's own
@@ -13,7 +14,7 @@
 
 use crate::responses::{ErrorContext, HostFailure, ResponseBody};
 use crate::runtime::Gateway;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2 as h2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -22,10 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
-
-/// How long a client may take to send a request head before its connection is closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 /// The most a request head (request line and every header line) may take: nginx's (and so
 /// Kong's) `large_client_header_buffers 4 8k`. hyper enforces it while reading: past it, it
@@ -43,12 +41,37 @@ pub const MAX_HEADER_LINE_BYTES: usize = 8 * 1024;
 /// 431 with an empty body and closes the connection.
 pub const MAX_HEADERS: usize = 100;
 
+/// The TLS listener, with the certificate it presents (swapped by reloads).
+pub struct TlsListener {
+    pub listener: std::net::TcpListener,
+    pub certificates: Arc<tls::Certificates>,
+}
+
+/// Which listener a request came in on, as a request extension: the guest's head and the
+/// portable path's `wasi:http` request say the scheme, and `X-Forwarded-Port` the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inbound {
+    pub https: bool,
+    /// The gateway's port the client connected to.
+    pub port: u16,
+}
+
+/// How the connections of one listener are served: the same on every request thread.
+struct Protocols {
+    inbound: Inbound,
+    /// TLS handshakes, on the TLS listener.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTP/2 with prior knowledge on the plain listener.
+    h2c: bool,
+}
+
 /// A connection on its way to the request thread that will serve it.
 struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
-    /// One of `server.max_connections`, held for the connection's life.
-    permit: OwnedSemaphorePermit,
+    /// One of `server.max_connections` (and its address's slot of
+    /// `server.max_connections_per_ip`), held for the connection's life.
+    permit: per_ip::Admission,
 }
 
 /// A request thread as the acceptor sees it.
@@ -66,11 +89,13 @@ pub struct RequestThreads {
 }
 
 impl RequestThreads {
-    /// Serve `listener` on `settings.workers` threads (one per CPU when absent): the calling
-    /// runtime's thread (which also runs the acceptor) and the others of their own.
-    /// Connections beyond `settings.max_connections` wait in the kernel's accept queue.
+    /// Serve `listener` (and `tls`, if any) on `settings.workers` threads (one per CPU when
+    /// absent): the calling runtime's thread (which also runs the acceptors) and the others of
+    /// their own. Connections beyond `settings.max_connections` (both listeners together) wait
+    /// in the kernel's accept queue.
     pub fn start(
         listener: std::net::TcpListener,
+        tls: Option<TlsListener>,
         gateway: Arc<Gateway>,
         settings: &keygate_policy::Server,
     ) -> std::io::Result<Self> {
@@ -80,20 +105,60 @@ impl RequestThreads {
         let max_connections = settings.max_connections;
         let drain_timeout = settings.drain_timeout.get();
         listener.set_nonblocking(true)?;
+        let plain = Arc::new(Protocols {
+            inbound: Inbound {
+                https: false,
+                port: listener.local_addr()?.port(),
+            },
+            tls: None,
+            h2c: settings.h2c,
+        });
         let listener = TcpListener::from_std(listener)?;
+        let tls = match tls {
+            Some(tls) => {
+                tls.listener.set_nonblocking(true)?;
+                let protocols = Arc::new(Protocols {
+                    inbound: Inbound {
+                        https: true,
+                        port: tls.listener.local_addr()?.port(),
+                    },
+                    tls: Some(tokio_rustls::TlsAcceptor::from(
+                        tls.certificates
+                            .server_config()
+                            .map_err(std::io::Error::other)?,
+                    )),
+                    h2c: false,
+                });
+                Some((TcpListener::from_std(tls.listener)?, protocols))
+            }
+            None => None,
+        };
         let (stop, stopping) = watch::channel(false);
         let mut lanes = Vec::new();
+        let mut tls_lanes = Vec::new();
         let mut stopped = Vec::new();
         for thread in 0..workers.max(1) {
             let (connections, incoming) = mpsc::unbounded_channel();
             let load = Arc::new(AtomicUsize::new(0));
             let (done, finished) = oneshot::channel();
             stopped.push(finished);
+            // The TLS listener's connections come on a channel of their own, counted in the
+            // same load: the acceptors balance both listeners' connections together.
+            let tls_incoming = tls.as_ref().map(|(_, protocols)| {
+                let (connections, incoming) = mpsc::unbounded_channel();
+                tls_lanes.push(Lane {
+                    connections,
+                    load: Arc::clone(&load),
+                });
+                (incoming, Arc::clone(protocols))
+            });
             let serving = serve_connections(
-                incoming,
+                (incoming, Arc::clone(&plain)),
+                tls_incoming,
                 Arc::clone(&gateway),
                 Arc::clone(&load),
                 drain_timeout,
+                timeouts::Limits::new(settings),
                 done,
             );
             lanes.push(Lane { connections, load });
@@ -113,7 +178,26 @@ impl RequestThreads {
         for lane in &lanes {
             connections.watch(Arc::clone(&lane.load));
         }
-        tokio::spawn(accept(listener, lanes, permits, stopping, connections));
+        // One count per address over both listeners.
+        let per_ip = per_ip::PerIp::new(settings.max_connections_per_ip);
+        if let Some((tls_listener, _)) = tls {
+            tokio::spawn(accept(
+                tls_listener,
+                tls_lanes,
+                Arc::clone(&permits),
+                stop.subscribe(),
+                Arc::clone(&connections),
+                per_ip.clone(),
+            ));
+        }
+        tokio::spawn(accept(
+            listener,
+            lanes,
+            permits,
+            stopping,
+            connections,
+            per_ip,
+        ));
         Ok(Self {
             workers,
             stop,
@@ -136,13 +220,15 @@ impl RequestThreads {
 }
 
 /// Accept until told to stop, handing each connection to the least busy request thread.
-/// Returning drops the lanes, which tells the threads to drain.
+/// Returning drops the lanes, which tells the threads to drain. A connection from an address
+/// holding `server.max_connections_per_ip` already is closed at once (see [`per_ip`]).
 async fn accept(
     listener: TcpListener,
     lanes: Vec<Lane>,
     permits: Arc<Semaphore>,
     mut stopping: watch::Receiver<bool>,
     connections: Arc<crate::metrics::Connections>,
+    per_ip: Option<Arc<per_ip::PerIp>>,
 ) {
     let shutdown = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
@@ -166,6 +252,18 @@ async fn accept(
             },
             () = &mut shutdown => break,
         };
+        let slot = match &per_ip {
+            Some(per_ip) => match per_ip.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    // Dropped unread: closed at once, the permit back for the next one.
+                    tracing::debug!(%peer, "over server.max_connections_per_ip; closed");
+                    connections.refused("per_ip");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => {
@@ -184,7 +282,7 @@ async fn accept(
         let accepted = Accepted {
             stream,
             peer,
-            permit,
+            permit: per_ip::Admission::new(permit, slot),
         };
         if lane.connections.send(accepted).is_err() {
             tracing::error!(%peer, "a request thread has stopped; connection dropped");
@@ -192,12 +290,14 @@ async fn accept(
     }
 }
 
-/// Serve the connections handed to this thread until the acceptor stops, then drain them.
+/// Serve the connections handed to this thread until the acceptors stop, then drain them.
 async fn serve_connections(
-    mut incoming: mpsc::UnboundedReceiver<Accepted>,
+    incoming: (mpsc::UnboundedReceiver<Accepted>, Arc<Protocols>),
+    tls_incoming: Option<(mpsc::UnboundedReceiver<Accepted>, Arc<Protocols>)>,
     gateway: Arc<Gateway>,
     load: Arc<AtomicUsize>,
     drain_timeout: Duration,
+    timeouts: timeouts::Limits,
     done: oneshot::Sender<()>,
 ) {
     // Graceful shutdown by hand: hyper-util's `GracefulShutdown` cannot watch a connection
@@ -208,16 +308,32 @@ async fn serve_connections(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The connection's clock (`timeouts`) closes slow heads and idle connections; hyper's
+        // own timer is only a backstop.
+        .header_read_timeout(timeouts.hyper_header_read_timeout())
         .max_header_size(MAX_HEAD_BYTES);
     // Not `pipeline_flush`: it lets hyper queue response chunks without backpressure, which
     // held ~64 MiB of a 200 MiB download in memory (tests/cli.rs measures peak RSS).
-    while let Some(Accepted {
-        stream,
-        peer,
-        permit,
-    }) = incoming.recv().await
-    {
+    let builders = Arc::new(Builders {
+        http1: http,
+        http2: http2::builder(MAX_HEAD_BYTES),
+        // A TLS handshake or an h2c preface is what comes before a request head: the same
+        // bound, so a client that connects and says nothing costs as little on either.
+        first_bytes_timeout: timeouts.header_read,
+    });
+    let mut incoming = Some(incoming);
+    let mut tls_incoming = tls_incoming;
+    loop {
+        let (accepted, protocols) = tokio::select! {
+            Some(next) = next_connection(&mut incoming) => next,
+            Some(next) = next_connection(&mut tls_incoming) => next,
+            else => break,
+        };
+        let Accepted {
+            stream,
+            peer,
+            permit,
+        } = accepted;
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(err) => {
@@ -227,47 +343,19 @@ async fn serve_connections(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (stream, verdicts) = framing::Sniffing::new(stream);
-        let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |request| {
-            let gateway = Arc::clone(&gateway);
-            // This request's head, as the stream follower read it (in order, one per head).
-            let smuggling = verdicts
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .pop_front()
-                .flatten();
-            async move {
-                if let Some(shape) = smuggling {
-                    let refusal =
-                        HostFailure::BadRequest(format!("request smuggling shape: {shape}"));
-                    return Ok::<_, Infallible>(refuse(&gateway, &request, refusal));
-                }
-                if let Some(refusal) = refuse_head(&request) {
-                    return Ok(refuse(&gateway, &request, refusal));
-                }
-                Ok(gateway.handle(request, peer).await)
-            }
-        });
-        // With upgrades: a WebSocket request is passed through to its origin (101, then both
-        // directions streamed).
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let connection = Connection {
+            peer,
+            inbound: protocols.inbound,
+            gateway: Arc::clone(&gateway),
+            stopping: stopping.clone(),
+            clock: timeouts.clock(),
+        };
+        let builders = Arc::clone(&builders);
         let load = Arc::clone(&load);
-        let mut stopping = stopping.clone();
         let open = open.clone();
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(err) = ended {
-                tracing::debug!(%peer, "connection ended with an error: {err}");
+            if let Err(err) = connection.serve(stream, &protocols, &builders).await {
+                tracing::debug!(%peer, "connection ended with an error: {err:#}");
             }
             load.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
@@ -283,6 +371,160 @@ async fn serve_connections(
         }
     }
     let _ = done.send(());
+}
+
+/// The next connection of a listener, with how to serve it; `None` once its acceptor stopped.
+async fn next_connection(
+    incoming: &mut Option<(mpsc::UnboundedReceiver<Accepted>, Arc<Protocols>)>,
+) -> Option<(Accepted, Arc<Protocols>)> {
+    let (connections, protocols) = incoming.as_mut()?;
+    let accepted = connections.recv().await?;
+    Some((accepted, Arc::clone(protocols)))
+}
+
+/// A request thread's connection settings, shared by its connections.
+struct Builders {
+    http1: http1::Builder,
+    http2: h2::Builder<hyper_util::rt::TokioExecutor>,
+    first_bytes_timeout: Duration,
+}
+
+/// One client connection, until it closes.
+struct Connection {
+    peer: SocketAddr,
+    inbound: Inbound,
+    gateway: Arc<Gateway>,
+    /// Set when the thread drains: finish what is in flight, take no more requests.
+    stopping: watch::Receiver<bool>,
+    /// `header_read_timeout` and `keepalive_timeout` (see [`timeouts`]).
+    clock: Arc<timeouts::Clock>,
+}
+
+/// Run a hyper connection until it ends; when the thread drains, let its requests in flight
+/// finish and take no more (HTTP/1: close after the current response; HTTP/2: GOAWAY).
+macro_rules! until_drained {
+    ($connection:expr, $stopping:expr) => {{
+        let connection = $connection;
+        let mut stopping = $stopping;
+        tokio::pin!(connection);
+        tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    }};
+}
+
+impl Connection {
+    async fn serve(
+        self,
+        stream: TcpStream,
+        protocols: &Protocols,
+        builders: &Builders,
+    ) -> anyhow::Result<()> {
+        let timeout = builders.first_bytes_timeout;
+        let stream = timeouts::Timed::new(stream, &self.clock);
+        if let Some(acceptor) = &protocols.tls {
+            let stream = tokio::time::timeout(timeout, acceptor.accept(stream))
+                .await
+                .map_err(|_| anyhow::anyhow!("no TLS handshake within {timeout:?}"))?
+                .map_err(|err| anyhow::anyhow!("TLS handshake failed: {err}"))?;
+            if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+                return self.serve_http2(stream, &builders.http2).await;
+            }
+            return self.serve_http1(stream, &builders.http1).await;
+        }
+        if protocols.h2c {
+            let sniffed = tokio::time::timeout(timeout, http2::sniff(stream))
+                .await
+                .map_err(|_| anyhow::anyhow!("no request within {timeout:?}"))??;
+            return match sniffed {
+                http2::Sniffed::Http2(stream) => self.serve_http2(stream, &builders.http2).await,
+                http2::Sniffed::Http1(stream) => self.serve_http1(stream, &builders.http1).await,
+                http2::Sniffed::Closed => Ok(()),
+            };
+        }
+        self.serve_http1(stream, &builders.http1).await
+    }
+
+    /// HTTP/1.1, with the smuggling sniffer reading what hyper reads (decrypted, on TLS).
+    async fn serve_http1<S>(self, stream: S, http: &http1::Builder) -> anyhow::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            inbound,
+            gateway,
+            stopping,
+            clock,
+        } = self;
+        let (stream, verdicts) = framing::Sniffing::new(stream);
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            // This request's head, as the stream follower read it (in order, one per head).
+            let smuggling = verdicts
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .pop_front()
+                .flatten();
+            request.extensions_mut().insert(inbound);
+            // Boxed: the answer's future is several KiB, which hyper and the clock's wrapper
+            // would otherwise each copy per request (~17 k of ~144 k instructions).
+            Box::pin(answer(Arc::clone(&gateway), request, peer, smuggling))
+        });
+        let service = clock.track(service);
+        // With upgrades: a WebSocket request is passed through to its origin (101, then both
+        // directions streamed).
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        Ok(until_drained!(connection, stopping)?)
+    }
+
+    /// HTTP/2: streams run as tasks of this thread (see [`http2::builder`]).
+    async fn serve_http2<S>(
+        self,
+        stream: S,
+        http: &h2::Builder<hyper_util::rt::TokioExecutor>,
+    ) -> anyhow::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            peer,
+            inbound,
+            gateway,
+            stopping,
+            clock,
+        } = self;
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(inbound);
+            Box::pin(answer(Arc::clone(&gateway), request, peer, None))
+        });
+        let service = clock.track(service);
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        Ok(until_drained!(connection, stopping)?)
+    }
+}
+
+/// Answer one request: refused here when its head is (a smuggling shape the sniffer found, a
+/// line over the limits), else by the gateway.
+async fn answer(
+    gateway: Arc<Gateway>,
+    request: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    smuggling: Option<&'static str>,
+) -> Result<hyper::Response<ResponseBody>, Infallible> {
+    if let Some(shape) = smuggling {
+        let refusal = HostFailure::BadRequest(format!("request smuggling shape: {shape}"));
+        return Ok(refuse(&gateway, &request, refusal));
+    }
+    if let Some(refusal) = refuse_head(&request) {
+        return Ok(refuse(&gateway, &request, refusal));
+    }
+    Ok(gateway.handle(request, peer).await)
 }
 
 /// Why a request head hyper accepted is refused before the gateway sees it, if it is.
@@ -317,10 +559,13 @@ fn refuse<B>(
     tracing::debug!("refused a request head: {}", refusal.describe());
     let mut response =
         refusal.into_response(&asked, &gateway.active().config.compat, Instant::now());
-    response.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
+    // HTTP/2 has no `Connection` header (hyper would drop it): the refused stream ends alone.
+    if request.version() < http::Version::HTTP_2 {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     gateway
         .metrics
         .request("(none)", response.status().as_u16());
@@ -328,3 +573,7 @@ fn refuse<B>(
 }
 
 mod framing;
+mod http2;
+mod per_ip;
+mod timeouts;
+pub mod tls;

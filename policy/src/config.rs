@@ -133,6 +133,30 @@ pub struct Server {
     /// Threads serving requests; absent = one per CPU. Fewer than the CPUs is faster when a
     /// load generator or the origin shares the machine (fewer cross-thread wake-ups).
     pub workers: Option<usize>,
+    /// The TLS listener (HTTP/1.1 and HTTP/2 by ALPN); none when absent. Changing the address
+    /// takes a restart; the certificate and key are re-read by every reload.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) the TLS listener presents; relative to the config
+    /// file's directory.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`; relative to the config file's
+    /// directory.
+    pub tls_key: Option<PathBuf>,
+    /// HTTP/2 with prior knowledge (h2c) on the plain listener. Off by default: a plain
+    /// listener usually sits behind something that speaks HTTP/1.1 to it.
+    pub h2c: bool,
+    /// Longest a client may take to send a request head, from the connection's start (or, on
+    /// a kept-alive connection, from the head's first byte) to its end; past it the connection
+    /// is closed without an answer (nginx's `client_header_timeout`, which answers nothing
+    /// either).
+    pub header_read_timeout: Duration,
+    /// Longest a kept-alive connection may wait for the next request's first byte after the
+    /// previous response (nginx's `keepalive_timeout`); then it is closed. A request in
+    /// progress (a slow upload, download or origin) is never cut by it.
+    pub keepalive_timeout: Duration,
+    /// Client connections one IP address may hold at once; more are closed as they are
+    /// accepted, before anything is read. 0 = no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Server {
@@ -144,6 +168,13 @@ impl Default for Server {
             max_connections: 10_000,
             admin_token: None,
             workers: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            h2c: false,
+            header_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -214,7 +245,8 @@ pub struct KeyAuth {
     /// as this consumer (with `X-Anonymous-Consumer: true`) instead of getting a 401.
     pub anonymous: Option<String>,
     /// The largest request body `key_in_body` reads (Kong's `client_body_buffer_size`, 8k):
-    /// a larger body holds no key and is forwarded untouched.
+    /// a larger body holds no key and is forwarded untouched. A route's `max_body_size`
+    /// applies on its own: a body over it is refused whether it fits this buffer or not.
     pub body_buffer_size: ByteSize,
 }
 
@@ -258,6 +290,14 @@ pub struct AuthApi {
     /// queueing (a flood of random keys must not pile up on the auth API). Host only.
     #[serde(default = "AuthApi::default_max_in_flight")]
     pub max_in_flight: usize,
+    /// An `https://` URL's certificate is checked (Kong's `tls_verify`); `false` accepts any,
+    /// for a test auth API with a self-signed one. Host only.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tls_verify: bool,
+    /// PEM certificates trusted for an `https://` URL instead of the system's roots (a
+    /// private CA). Host only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AuthApi {
@@ -371,6 +411,14 @@ pub struct Service {
     pub read_timeout: Duration,
     #[serde(default = "Service::default_timeout")]
     pub write_timeout: Duration,
+    /// An `https://` origin's certificate is checked (Kong's `tls_verify`); `false` accepts
+    /// any certificate, for an origin with a self-signed one.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tls_verify: bool,
+    /// PEM certificates trusted for an `https://` origin instead of the system's roots (a
+    /// private CA; Kong's `ca_certificates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub routes: Vec<Route>,
 }
@@ -408,10 +456,21 @@ pub struct Route {
     /// `false` forwards without a key: for routes being migrated that were public before.
     #[serde(default = "yes")]
     pub auth: bool,
+    /// The largest request body the route forwards (nginx's `client_max_body_size`, per
+    /// route): `8192`, `"8k"`, `"1m"`. A declared `Content-Length` over it is answered 413
+    /// before anything is forwarded; a body without one is cut off (the origin's request
+    /// aborted) once it grows past it. Absent = no limit (Kong's default, nginx's `0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<ByteSize>,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// Defaults left out of the serialized config, so adding such a field changes no revision.
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl Config {
@@ -546,6 +605,55 @@ mod tests {
             err.contains("headers.x-a[0]") && err.contains("invalid regex"),
             "{err}"
         );
+    }
+
+    fn route_with(field: &str) -> String {
+        format!(
+            "[[services]]\nname = \"a\"\nurl = \"http://a\"\n[[services.routes]]\npaths = [\"/\"]\n{field}"
+        )
+    }
+
+    #[test]
+    fn max_body_size_parses_like_the_other_sizes() {
+        let size = |field: &str| {
+            Config::from_toml(&route_with(field)).unwrap().services[0].routes[0]
+                .max_body_size
+                .map(ByteSize::bytes)
+        };
+        assert_eq!(size("max_body_size = \"1k\"\n"), Some(1024));
+        assert_eq!(size("max_body_size = \"8m\"\n"), Some(8 << 20));
+        assert_eq!(size("max_body_size = \"8M\"\n"), Some(8 << 20));
+        assert_eq!(size("max_body_size = 1500\n"), Some(1500));
+        assert_eq!(size(""), None, "absent is no limit");
+    }
+
+    #[test]
+    fn max_body_size_refuses_what_is_not_a_limit() {
+        let err = error_of(&route_with("max_body_size = \"8 megs\"\n"));
+        assert!(
+            err.contains("line 6") && err.contains("invalid size"),
+            "{err}"
+        );
+        let err = error_of(&route_with("max_body_size = -1\n"));
+        assert!(err.contains("line 6"), "{err}");
+        let err = error_of(&route_with("max_body_size = 0\n"));
+        assert!(
+            err.contains("services[0].routes[0].max_body_size") && err.contains("no limit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn max_body_size_reaches_the_guest_and_absent_changes_no_revision() {
+        let config = Config::from_toml(&route_with("max_body_size = \"2k\"\n")).unwrap();
+        let guest = GuestConfig::from_json(&config.guest_config().to_json()).unwrap();
+        assert_eq!(
+            guest.services[0].routes[0].max_body_size,
+            Some(ByteSize(2048))
+        );
+        let config = Config::from_toml(&route_with("")).unwrap();
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(!json.contains("max_body_size"), "{json}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const AUTH_UNAVAILABLE: &str = "The authentication service is currently unav
 pub const OVERLOADED: &str = "The gateway is at capacity, try again later";
 /// rate-limiting's default `error_message`.
 pub const RATE_LIMITED: &str = "API rate limit exceeded";
+/// nginx's 413 (`client_max_body_size`, keygate's route `max_body_size`) through Kong's error
+/// handler (`kong/error_handlers.lua`).
+pub const PAYLOAD_TOO_LARGE: &str = "Payload too large";
 
 /// Kong's JSON error body (3.5+), byte for byte.
 pub fn json_body(message: &str, request_id: &str) -> String {

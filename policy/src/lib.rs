@@ -37,6 +37,11 @@ pub const GUEST_CONFIG_ENV: &str = "KEYGATE_CONFIG";
 pub mod internal_headers {
     /// On incoming requests: the client's IP, set by the host (a client's copy is replaced).
     pub const CLIENT_ADDR: &str = "keygate-client-addr";
+    /// On incoming requests on the `wasi:http` path: the gateway port the client connected to
+    /// (the TLS listener's or the plain one's), for `X-Forwarded-Port`. Read only when
+    /// `client_addr_header` is [`CLIENT_ADDR`] (the keygate host, which replaces a client's
+    /// copy); the fast path has it in the request head.
+    pub const LOCAL_PORT: &str = "keygate-local-port";
     /// On guest responses: the [`crate::annotation::Annotation`] of the answer (route,
     /// consumer, who answered, …) for the host's metrics and access log.
     pub const LABELS: &str = "keygate-labels";
@@ -46,7 +51,7 @@ pub mod internal_headers {
     /// (a plain value: it travels with every keyed request, on the fast path too).
     pub const KEY: &str = "keygate-key";
     /// What a client must never be sent, whoever set it (an origin, a guest).
-    pub const ALL: [&str; 4] = [CLIENT_ADDR, LABELS, CALL, KEY];
+    pub const ALL: [&str; 5] = [CLIENT_ADDR, LOCAL_PORT, LABELS, CALL, KEY];
     /// Every internal header's name starts with it.
     pub const PREFIX: &str = "keygate-";
 }

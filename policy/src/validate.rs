@@ -4,6 +4,28 @@
 use crate::config::*;
 use std::collections::HashSet;
 
+impl Server {
+    /// A TLS listener needs both files, and the files need a listener (a certificate set
+    /// without `tls_listen` would silently serve nothing over TLS).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        match (self.tls_listen, &self.tls_cert, &self.tls_key) {
+            (Some(_), None, _) => Err(invalid(
+                "server.tls_cert",
+                "required when tls_listen is set (a PEM certificate chain)",
+            )),
+            (Some(_), _, None) => Err(invalid(
+                "server.tls_key",
+                "required when tls_listen is set (the PEM private key of tls_cert)",
+            )),
+            (None, Some(_), _) | (None, _, Some(_)) => Err(invalid(
+                "server.tls_listen",
+                "required when tls_cert or tls_key is set (the address of the TLS listener)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Config {
     /// Parse and validate a TOML document.
     #[cfg(feature = "toml")]
@@ -53,6 +75,18 @@ impl Config {
         if self.server.workers == Some(0) {
             return Err(invalid("server.workers", "must be at least 1"));
         }
+        for (field, timeout) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.keepalive_timeout", self.server.keepalive_timeout),
+        ] {
+            if timeout.get().is_zero() {
+                return Err(invalid(field, "must be more than 0s"));
+            }
+        }
+        self.server.validate_tls()?;
         if let Some(admin) = self.server.admin_listen
             && !admin.ip().is_loopback()
             && self.server.admin_token.as_deref().is_none_or(str::is_empty)
@@ -203,6 +237,14 @@ impl AuthApi {
 
 impl Route {
     fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        // nginx reads `client_max_body_size 0` as "no limit"; here that is the field left out,
+        // and a 0 that refused every body would surprise whoever meant nginx's.
+        if self.max_body_size.is_some_and(|size| size.bytes() == 0) {
+            return Err(invalid(
+                format!("{field}.max_body_size"),
+                "must be at least 1 byte; leave the field out for no limit (nginx's 0)",
+            ));
+        }
         if self.paths.is_empty()
             && self.methods.is_empty()
             && self.hosts.is_empty()

@@ -198,6 +198,7 @@ const FORGED_INTERNAL_HEADERS: &[(&str, &str)] = &[
     ("x-test-respond-with", "keygate-call=forged-call"),
     ("x-test-respond-with", "keygate-key=forged-key"),
     ("x-test-respond-with", "keygate-client-addr=6.6.6.6"),
+    ("x-test-respond-with", "keygate-local-port=6"),
 ];
 
 /// An origin that sends keygate's internal headers: the client gets none of them, and the

@@ -7,8 +7,8 @@ pub mod client;
 pub mod config;
 pub mod process;
 pub mod redis;
-pub mod tls;
 pub mod servers;
+pub mod tls;
 pub mod wasmtime_serve;
 
 pub use client::{request, send};

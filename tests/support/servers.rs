@@ -1,6 +1,7 @@
 //! Test origin and auth API: real hyper servers on ephemeral loopback ports that record what
 //! reaches them.
 
+use super::tls::ServerCert;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -26,12 +27,37 @@ where
     F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
+    serve_maybe_tls(None, handler).await
+}
+
+/// [`serve`] over TLS with `cert` (HTTP/1.1 by ALPN): an https origin or auth API.
+pub async fn serve_tls<F, Fut>(cert: &ServerCert, handler: F) -> Listening
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    serve_maybe_tls(Some(tls_acceptor(cert)), handler).await
+}
+
+async fn serve_maybe_tls<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Listening
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let listening = Listening {
         addr: listener.local_addr().unwrap(),
         connections: Arc::default(),
+        handshakes: Arc::default(),
+        plaintext: Arc::default(),
+        server_names: Arc::default(),
     };
-    let connections = Arc::clone(&listening.connections);
+    let (connections, handshakes) = (
+        Arc::clone(&listening.connections),
+        Arc::clone(&listening.handshakes),
+    );
+    let plaintext = Arc::clone(&listening.plaintext);
+    let server_names = Arc::clone(&listening.server_names);
     let handler = Arc::new(handler);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -41,14 +67,59 @@ where
                 let answer = handler(request);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
-            tokio::spawn(
-                http1::Builder::new()
+            let Some(tls) = tls.clone() else {
+                tokio::spawn(
+                    http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+                continue;
+            };
+            let (handshakes, plaintext) = (Arc::clone(&handshakes), Arc::clone(&plaintext));
+            let server_names = Arc::clone(&server_names);
+            tokio::spawn(async move {
+                // A request in clear starts with a method, a TLS connection with a handshake
+                // record (0x16).
+                let mut first = [0u8; 1];
+                if stream.peek(&mut first).await.is_ok_and(|n| n == 1) && first[0] != 0x16 {
+                    plaintext.fetch_add(1, Ordering::SeqCst);
+                }
+                let Ok(stream) = tls.accept(stream).await else {
+                    return;
+                };
+                handshakes.fetch_add(1, Ordering::SeqCst);
+                if let Some(name) = stream.get_ref().1.server_name() {
+                    server_names.lock().unwrap().push(name.to_string());
+                }
+                let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades(),
-            );
+                    .with_upgrades()
+                    .await;
+            });
         }
     });
     listening
+}
+
+/// A TLS acceptor presenting `cert`'s chain, offering HTTP/1.1 by ALPN.
+pub fn tls_acceptor(cert: &ServerCert) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&cert.cert)
+        .expect("the certificate chain file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("PEM certificates");
+    let key = PrivateKeyDer::from_pem_file(&cert.key).expect("the PEM private key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("a usable certificate and key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// Where a [`serve`]d server listens, and how many connections it accepted.
@@ -56,11 +127,30 @@ where
 pub struct Listening {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    handshakes: Arc<AtomicUsize>,
+    plaintext: Arc<AtomicUsize>,
+    server_names: Arc<Mutex<Vec<String>>>,
 }
 
 impl Listening {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes completed ([`serve_tls`]).
+    pub fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// Connections to a [`serve_tls`] server that began in clear instead of with a TLS
+    /// handshake.
+    pub fn plaintext(&self) -> usize {
+        self.plaintext.load(Ordering::SeqCst)
+    }
+
+    /// The server name (SNI) of each TLS handshake that sent one.
+    pub fn server_names(&self) -> Vec<String> {
+        self.server_names.lock().unwrap().clone()
     }
 }
 
@@ -121,15 +211,28 @@ impl Origin {
         Self::start_answering(name, None).await
     }
 
+    /// An https origin presenting `cert`, answering as [`Origin::start`]'s does.
+    pub async fn start_tls(name: &'static str, cert: &ServerCert) -> Self {
+        Self::start_maybe_tls(name, None, Some(tls_acceptor(cert))).await
+    }
+
     /// An origin that records each request and answers as `answer` says.
     pub async fn answering(answer: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Self {
         Self::start_answering("origin", Some(Arc::new(answer))).await
     }
 
     async fn start_answering(name: &'static str, answer: Option<Answer>) -> Self {
+        Self::start_maybe_tls(name, answer, None).await
+    }
+
+    async fn start_maybe_tls(
+        name: &'static str,
+        answer: Option<Answer>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = Arc::clone(&seen);
-        let listening = serve(move |request| {
+        let listening = serve_maybe_tls(tls, move |request| {
             let log = Arc::clone(&log);
             let answer = answer.clone();
             async move { Self::answer(name, &log, answer.as_ref(), request).await }
@@ -159,6 +262,12 @@ impl Origin {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.listening.connections()
+    }
+
+    /// How its connections went: TLS handshakes and connections begun in clear
+    /// ([`Origin::start_tls`]).
+    pub fn listening(&self) -> &Listening {
+        &self.listening
     }
 
     async fn answer(
@@ -268,6 +377,15 @@ pub struct AuthApi {
 
 impl AuthApi {
     pub async fn start() -> Self {
+        Self::start_maybe_tls(None).await
+    }
+
+    /// An https auth API presenting `cert`.
+    pub async fn start_tls(cert: &ServerCert) -> Self {
+        Self::start_maybe_tls(Some(tls_acceptor(cert))).await
+    }
+
+    async fn start_maybe_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let keys: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
         let mut auth = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -278,7 +396,7 @@ impl AuthApi {
             delay: Arc::default(),
         };
         let state = auth.clone();
-        auth.addr = serve(move |request| {
+        auth.addr = serve_maybe_tls(tls, move |request| {
             let state = state.clone();
             async move { state.answer(request).await }
         })

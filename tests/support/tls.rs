@@ -61,6 +61,22 @@ impl TestPki {
     /// A server certificate for `127.0.0.1`, `localhost` and `names` (DNS names), signed by
     /// this authority.
     pub fn issue(&mut self, names: &[&str]) -> ServerCert {
+        let mut san = String::from("subjectAltName=IP:127.0.0.1,DNS:localhost");
+        for name in names {
+            san.push_str(",DNS:");
+            san.push_str(name);
+        }
+        self.issue_san(&san)
+    }
+
+    /// A server certificate for the DNS `names` only (not for `127.0.0.1` nor `localhost`):
+    /// what a client connecting to this machine must refuse as made for another name.
+    pub fn issue_only(&mut self, names: &[&str]) -> ServerCert {
+        let names: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).collect();
+        self.issue_san(&format!("subjectAltName={}", names.join(",")))
+    }
+
+    fn issue_san(&mut self, san: &str) -> ServerCert {
         self.issued += 1;
         let base = self.dir.path().join(format!("server-{}", self.issued));
         let key = base.with_extension("key.pem");
@@ -68,11 +84,6 @@ impl TestPki {
         let leaf = base.with_extension("leaf.pem");
         let cert = base.with_extension("chain.pem");
         let ext = base.with_extension("ext");
-        let mut san = String::from("subjectAltName=IP:127.0.0.1,DNS:localhost");
-        for name in names {
-            san.push_str(",DNS:");
-            san.push_str(name);
-        }
         std::fs::write(
             &ext,
             format!(

@@ -5,12 +5,13 @@
 use super::breaker::{Breaker, FAILURES_TO_OPEN, PROBE_EVERY};
 use crate::metrics::Metrics;
 use crate::proxy::balancer::{self, BalancedError, Balancers};
+use crate::tls_client::{self, HttpsClient, ThreadHttpsClients, tls_failure};
 use bytes::Bytes;
 use http::HeaderName;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use keygate_policy::internal_headers;
 use std::cell::RefCell;
@@ -44,9 +45,20 @@ pub struct OutgoingHttp {
 #[derive(Default)]
 pub struct AllowList {
     hosts: HashMap<String, Vec<u16>>,
-    auth_api: Option<(String, u16, String)>,
+    /// `https://` origins, with the TLS client configuration each is called with: an https
+    /// origin is only ever called over TLS, an http one only in clear.
+    https_hosts: HashMap<String, Vec<(u16, Arc<rustls::ClientConfig>)>>,
+    auth_api: Option<AuthApiTarget>,
     /// Calls to a service whose host names an upstream go to one of its targets.
     pub balancers: Arc<Balancers>,
+}
+
+/// Where the auth API is: its calls' origin and path prefix.
+struct AuthApiTarget {
+    host: String,
+    port: u16,
+    path_prefix: String,
+    https: bool,
 }
 
 impl AllowList {
@@ -56,27 +68,70 @@ impl AllowList {
             .is_some_and(|ports| ports.contains(&port))
     }
 
-    /// Allow the auth API at `host:port`, whose calls' paths start with `path_prefix`.
-    pub fn add_auth_api(&mut self, host: String, port: u16, path_prefix: String) {
-        let ports = self.hosts.entry(host.clone()).or_default();
-        if !ports.contains(&port) {
-            ports.push(port);
+    /// The TLS configuration of the https origin `host:port`, if the config names one.
+    pub fn allows_https(&self, host: &str, port: u16) -> Option<&Arc<rustls::ClientConfig>> {
+        self.https_hosts
+            .get(host)?
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, tls)| tls)
+    }
+
+    /// Allow the https origin `host:port`, called with `tls`. The first configuration given
+    /// for an origin is the one it is called with.
+    pub fn add_https(&mut self, host: String, port: u16, tls: Arc<rustls::ClientConfig>) {
+        let ports = self.https_hosts.entry(host).or_default();
+        if !ports.iter().any(|(p, _)| *p == port) {
+            ports.push((port, tls));
         }
-        self.auth_api = Some((host, port, path_prefix));
+    }
+
+    /// Allow the auth API at `host:port`, whose calls' paths start with `path_prefix`;
+    /// `tls` when it is https.
+    pub fn add_auth_api(
+        &mut self,
+        host: String,
+        port: u16,
+        path_prefix: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) {
+        let https = tls.is_some();
+        match tls {
+            Some(tls) => self.add_https(host.clone(), port, tls),
+            None => {
+                let ports = self.hosts.entry(host.clone()).or_default();
+                if !ports.contains(&port) {
+                    ports.push(port);
+                }
+            }
+        }
+        self.auth_api = Some(AuthApiTarget {
+            host,
+            port,
+            path_prefix,
+            https,
+        });
     }
 
     /// What a probe of the auth API asks: its origin and path prefix, without a key.
     fn auth_api_probe_uri(&self) -> Option<http::Uri> {
-        let (host, port, prefix) = self.auth_api.as_ref()?;
-        let path = if prefix.is_empty() { "/" } else { prefix };
-        format!("http://{host}:{port}{path}").parse().ok()
+        let api = self.auth_api.as_ref()?;
+        let path = if api.path_prefix.is_empty() {
+            "/"
+        } else {
+            &api.path_prefix
+        };
+        let scheme = if api.https { "https" } else { "http" };
+        format!("{scheme}://{}:{}{path}", api.host, api.port)
+            .parse()
+            .ok()
     }
 
     /// Whether a call to `host:port` + `path` goes to the auth API.
     pub fn is_auth_api(&self, host: &str, port: u16, path: &str) -> bool {
-        self.auth_api
-            .as_ref()
-            .is_some_and(|(h, p, prefix)| h == host && *p == port && path.starts_with(prefix))
+        self.auth_api.as_ref().is_some_and(|api| {
+            api.host == host && api.port == port && path.starts_with(&api.path_prefix)
+        })
     }
 }
 
@@ -91,6 +146,7 @@ impl FromIterator<(String, u16)> for AllowList {
         }
         Self {
             hosts,
+            https_hosts: HashMap::new(),
             auth_api: None,
             balancers: Arc::default(),
         }
@@ -140,6 +196,22 @@ type PooledClient = Client<HttpConnector, WasiBody>;
 
 thread_local! {
     static THREAD_POOLS: RefCell<Vec<(u64, PooledClient)>> = const { RefCell::new(Vec::new()) };
+    static HTTPS_POOLS: RefCell<ThreadHttpsClients<WasiBody>> = RefCell::default();
+}
+
+/// A pooled client of either kind: `request` is the same call, the plain one untouched.
+enum AnyClient {
+    Plain(PooledClient),
+    Tls(HttpsClient<WasiBody>),
+}
+
+impl AnyClient {
+    fn request(&self, request: http::Request<WasiBody>) -> ResponseFuture {
+        match self {
+            Self::Plain(client) => client.request(request),
+            Self::Tls(client) => client.request(request),
+        }
+    }
 }
 
 impl Pools {
@@ -159,6 +231,19 @@ impl Pools {
     fn build(&self) -> PooledClient {
         pooled_client(self.connect_timeout)
     }
+
+    /// This thread's pool for https calls made with `tls`.
+    fn https_client(&self, tls: &Arc<rustls::ClientConfig>) -> HttpsClient<WasiBody> {
+        HTTPS_POOLS.with(|pools| pools.borrow_mut().client(tls, self.connect_timeout))
+    }
+
+    /// The pool a call goes out on: `tls` for an https origin.
+    fn any_client(&self, tls: Option<&Arc<rustls::ClientConfig>>) -> AnyClient {
+        match tls {
+            None => AnyClient::Plain(self.client()),
+            Some(tls) => AnyClient::Tls(self.https_client(tls)),
+        }
+    }
 }
 
 /// A keep-alive client over plain TCP, as every outgoing pool of the gateway is configured.
@@ -168,16 +253,28 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    client_builder().build(http_connector(connect_timeout))
+}
+
+/// The TCP side of every outgoing connection (an https one's too); it refuses `https://` URIs
+/// unless told otherwise, so a plain client never sends an https origin's call in clear.
+pub fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
     connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    connector
+}
+
+/// How every outgoing pool keeps its connections.
+pub fn client_builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
+        .pool_timer(hyper_util::rt::TokioTimer::new());
+    builder
 }
 
 /// Kong's Host rule needs the guest to set `Host` itself (service host, or the client's with
@@ -226,7 +323,7 @@ impl WasiHttpHooks for OutgoingHttp {
         let to_auth_api = request.uri().authority().is_some_and(|authority| {
             self.allowed.is_auth_api(
                 authority.host(),
-                authority.port_u16().unwrap_or(80),
+                authority.port_u16().unwrap_or(default_port(request.uri())),
                 request.uri().path(),
             )
         });
@@ -238,10 +335,12 @@ impl WasiHttpHooks for OutgoingHttp {
                 .filter(|l| l != "auth")
                 .unwrap_or_else(|| "unlabeled".to_string())
         };
-        // An auth API known to be down is not asked: the guest answers at once.
+        // An auth API known to be down is not asked: the guest answers at once, and
+        // `destination-unavailable` (not what a refused connection gives) tells it the host
+        // knows, so it stops asking for a moment.
         if to_auth_api && self.auth_breaker.is_open() {
             self.metrics.auth_call_skipped();
-            return Box::new(async { Err(Error::ConnectionRefused) });
+            return Box::new(async { Err(Error::DestinationUnavailable) });
         }
         // A flood of unknown keys must not pile up on the auth API: shed what exceeds the cap
         // now (the guest answers 503) instead of queueing without bound.
@@ -329,7 +428,8 @@ impl Drop for CallOutcome {
     }
 }
 
-/// Failures that say nothing answered (as opposed to an answer the guest did not like).
+/// Failures that say nothing answered (as opposed to an answer the guest did not like). A
+/// TLS handshake that fails is no answer either: the auth API cannot be asked.
 fn no_answer(err: &Error) -> bool {
     matches!(
         err,
@@ -340,7 +440,19 @@ fn no_answer(err: &Error) -> bool {
             | Error::DestinationUnavailable
             | Error::DestinationIpUnroutable
             | Error::DnsTimeout
+            | Error::TlsCertificateError
+            | Error::TlsProtocolError
+            | Error::TlsAlertReceived { .. }
     )
+}
+
+/// The port of a URI without one: its scheme's.
+fn default_port(uri: &http::Uri) -> u16 {
+    if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    }
 }
 
 impl OutgoingHttp {
@@ -350,6 +462,12 @@ impl OutgoingHttp {
         let Some(uri) = self.allowed.auth_api_probe_uri() else {
             return;
         };
+        let tls = uri.authority().and_then(|authority| {
+            self.allowed
+                .allows_https(authority.host(), authority.port_u16().unwrap_or(443))
+                .filter(|_| uri.scheme() == Some(&http::uri::Scheme::HTTPS))
+                .cloned()
+        });
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
             if !self.auth_breaker.is_open() {
@@ -363,7 +481,8 @@ impl OutgoingHttp {
                 )
                 .expect("a GET of a valid URI");
             if let Ok(Ok(_)) =
-                tokio::time::timeout(timeout, self.pools.client().request(probe)).await
+                tokio::time::timeout(timeout, self.pools.any_client(tls.as_ref()).request(probe))
+                    .await
             {
                 tracing::warn!("the auth API answers again: misses ask it again");
                 self.auth_breaker.answered();
@@ -380,30 +499,51 @@ impl OutgoingHttp {
         call: &str,
     ) -> Result<http::Response<WasiBody>, Error> {
         let uri = request.uri();
-        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
-            tracing::warn!(%call, "refused outgoing call: only http:// origins are supported");
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        if !https && uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            tracing::warn!(%call, "refused outgoing call: only http:// and https:// origins are supported");
             return Err(Error::HttpRequestDenied);
         }
         let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
-        if !self
-            .allowed
-            .allows(authority.host(), authority.port_u16().unwrap_or(80))
-        {
-            tracing::warn!(%call, target = %authority, "refused outgoing call to a host the config does not name");
-            return Err(Error::HttpRequestDenied);
-        }
+        let port = authority.port_u16().unwrap_or(default_port(uri));
+        // An https origin only over TLS, with its own configuration; an http one in clear.
+        let tls = if https {
+            let tls = self.allowed.allows_https(authority.host(), port);
+            if tls.is_none() {
+                tracing::warn!(%call, target = %authority, "refused outgoing call to an https origin the config does not name");
+                return Err(Error::HttpRequestDenied);
+            }
+            tls
+        } else {
+            if !self.allowed.allows(authority.host(), port) {
+                tracing::warn!(%call, target = %authority, "refused outgoing call to a host the config does not name");
+                return Err(Error::HttpRequestDenied);
+            }
+            None
+        };
         let target = authority.clone();
         let options = options.unwrap_or_default();
         // The pooled client connects inside `request`, under the connector's own timeout
         // (the longest any config asks for); the head must then arrive within `first_byte`.
         let first_byte = options.first_byte_timeout.unwrap_or(DEFAULT_TIMEOUT);
         let between_bytes = options.between_bytes_timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let client = self.pools.client();
+        let client = self.pools.any_client(tls);
+        let tls_failed = |err: &hyper_util::client::legacy::Error| {
+            if let Some(reason) = tls_failure(err) {
+                let to = if call == "auth" {
+                    format!("the auth API at {target}")
+                } else {
+                    format!("service {call:?} at {target}")
+                };
+                tls_client::log_failure(self.pools.id, &to, reason);
+            }
+            client_error(err)
+        };
         let sent = match self.allowed.balancers.get(target.host()) {
             None => tokio::time::timeout(first_byte, client.request(request))
                 .await
                 .map_err(|_| Error::ConnectionReadTimeout)
-                .and_then(|result| result.map_err(|err| client_error(&err))),
+                .and_then(|result| result.map_err(|err| tls_failed(&err))),
             // An upstream: a target that cannot be connected to hands the call to the next.
             Some(balancer) => {
                 let balanced = balancer::send(
@@ -418,7 +558,7 @@ impl OutgoingHttp {
                             tokio::time::timeout(first_byte, pending)
                                 .await
                                 .map_err(|_| Error::ConnectionReadTimeout)
-                                .and_then(|result| result.map_err(|err| client_error(&err)))
+                                .and_then(|result| result.map_err(|err| tls_failed(&err)))
                         }
                     },
                 )
@@ -447,6 +587,16 @@ impl OutgoingHttp {
 /// timeouts (504) must stay distinguishable.
 pub fn client_error(err: &hyper_util::client::legacy::Error) -> Error {
     use std::error::Error as _;
+    if let Some(tls) = tls_failure(err) {
+        return match tls {
+            rustls::Error::InvalidCertificate(_) => Error::TlsCertificateError,
+            rustls::Error::AlertReceived(alert) => Error::TlsAlertReceived {
+                alert_id: Some(u8::from(*alert)),
+                alert_message: Some(format!("{alert:?}")),
+            },
+            _ => Error::TlsProtocolError,
+        };
+    }
     let mut source = err.source();
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {

@@ -75,10 +75,36 @@ impl Importer {
                         self.warn(format!("{label}: retries ignored (keygate does not retry)"));
                     }
                 }
+                "tls_verify" => match value {
+                    Value::Bool(verify) => {
+                        if scheme == "https" {
+                            table.insert("tls_verify".into(), (*verify).into());
+                        }
+                    }
+                    Value::Null => {}
+                    other => bail!("{label}: tls_verify {other} is not a boolean"),
+                },
+                "tls_verify_depth" if !value.is_null() => self.warn(format!(
+                    "{label}: tls_verify_depth ignored (keygate accepts any chain length to a trusted root)"
+                )),
+                "ca_certificates" if value.as_array().is_some_and(|ids| !ids.is_empty()) => {
+                    self.warn(format!(
+                        "{label}: ca_certificates ignored: keygate reads trusted CAs from a PEM file; set ca_file to those certificates (else the system's roots are trusted)"
+                    ))
+                }
+                "client_certificate" if !value.is_null() => self.warn(format!(
+                    "{label}: client_certificate ignored: keygate presents no client certificate to origins"
+                )),
+                "tls_verify_depth" | "ca_certificates" | "client_certificate" => {}
                 other => self.warn(format!(
                     "{label}: field {other} ignored (keygate has no equivalent)"
                 )),
             }
+        }
+        if scheme == "https" && !matches!(service.get("tls_verify"), Some(Value::Bool(_))) {
+            self.warn(format!(
+                "{label}: Kong does not check an https origin's certificate unless tls_verify is set; keygate does (tls_verify = true, against the system's roots): set ca_file for a private CA, or tls_verify = false"
+            ));
         }
         self.services.push(ServiceOut {
             name,

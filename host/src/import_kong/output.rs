@@ -41,6 +41,8 @@ impl Importer {
         let mut refused = Vec::new();
         let mut key_auth: Vec<(Scope, Map<String, Value>)> = Vec::new();
         let mut written_plugins: Vec<toml::Value> = Vec::new();
+        // request-size-limiting instances, as routes' `max_body_size` (bytes).
+        let mut size_limits: Vec<(Scope, u64)> = Vec::new();
         for (scope, plugin) in plugins {
             let name = str_of(plugin.get("name")).unwrap_or_default();
             let where_ = self.scope_label(&scope);
@@ -82,6 +84,11 @@ impl Importer {
                 "request-termination" => {
                     let table = self.request_termination(&scope, &where_, config)?;
                     written_plugins.push(table.into());
+                }
+                "request-size-limiting" => {
+                    if let Some(bytes) = self.request_size_limiting(&scope, &where_, config) {
+                        size_limits.push((scope, bytes));
+                    }
                 }
                 // With --fallback its routes were left to Kong above.
                 refused_name if REFUSED_PLUGINS.contains(&refused_name) => {
@@ -181,6 +188,9 @@ impl Importer {
                         .any(|(scope, _)| scope.service == Some(s) || scope.route == Some((s, r)));
                 if !covered {
                     t.insert("auth".into(), false.into());
+                }
+                if let Some(bytes) = size_limit_of(&size_limits, s, r) {
+                    t.insert("max_body_size".into(), size_value(bytes));
                 }
                 routes.push(toml::Value::Table(t));
             }
@@ -593,6 +603,71 @@ impl Importer {
         Ok(table)
     }
 
+    /// Kong's request-size-limiting: its limit in bytes, which becomes the `max_body_size` of
+    /// the routes it covers (`None`, with the reason in the report, when it cannot).
+    pub(super) fn request_size_limiting(
+        &mut self,
+        scope: &Scope,
+        where_: &str,
+        config: Map<String, Value>,
+    ) -> Option<u64> {
+        let label = format!("plugin request-size-limiting ({where_})");
+        if scope.consumer.is_some() {
+            self.warn(format!(
+                "{label}: not imported: keygate's body limit is a route's (max_body_size), not a consumer's"
+            ));
+            return None;
+        }
+        let size = match config.get("allowed_payload_size") {
+            None => Some(128),
+            Some(value) => value.as_u64(),
+        };
+        let unit = match config.get("size_unit").and_then(Value::as_str) {
+            None | Some("megabytes") => Some(1024 * 1024),
+            Some("kilobytes") => Some(1024),
+            Some("bytes") => Some(1),
+            Some(_) => None,
+        };
+        let Some(bytes) = size
+            .zip(unit)
+            .and_then(|(size, unit)| size.checked_mul(unit))
+        else {
+            self.warn(format!(
+                "{label}: not imported: allowed_payload_size {:?} in size_unit {:?} is not a size",
+                config.get("allowed_payload_size"),
+                config.get("size_unit")
+            ));
+            return None;
+        };
+        if bytes == 0 {
+            self.warn(format!(
+                "{label}: not imported: allowed_payload_size 0 refuses every body in Kong; keygate's max_body_size is at least 1 byte"
+            ));
+            return None;
+        }
+        for (key, value) in &config {
+            match key.as_str() {
+                "allowed_payload_size" | "size_unit" => {}
+                "require_content_length" if value == &Value::Bool(true) => self.warn(format!(
+                    "{label}: require_content_length ignored: a body without Content-Length is not refused with 411 but counted as it streams and cut off at the limit (413)"
+                )),
+                "require_content_length" => {}
+                other => self.warn(format!(
+                    "{label}: config.{other} ignored (keygate has no such field)"
+                )),
+            }
+        }
+        let routes = match (scope.route, scope.service) {
+            (Some(_), _) => "its route",
+            (None, Some(_)) => "its service's routes without one of their own",
+            (None, None) => "every route without a route's or service's instance",
+        };
+        self.warn(format!(
+            "{label}: imported as max_body_size = {bytes} bytes on {routes}; the 413 says \"Payload too large\" (nginx's words) instead of \"Request size limit exceeded\", with Expect: 100-continue too (Kong: 417), and comes before key-auth"
+        ));
+        Some(bytes)
+    }
+
     /// Kong's request-termination plugin: the same fields.
     pub(super) fn request_termination(
         &mut self,
@@ -624,6 +699,36 @@ impl Importer {
         }
         table.insert("config".into(), out.into());
         Ok(table)
+    }
+}
+
+/// The request-size-limiting instance that applies to route `r` of service `s` (Kong's
+/// precedence: the route's, else its service's, else the global one), in bytes.
+fn size_limit_of(limits: &[(Scope, u64)], s: usize, r: usize) -> Option<u64> {
+    let route = limits.iter().find(|(scope, _)| scope.route == Some((s, r)));
+    let service = || {
+        limits
+            .iter()
+            .find(|(scope, _)| scope.route.is_none() && scope.service == Some(s))
+    };
+    let global = || {
+        limits
+            .iter()
+            .find(|(scope, _)| scope.route.is_none() && scope.service.is_none())
+    };
+    route
+        .or_else(service)
+        .or_else(global)
+        .map(|(_, bytes)| *bytes)
+}
+
+/// A size as it is best read: `"128m"`, `"64k"`, else the number of bytes.
+fn size_value(bytes: u64) -> toml::Value {
+    const KIB: u64 = 1024;
+    match bytes {
+        b if b % (KIB * KIB) == 0 => format!("{}m", b / (KIB * KIB)).into(),
+        b if b % KIB == 0 => format!("{}k", b / KIB).into(),
+        b => i64::try_from(b).map_or_else(|_| format!("{b}").into(), toml::Value::from),
     }
 }
 

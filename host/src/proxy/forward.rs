@@ -11,17 +11,19 @@ use crate::http_util::{connection_tokens, remove_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::responses::{ErrorContext, ResponseBody};
 use crate::runtime::component::policy_api::{FailureContext, UpstreamFailure};
+use crate::tls_client::{self, HttpsClient, ThreadHttpsClients, tls_failure};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -35,8 +37,25 @@ pub struct Upstream {
 
 type UpstreamClient = Client<HttpConnector, LimitedBody>;
 
+/// The pool a forward goes out on: an enum, so the plain path pays a match, not a box.
+enum AnyClient {
+    Plain(UpstreamClient),
+    Tls(HttpsClient<LimitedBody>),
+}
+
+impl AnyClient {
+    fn request(&self, request: hyper::Request<LimitedBody>) -> ResponseFuture {
+        match self {
+            Self::Plain(client) => client.request(request),
+            Self::Tls(client) => client.request(request),
+        }
+    }
+}
+
 thread_local! {
     static THREAD_POOLS: RefCell<Vec<(u64, UpstreamClient)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's pools for https origins, one per TLS configuration.
+    static HTTPS_POOLS: RefCell<ThreadHttpsClients<LimitedBody>> = RefCell::default();
     /// Origins this thread found refusing connections: (gateway id, service) → health.
     static ORIGIN_HEALTH: RefCell<HashMap<(u64, Box<str>), OriginHealth>> =
         RefCell::new(HashMap::new());
@@ -129,9 +148,18 @@ impl Upstream {
         })
     }
 
+    fn any_client(&self, tls: Option<&Arc<rustls::ClientConfig>>) -> AnyClient {
+        match tls {
+            None => AnyClient::Plain(self.client()),
+            Some(tls) => AnyClient::Tls(
+                HTTPS_POOLS.with(|pools| pools.borrow_mut().client(tls, self.connect_timeout)),
+            ),
+        }
+    }
+
     /// Send `request` as `plan` says and return the origin's response head, its body left
     /// streaming. The plan's header edits are moved into the messages (what is left of the
-    /// plan is enough to word a failure).
+    /// plan is enough to word a failure). `tls`: the https origin's TLS configuration.
     pub async fn forward(
         &self,
         plan: &mut ValidPlan,
@@ -139,12 +167,20 @@ impl Upstream {
         started: Instant,
         metrics: &Metrics,
         balancer: Option<&Balancer>,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<hyper::Response<ResponseBody>, ForwardError> {
         let (mut parts, body) = request.into_parts();
-        if let Some(max) = plan.max_request_body
-            && declared_length(&parts.headers).is_some_and(|length| length > max)
-        {
-            return Err(ForwardError::BodyTooLarge);
+        // The route's `max_body_size`. A declared length is checked here (the guest already
+        // answers those; a plan is untrusted) and then held to its word by hyper; a body
+        // without one is counted as it streams. Without a limit nothing is counted.
+        let mut counter = None;
+        if let Some(max) = plan.max_request_body {
+            match declared_length(&parts.headers) {
+                Some(length) if length > max => return Err(ForwardError::BodyTooLarge),
+                Some(_) => {}
+                None if body.is_end_stream() => {}
+                None => counter = Some(Counter::new(max)),
+            }
         }
         let upgrade = requested_upgrade(&parts.headers);
         let client_upgrade = upgrade
@@ -173,11 +209,11 @@ impl Upstream {
             metrics.outgoing(&plan.service, None);
             return Err(ForwardError::OriginDown(failure));
         }
-        let limit = plan.max_request_body.unwrap_or(u64::MAX);
         let sent_at = Instant::now();
-        let client = self.client();
+        let client = self.any_client(tls);
         let first_byte = plan.first_byte_timeout;
         let service = &plan.service;
+        let gateway = self.id;
         let send = |request: hyper::Request<LimitedBody>| {
             let pending = client.request(request);
             async move {
@@ -185,6 +221,13 @@ impl Upstream {
                     Err(_) => Err(UpstreamFailure::ResponseTimeout),
                     Ok(Err(err)) => {
                         tracing::debug!(%service, "origin call failed: {err:?}");
+                        if let Some(reason) = tls_failure(&err) {
+                            tls_client::log_failure(
+                                gateway,
+                                &format!("service {service:?}"),
+                                reason,
+                            );
+                        }
                         Err(failure_of(&client_error(&err)))
                     }
                     Ok(Ok(response)) => Ok(response),
@@ -193,10 +236,7 @@ impl Upstream {
         };
         let outcome = match balancer {
             None => {
-                let body = LimitedBody {
-                    inner: Inner::Direct(body),
-                    remaining: limit,
-                };
+                let body = LimitedBody::new(Inner::Direct(body), counter.as_ref());
                 send(hyper::Request::from_parts(parts, body)).await
             }
             // An upstream: a target that cannot be connected to hands the request, none of
@@ -212,10 +252,11 @@ impl Upstream {
                         )
                     },
                     |attempt| {
-                        send(attempt.map(|body| LimitedBody {
-                            inner: Inner::Balanced(body),
-                            remaining: limit,
-                        }))
+                        send(
+                            attempt.map(|body| {
+                                LimitedBody::new(Inner::Balanced(body), counter.as_ref())
+                            }),
+                        )
                     },
                 )
                 .await;
@@ -230,6 +271,12 @@ impl Upstream {
             &plan.service,
             outcome.as_ref().ok().map(|r| r.status().as_u16()),
         );
+        // The body grew past the limit before the origin answered: the origin's request was
+        // aborted mid-body (by the error that ended it), and the client gets the 413. (Once
+        // the origin has answered, the same error cuts its response short instead.)
+        if outcome.is_err() && counter.as_ref().is_some_and(Counter::tripped) {
+            return Err(ForwardError::BodyTooLarge);
+        }
         if balancer.is_none() {
             match &outcome {
                 Ok(_) => origin_answered(self.id, &plan.service, None),
@@ -401,59 +448,134 @@ fn failure_of(err: &wasmtime_wasi_http::Error) -> UpstreamFailure {
 }
 
 /// The client's body on its way to the origin, cut off past the plan's `max-request-body`
-/// (a body without `Content-Length` is only known to be too large once it is).
+/// (a body without `Content-Length` is only known to be too large once it is). Only a body
+/// that must be counted is wrapped in [`Counted`]: the others go through untouched.
 pub struct LimitedBody {
     inner: Inner,
-    remaining: u64,
 }
 
-/// The client's body as it is, or shared so a balancer can hand it to another target.
+/// The client's body as it is, or shared so a balancer can hand it to another target, or
+/// either of them counted against a limit.
 enum Inner {
     Direct(Incoming),
     Balanced(Recoverable<Incoming>),
+    Counted(Box<Counted>),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether a request's body went over its limit; shared between the body, moved into the
+/// connection that sends it, and the forward that words the answer.
+struct Counter {
+    limit: u64,
+    over: Arc<AtomicBool>,
+}
+
+impl Counter {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            over: Arc::default(),
+        }
+    }
+
+    fn tripped(&self) -> bool {
+        self.over.load(Ordering::Acquire)
+    }
+}
+
+struct Counted {
+    body: Inner,
+    remaining: u64,
+    over: Arc<AtomicBool>,
+}
+
+/// What ends a body that went over its limit (the origin's request is aborted with it).
+#[derive(Debug)]
+struct OverLimit;
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request body over its size limit")
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+impl LimitedBody {
+    fn new(body: Inner, counter: Option<&Counter>) -> Self {
+        let inner = match counter {
+            None => body,
+            Some(counter) => Inner::Counted(Box::new(Counted {
+                body,
+                remaining: counter.limit,
+                over: Arc::clone(&counter.over),
+            })),
+        };
+        Self { inner }
+    }
+}
+
+impl Inner {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Self::Direct(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Balanced(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Counted(counted) => counted.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Direct(body) => body.is_end_stream(),
+            Self::Balanced(body) => body.is_end_stream(),
+            Self::Counted(counted) => counted.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Direct(body) => body.size_hint(),
+            Self::Balanced(body) => body.size_hint(),
+            Self::Counted(counted) => counted.body.size_hint(),
+        }
+    }
+}
+
+impl Counted {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+            if len > self.remaining {
+                self.over.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(Box::new(OverLimit))));
+            }
+            self.remaining -= len;
+        }
+        polled
+    }
 }
 
 impl Body for LimitedBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = match &mut self.inner {
-            Inner::Direct(body) => Pin::new(body).poll_frame(cx),
-            Inner::Balanced(body) => Pin::new(body).poll_frame(cx),
-        };
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
-                    if len > self.remaining {
-                        return Poll::Ready(Some(Err("request body over its size limit".into())));
-                    }
-                    self.remaining -= len;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        self.inner.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Direct(body) => body.is_end_stream(),
-            Inner::Balanced(body) => body.is_end_stream(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Direct(body) => body.size_hint(),
-            Inner::Balanced(body) => body.size_hint(),
-        }
+        self.inner.size_hint()
     }
 }
 

@@ -24,6 +24,11 @@ pub fn lower<B>(
             }
         },
     };
+    // The listener the request came in on (`crate::server` says); the plain one otherwise.
+    let (scheme, local_port) = match request.extensions().get::<crate::server::Inbound>() {
+        Some(inbound) => (if inbound.https { "https" } else { "http" }, inbound.port),
+        None => ("http", local_port),
+    };
     let headers = request
         .headers()
         .iter()
@@ -31,7 +36,7 @@ pub fn lower<B>(
         .collect();
     Ok(RequestHead {
         method: request.method().as_str().to_string(),
-        scheme: "http".to_string(),
+        scheme: scheme.to_string(),
         authority,
         path_with_query: request
             .uri()

@@ -44,8 +44,6 @@ pub enum PlanError {
         scheme: String,
         authority: String,
     },
-    #[error("service {0:?} is https, which native forwarding does not support yet")]
-    Https(String),
     #[error("path {0:?} is not a valid origin-form request target")]
     Path(String),
     #[error("header name {0:?} is not valid")]
@@ -68,16 +66,17 @@ pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanErr
             authority: plan.authority,
         });
     }
-    if service.url.https {
-        return Err(PlanError::Https(plan.service));
-    }
     if !plan.path_with_query.starts_with('/') {
         return Err(PlanError::Path(plan.path_with_query));
     }
     let path = http::uri::PathAndQuery::try_from(plan.path_with_query.as_str())
         .map_err(|_| PlanError::Path(plan.path_with_query.clone()))?;
     let uri = http::Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
+        .scheme(if service.url.https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        })
         .authority(service.url.authority.as_str())
         .path_and_query(path)
         .build()

@@ -21,6 +21,7 @@ use crate::proxy::balancer::Balancers;
 use crate::proxy::forward::ForwardError;
 use crate::proxy::{self, Upstream};
 use crate::responses::{ErrorContext, HostFailure, ResponseBody};
+use crate::tls_client::TlsClients;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -51,6 +52,8 @@ pub struct Active {
     pub(super) counters: Arc<CounterStores>,
     /// The balancers of this config's `[[upstreams]]`.
     pub balancers: Arc<Balancers>,
+    /// The TLS clients of this config's https services and auth API.
+    pub tls: Arc<TlsClients>,
     /// Instances of this component + config waiting for their next request.
     pub(super) pool: Arc<InstancePool>,
     /// Whether requests take the fast path (the guest decides, the host forwards).
@@ -70,6 +73,8 @@ pub struct Gateway {
     redis_clients: RedisClients,
     /// The latest config's balancers: a swap keeps the state of upstreams it does not change.
     balancers: std::sync::Mutex<Arc<Balancers>>,
+    /// The latest config's TLS clients: a swap keeps those whose trust it does not change.
+    tls: std::sync::Mutex<Arc<TlsClients>>,
     outgoing: OutgoingHttp,
     upstream: Upstream,
     pub metrics: Arc<Metrics>,
@@ -137,6 +142,7 @@ impl Gateway {
         let max_auth_calls = config.auth_api.as_ref().map_or(1, |api| api.max_in_flight);
         let outgoing = OutgoingHttp::new(connect_timeout, max_auth_calls, Arc::clone(&metrics));
         let upstream = Upstream::new(connect_timeout);
+        let tls = Arc::new(TlsClients::for_config(&config, &TlsClients::default())?);
         let busy_ticks =
             (config.guest.busy_timeout.get().as_millis() / EPOCH_TICK.as_millis()).max(1);
         let gateway = Self {
@@ -149,9 +155,11 @@ impl Gateway {
                 &outgoing,
                 stores,
                 Arc::clone(&balancers),
+                Arc::clone(&tls),
                 listen_port,
             )),
             balancers: std::sync::Mutex::new(balancers),
+            tls: std::sync::Mutex::new(tls),
             engine,
             linker,
             cache,
@@ -243,12 +251,18 @@ impl Gateway {
             *latest = Arc::new(Balancers::for_config(&config, &latest, &self.metrics));
             Arc::clone(&latest)
         };
+        let tls = {
+            let mut latest = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+            *latest = Arc::new(TlsClients::for_checked_config(&config, &latest));
+            Arc::clone(&latest)
+        };
         self.active.store(Arc::new(Active::new(
             guest,
             config,
             &self.outgoing,
             stores,
             balancers,
+            tls,
             self.listen_port,
         )));
     }
@@ -271,6 +285,7 @@ impl Gateway {
             config,
             &self.outgoing,
             scratch_counters,
+            Arc::default(),
             Arc::default(),
             self.listen_port,
         );
@@ -490,10 +505,15 @@ impl Gateway {
                     .find(|service| service.name == plan.service)
                     .and_then(|service| active.balancers.get(&service.url.host))
                     .map(|balancer| &**balancer);
+                let tls = if plan.uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+                    active.tls.service(&plan.service)
+                } else {
+                    None
+                };
                 let sending = started.elapsed();
                 let forwarded = self
                     .upstream
-                    .forward(&mut plan, request, started, &self.metrics, balancer)
+                    .forward(&mut plan, request, started, &self.metrics, balancer, tls)
                     .await;
                 labels.gateway = Some(sending);
                 labels.upstream = Some(started.elapsed().saturating_sub(sending));
@@ -502,7 +522,16 @@ impl Gateway {
                         labels.from_origin = true;
                         Ok((response, labels))
                     }
-                    Err(ForwardError::BodyTooLarge) => Err(HostFailure::BodyTooLarge),
+                    // Answered like the guest's own 413 (route labels, the plan's request id).
+                    Err(ForwardError::BodyTooLarge) => Ok((
+                        HostFailure::BodyTooLarge.into_response_as(
+                            plan.request_id.clone(),
+                            asked,
+                            &active.config.compat,
+                            started,
+                        ),
+                        labels,
+                    )),
                     Err(ForwardError::NoPeer) => Err(HostFailure::NoPeer),
                     Err(ForwardError::OriginDown(failure)) => Err(HostFailure::OriginDown {
                         timed_out: matches!(
@@ -583,6 +612,7 @@ impl Active {
         outgoing: &OutgoingHttp,
         counters: Arc<CounterStores>,
         balancers: Arc<Balancers>,
+        tls: Arc<TlsClients>,
         listen_port: u16,
     ) -> Self {
         let mut guest_config = config.guest_config();
@@ -590,7 +620,7 @@ impl Active {
         guest_config.listen_port = Some(listen_port);
         guest_config.host_annotations = true;
         guest_config.annotate_key = config.log.access != keygate_policy::AccessLog::Off;
-        let mut allowed = allowed_targets(&config);
+        let mut allowed = allowed_targets(&config, &tls);
         allowed.balancers = Arc::clone(&balancers);
         let outgoing = outgoing.with_allowed(allowed);
         let canonical = serde_json::to_string(&*config).expect("the config is plain data");
@@ -604,23 +634,43 @@ impl Active {
             outgoing,
             counters,
             balancers,
+            tls,
             fast_path,
         }
     }
 }
 
 /// Every origin and the auth API: the only places the guest may call. The auth API is named
-/// as such, so its calls are counted and capped by where they go.
-fn allowed_targets(config: &Config) -> AllowList {
+/// as such, so its calls are counted and capped by where they go. An https origin is allowed
+/// only over TLS, with its own client configuration (one without is not allowed at all).
+fn allowed_targets(config: &Config, tls: &TlsClients) -> AllowList {
     let services = config
         .services
         .iter()
+        .filter(|service| !service.url.https)
         .map(|service| (service.url.host.clone(), service.url.port));
     let mut allowed: AllowList = services.collect();
+    for service in config.services.iter().filter(|service| service.url.https) {
+        if let Some(client) = tls.service(&service.name) {
+            allowed.add_https(
+                service.url.host.clone(),
+                service.url.port,
+                Arc::clone(client),
+            );
+        }
+    }
     if let Some(api) = &config.auth_api
         && let Ok(origin) = api.origin()
     {
-        allowed.add_auth_api(origin.host, origin.port, api.url_path_prefix());
+        let client = if origin.https {
+            match tls.auth_api() {
+                Some(client) => Some(Arc::clone(client)),
+                None => return allowed,
+            }
+        } else {
+            None
+        };
+        allowed.add_auth_api(origin.host, origin.port, api.url_path_prefix(), client);
     }
     allowed
 }

@@ -126,17 +126,32 @@ impl Gateway {
         }
         crate::http_util::remove_connection_tokens(headers, false);
         headers.remove(internal_headers::CLIENT_ADDR);
+        headers.remove(internal_headers::LOCAL_PORT);
         if let Ok(ip) = crate::http_util::client_ip(client).parse() {
             headers.insert(internal_headers::CLIENT_ADDR, ip);
         }
         let mut worker = self.worker(active, key_cache).await?;
         let waited = worker.store.data().busy.waited_flag();
+        // The listener the request came in on (`crate::server` says); the plain one otherwise.
+        let inbound = request
+            .extensions()
+            .get::<crate::server::Inbound>()
+            .copied();
+        if let Some(inbound) = inbound {
+            request
+                .headers_mut()
+                .insert(internal_headers::LOCAL_PORT, inbound.port.into());
+        }
+        let scheme = match inbound {
+            Some(inbound) if inbound.https => Scheme::Https,
+            _ => Scheme::Http,
+        };
         let store = &mut worker.store;
         let (sender, receiver) = oneshot::channel();
         let incoming = store
             .data_mut()
             .http()
-            .new_incoming_request(Scheme::Http, request)
+            .new_incoming_request(scheme, request)
             .map_err(|err| HostFailure::BadRequest(err.to_string()))?;
         let outparam = store
             .data_mut()

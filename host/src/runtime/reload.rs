@@ -20,6 +20,8 @@ pub struct Reloader {
     /// One reload at a time: triggers that arrive together are applied in turn.
     running: tokio::sync::Mutex<()>,
     status: Mutex<ReloadStatus>,
+    /// The TLS listener's certificate, re-read by every reload; `None` without a TLS listener.
+    certificates: Option<Arc<crate::server::tls::Certificates>>,
 }
 
 /// What `GET /admin/status` reports about reloads.
@@ -42,6 +44,8 @@ pub struct ReloadReport {
     pub config_changed: bool,
     pub key_cache_flushed: bool,
     pub trial_status: u16,
+    /// The TLS listener's certificate and key were re-read; new connections present them.
+    pub certificate_reloaded: bool,
     /// Changed settings that only take effect after a restart.
     pub needs_restart: Vec<&'static str>,
 }
@@ -53,7 +57,18 @@ impl Reloader {
             config_path,
             running: tokio::sync::Mutex::new(()),
             status: Mutex::default(),
+            certificates: None,
         }
+    }
+
+    /// Re-read the TLS listener's certificate and key on every reload; a pair that cannot
+    /// serve refuses the reload.
+    pub fn with_certificates(
+        mut self,
+        certificates: Option<Arc<crate::server::tls::Certificates>>,
+    ) -> Self {
+        self.certificates = certificates;
+        self
     }
 
     pub fn config_path(&self) -> Option<&std::path::Path> {
@@ -121,6 +136,17 @@ impl Reloader {
             None => (*current.config).clone(),
         };
         let needs_restart = restart_only_changes(&current.config, &config);
+        // Read (and checked) before anything is swapped: a broken pair refuses the reload.
+        let certificate = match &self.certificates {
+            Some(_) => {
+                let settings = config.server.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::server::tls::Certificates::prepare(&settings)
+                })
+                .await??
+            }
+            None => None,
+        };
         let source = GuestSource::from_config(config.guest.component.as_deref());
         let bytes = {
             let source = source.clone();
@@ -145,6 +171,13 @@ impl Reloader {
         let flush = current.config.auth_api != config.auth_api
             || current.config.key_auth != config.key_auth;
         self.gateway.activate(Arc::clone(&guest), config);
+        let certificate_reloaded = match (&self.certificates, certificate) {
+            (Some(certificates), Some(certificate)) => {
+                certificates.install(certificate);
+                true
+            }
+            _ => false,
+        };
         if flush {
             // Verdicts were given under other rules or by another auth API.
             self.gateway.key_cache().clear();
@@ -157,6 +190,7 @@ impl Reloader {
             config_changed: active.revision != current.revision,
             key_cache_flushed: flush,
             trial_status,
+            certificate_reloaded,
             needs_restart,
         })
     }
@@ -170,7 +204,21 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             changed.push(name);
         }
     };
-    check("server", old.server != new.server);
+    // The certificate and key are re-read by every reload; the listeners are bound at start.
+    let restart_only = |server: &keygate_policy::Server| keygate_policy::Server {
+        tls_cert: None,
+        tls_key: None,
+        tls_listen: None,
+        ..server.clone()
+    };
+    check(
+        "server.tls_listen",
+        old.server.tls_listen != new.server.tls_listen,
+    );
+    check(
+        "server",
+        restart_only(&old.server) != restart_only(&new.server),
+    );
     check(
         "guest.busy_timeout",
         old.guest.busy_timeout != new.guest.busy_timeout,
