@@ -7,7 +7,8 @@
 #   - cached keys: every request 200 (the auth API's outages are covered by the cache and
 #     stale_if_error), uploads likewise; the slow route's 504s are expected and not counted;
 #   - RSS at the end within 10 % of its value after the first minute;
-#   - open file descriptors within +-10 of that value.
+#   - open file descriptors within +-10 of that value;
+#   - guest instances alive never above the connections (+2): none leak.
 #
 #   bench/soak.sh                 # 30 minutes
 #   DURATION=300 bench/soak.sh    # a quicker look
@@ -119,7 +120,10 @@ lua GET /fast 'string.format("key-new-%d", math.random(1e9))' 0 20 > "$RUN/new.l
 lua GET /fast 'string.format("bad-%d", math.random(1e9))' 0 20 > "$RUN/invalid.lua"
 lua POST /fast 'string.format("key%04d", math.random(0, 99))' 65536 50 > "$RUN/upload.lua"
 lua GET /slow 'string.format("key%04d", math.random(0, 99))' 0 100 > "$RUN/slow.lua"
-for kind in cached:4 new:2 invalid:2 upload:2 slow:4; do
+LOADS="cached:4 new:2 invalid:2 upload:2 slow:4"
+CONNECTIONS=0
+for kind in $LOADS; do CONNECTIONS=$(( CONNECTIONS + ${kind##*:} )); done
+for kind in $LOADS; do
     name=${kind%%:*} conns=${kind##*:}
     wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s -s "$RUN/$name.lua" "http://127.0.0.1:$KEYGATE_PORT/" > "$RUN/$name.out" 2>&1 &
     PIDS+=($!)
@@ -127,14 +131,15 @@ done
 
 metric() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 sample() { # minute
-    local rss fds created
+    local rss fds created alive
     rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$KEYGATE_PID/status")
     fds=$(ls "/proc/$KEYGATE_PID/fd" | wc -l)
     created=$(metric keygate_guest_instances_created_total)
-    printf '%6s %10s %5s %10s %12s\n' "$1" "$rss" "$fds" "${created:-0}" "$(metric keygate_requests_in_flight)"
-    echo "$1 $rss $fds" >> "$RUN/samples"
+    alive=$(metric keygate_guest_instances_alive)
+    printf '%6s %10s %5s %10s %6s %12s\n' "$1" "$rss" "$fds" "${created:-0}" "${alive:-0}" "$(metric keygate_requests_in_flight)"
+    echo "$1 $rss $fds ${alive:-0}" >> "$RUN/samples"
 }
-printf '%6s %10s %5s %10s %12s\n' minute rss_kib fds instances in_flight
+printf '%6s %10s %5s %10s %6s %12s\n' minute rss_kib fds created alive in_flight
 start=$(date +%s); minute=0; extra=extra-a
 while [ $(( $(date +%s) - start )) -lt "$DURATION" ]; do
     sleep 10
@@ -161,15 +166,20 @@ for name in cached new invalid upload slow; do
     printf '%-8s %s\n' "$name" "$(grep STATUSES "$RUN/$name.out" | sed 's/STATUSES//')"
 done
 echo "reloads: $(grep -c 'reloaded' "$RUN/keygate.log" || true) done, $(grep -c 'reload rejected' "$RUN/keygate.log" || true) rejected"
-read -r _ rss1 fds1 < <(sed -n 1p "$RUN/samples")
-read -r _ rssN fdsN < <(tail -n1 "$RUN/samples")
+read -r _ rss1 fds1 alive1 < <(sed -n 1p "$RUN/samples")
+read -r _ rssN fdsN aliveN < <(tail -n1 "$RUN/samples")
+alive_max=$(awk '$4 > m { m = $4 } END { print m + 0 }' "$RUN/samples")
 failed_cached=$(grep STATUSES "$RUN/cached.out" "$RUN/upload.out" | tr ' ' '\n' | awk -F= '/^[0-9]+=/ && $1 != 200 { n += $2 } /^errors=/ { n += $2 } END { print n + 0 }')
 echo "cached and upload requests that did not get a 200: $failed_cached"
 awk -v a="$rss1" -v b="$rssN" 'BEGIN { printf "RSS after minute 1: %d KiB, at the end: %d KiB (%+.1f %%)\n", a, b, (b - a) * 100 / a }'
 echo "open fds after minute 1: $fds1, at the end: $fdsN"
+echo "guest instances alive after minute 1: $alive1, at the end: $aliveN, at most: $alive_max (bound: $CONNECTIONS connections + 2)"
 ok=1
 [ "$failed_cached" -eq 0 ] || ok=0
 awk -v a="$rss1" -v b="$rssN" 'BEGIN { exit !(b <= a * 1.1 && b >= a * 0.9) }' || ok=0
 [ $(( fdsN - fds1 )) -le 10 ] && [ $(( fds1 - fdsN )) -le 10 ] || ok=0
+# Instances live only while a request needs one or idle in the pool: never more than the
+# connections (one request each) and a reload's trial.
+[ "$alive_max" -le $(( CONNECTIONS + 2 )) ] || ok=0
 if [ "$ok" = 1 ]; then echo "SOAK PASSED"; else echo "SOAK FAILED"; fi
 echo "# keygate $("$KEYGATE" --version); run dir $RUN"

@@ -271,3 +271,61 @@ async fn a_silent_origin_is_not_waited_for_by_every_request() {
         "not sent to the silent origin"
     );
 }
+
+/// When the pause is over, one request tries a silent origin again and the others are still
+/// answered at once while it waits for its timeout: an origin that never answers does not get
+/// every request of that moment held for `read_timeout`.
+#[tokio::test]
+async fn after_the_pause_one_request_tries_a_silent_origin_while_the_others_are_answered() {
+    use keygate::capabilities::breaker::{FAILURES_TO_OPEN, PROBE_EVERY};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let config = GatewayConfig::new()
+        .server("workers = 1")
+        .consumer("alice", None, &["alice-key"])
+        .service("api", format_args!("http://{addr}"))
+        .service_setting("read_timeout = \"1s\"")
+        .route("paths = [\"/\"]");
+    let gw = start_gateway(&config.to_string()).await;
+    for _ in 0..FAILURES_TO_OPEN {
+        let reply = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
+        assert_eq!(reply.status, 504, "{}", reply.text());
+    }
+    let dialled = accepted.load(Ordering::SeqCst);
+    // The pause is a time by design: wait it out.
+    tokio::time::sleep(PROBE_EVERY).await;
+    let addr_gw = gw.addr;
+    let trying = tokio::spawn(async move { get(addr_gw, "/x", &[("apikey", "alice-key")]).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted.load(Ordering::SeqCst) == dialled {
+        assert!(
+            Instant::now() < deadline,
+            "no request tried the origin again"
+        );
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    for _ in 0..10 {
+        let reply = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
+        assert_eq!(reply.status, 504, "{}", reply.text());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the others were held while one request tried the origin"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        dialled + 1,
+        "only one request tried the silent origin"
+    );
+    assert_eq!(trying.await.unwrap().status, 504);
+}

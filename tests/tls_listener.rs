@@ -453,6 +453,35 @@ async fn smuggling_shapes_over_tls_are_refused_as_on_the_plain_listener() {
     assert_eq!(origin.hits(), 0, "a smuggling shape reached the origin");
 }
 
+/// The stream follower answers a head over 32 KiB itself, under TLS too: on the decrypted
+/// stream, then `close_notify`.
+#[tokio::test]
+async fn a_head_over_32k_over_tls_is_refused_400_in_kongs_format() {
+    let certs = Certs::new();
+    let origin = Origin::start("tls-origin").await;
+    let gateway = gateway(&certs, &origin, &[]).await;
+    let addr = tls_addr(&gateway);
+    let mut stream = tls_connect(&certs.pki.ca_cert, addr, &[b"http/1.1"]).await;
+    let lines: String = (0..10)
+        .map(|i| format!("x-line-{i}: {}\r\n", "b".repeat(4096)))
+        .collect();
+    let head = format!(
+        "GET /api/x HTTP/1.1\r\nhost: localhost\r\naccept: text/plain\r\napikey: {KEY}\r\n{lines}\r\n"
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    within("the refusal", stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer, then close_notify");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("\r\n\r\nRequest header or cookie too large\nrequest_id: "),
+        "{answer}"
+    );
+    assert_eq!(origin.hits(), 0, "a refused head reached the origin");
+}
+
 #[tokio::test]
 async fn the_plain_listener_speaks_h2c_with_prior_knowledge_only_when_enabled() {
     let certs = Certs::new();

@@ -106,6 +106,7 @@ pub struct Metrics {
     guest_instances: Counter,
     component_loads: Family<Labels, Counter>,
     key_cache_entries: Gauge,
+    guest_instances_alive: Gauge,
     in_flight: Gauge,
     request_latency: Family<Labels, Merged>,
     upstream_latency: Family<Labels, Merged>,
@@ -148,6 +149,7 @@ impl Default for Metrics {
         let guest_failures = Family::default();
         let component_loads = Family::default();
         let key_cache_entries = Gauge::default();
+        let guest_instances_alive = Gauge::default();
         let in_flight = Gauge::default();
         let guest_instances = Counter::default();
         let request_latency =
@@ -265,6 +267,11 @@ impl Default for Metrics {
             key_cache_entries.clone(),
         );
         registry.register(
+            "guest_instances_alive",
+            "Guest instances alive now (serving a request or idle between requests), at most guest.max_instances",
+            guest_instances_alive.clone(),
+        );
+        registry.register(
             "requests_in_flight",
             "Client requests being handled now",
             in_flight.clone(),
@@ -292,6 +299,7 @@ impl Default for Metrics {
             guest_instances,
             component_loads,
             key_cache_entries,
+            guest_instances_alive,
             in_flight,
             request_latency,
             upstream_latency,
@@ -506,6 +514,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// Guest instances alive now, set before a scrape (the instance slots in use).
+    pub fn set_guest_instances_alive(&self, alive: usize) {
+        self.guest_instances_alive
+            .set(i64::try_from(alive).unwrap_or(i64::MAX));
+    }
+
     pub fn render(&self, key_cache_entries: usize) -> String {
         self.key_cache_entries
             .set(i64::try_from(key_cache_entries).unwrap_or(i64::MAX));

@@ -21,7 +21,8 @@ pub enum HostFailure {
     BodyTooLarge,
     /// An upgrade (WebSocket) request on the portable path, which `wasi:http` 0.2 cannot carry.
     UpgradeUnsupported,
-    /// A header line over the per-line limit (see `crate::server::MAX_HEADER_LINE_BYTES`).
+    /// A header line over the per-line limit (see `crate::server::MAX_HEADER_LINE_BYTES`), or
+    /// a whole head over its limits (`crate::server::MAX_HEAD_BYTES`, `MAX_HEADERS`): 400.
     HeaderTooLarge,
     /// A request target over the per-line limit.
     UriTooLong,
@@ -43,7 +44,7 @@ impl HostFailure {
             Self::Internal(reason) => format!("internal error: {reason}"),
             Self::UpgradeUnsupported => "upgrade requested on the wasi:http path".into(),
             Self::BodyTooLarge => "request body over its size limit".into(),
-            Self::HeaderTooLarge => "a request header line over its size limit".into(),
+            Self::HeaderTooLarge => "a request header line or head over its size limit".into(),
             Self::UriTooLong => "request target over its size limit".into(),
             Self::NoPeer => "no target of the upstream is up".into(),
             Self::OriginDown { .. } => "the origin failed its last requests".into(),
@@ -70,6 +71,57 @@ impl HostFailure {
         compat: &Compat,
         started: std::time::Instant,
     ) -> hyper::Response<ResponseBody> {
+        let (status, format, body) = self.render(&id, asked, compat);
+        let names = compat.headers.names();
+        hyper::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, format.content_type())
+            .header(names.request_id, id)
+            .header(http::header::SERVER, names.server)
+            .header(
+                names.response_latency,
+                started.elapsed().as_millis().to_string(),
+            )
+            .body(full_body(body))
+            .expect("static parts form a valid response")
+    }
+
+    /// [`Self::into_response`] as a whole HTTP/1.1 response on the wire, closing the
+    /// connection, for an answer written below hyper (a head hyper never finished reading);
+    /// no body when `asked.method` is `HEAD`, as hyper would send it.
+    pub fn into_wire(
+        self,
+        asked: &ErrorContext,
+        compat: &Compat,
+        started: std::time::Instant,
+    ) -> Vec<u8> {
+        let id = crate::http_util::request_id();
+        let (status, format, body) = self.render(&id, asked, compat);
+        let names = compat.headers.names();
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|status| status.canonical_reason())
+            .unwrap_or("");
+        let mut wire = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\n{}: {id}\r\nserver: {}\r\n\
+             {}: {}\r\nconnection: close\r\ncontent-length: {}\r\ndate: {}\r\n\r\n",
+            format.content_type(),
+            names.request_id,
+            names.server,
+            names.response_latency,
+            started.elapsed().as_millis(),
+            body.len(),
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        )
+        .into_bytes();
+        if asked.method != http::Method::HEAD {
+            wire.extend_from_slice(body.as_bytes());
+        }
+        wire
+    }
+
+    /// The status, format and body of the answer.
+    fn render(self, id: &str, asked: &ErrorContext, compat: &Compat) -> (u16, ErrorFormat, String) {
         let (status, message) = match self {
             Self::BadRequest(reason) => {
                 tracing::debug!(request_id = %id, "refused a malformed request: {reason}");
@@ -86,9 +138,8 @@ impl HostFailure {
             // nginx's 413 through Kong's error handler, as the guest words a declared length
             // over the route's `max_body_size`.
             Self::BodyTooLarge => (413, keygate_policy::errors::PAYLOAD_TOO_LARGE),
-            // Kong's (nginx's) wording; nginx answers these 400 (its 494), keygate with the
-            // status made for them, as hyper does for a head over the whole-head limit.
-            Self::HeaderTooLarge => (431, HEADER_TOO_LARGE),
+            // nginx's 494 through Kong's error handler: 400, Kong's (nginx's) words.
+            Self::HeaderTooLarge => (400, HEADER_TOO_LARGE),
             Self::UriTooLong => (414, URI_TOO_LONG),
             // Kong's balancer words.
             Self::NoPeer => (503, "failure to get a peer from the ring-balancer"),
@@ -105,19 +156,7 @@ impl HostFailure {
             asked.content_type().as_deref(),
             compat.error_default_type,
         );
-        let names = compat.headers.names();
-        let body = format.body(message, &id);
-        hyper::Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, format.content_type())
-            .header(names.request_id, id)
-            .header(http::header::SERVER, names.server)
-            .header(
-                names.response_latency,
-                started.elapsed().as_millis().to_string(),
-            )
-            .body(full_body(body))
-            .expect("static parts form a valid response")
+        (status, format, format.body(message, id))
     }
 }
 
@@ -125,7 +164,7 @@ impl HostFailure {
 pub const UPGRADE_UNSUPPORTED: &str =
     "Connection upgrades (WebSocket) are not supported on the wasi:http path";
 
-/// The message of a 431 for a header line over its limit (nginx's and Kong's words).
+/// The message of the 400 for a header line or a head over its limits (nginx's and Kong's words).
 pub const HEADER_TOO_LARGE: &str = "Request header or cookie too large";
 
 /// The message of a 414 for a request target over its limit (Kong's error page words).

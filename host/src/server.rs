@@ -26,19 +26,28 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 /// The most a request head (request line and every header line) may take: nginx's (and so
-/// Kong's) `large_client_header_buffers 4 8k`. hyper enforces it while reading: past it, it
-/// answers 431 with an empty body and closes the connection, before anything else runs; it is
-/// also all the memory a head in progress holds.
+/// Kong's) `large_client_header_buffers 4 8k`. The stream follower ([`framing`]) enforces it
+/// on HTTP/1 as the head arrives: past it the head is answered 400 `Request header or cookie
+/// too large` in Kong's error format and the connection closed, before hyper has the head (so
+/// before anything else runs). It is also all the memory a head in progress holds.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
+/// hyper's HTTP/1 `max_header_size`, a backstop above [`MAX_HEAD_BYTES`] so the follower always
+/// decides first (hyper answers 431 with an empty body past it; it only sees heads the follower
+/// no longer follows: after 1024 unanswered pipelined heads). A head in progress never holds
+/// more than [`MAX_HEAD_BYTES`] in hyper's buffer: the follower hands it no more.
+const HYPER_MAX_HEAD_BYTES: usize = MAX_HEAD_BYTES + 4 * 1024;
+
 /// The most one header line (name and value) or the request target may take: one of nginx's
-/// 8k buffers. Past it the request is answered 431 (a header) or 414 (the target) in Kong's
-/// error format, the connection closed, and nothing forwarded.
+/// 8k buffers. Past it the request is answered 400 `Request header or cookie too large` (a
+/// header, as nginx's 494 through Kong's error handler) or 414 (the target) in Kong's error
+/// format, the connection closed, and nothing forwarded.
 pub const MAX_HEADER_LINE_BYTES: usize = 8 * 1024;
 
 /// The most header lines a request may have: hyper's default (an explicit `max_headers` would
-/// move its parse buffer from the stack to the heap, ~5 % per request). Past it hyper answers
-/// 431 with an empty body and closes the connection.
+/// move its parse buffer from the stack to the heap, ~5 % per request). The stream follower
+/// refuses a head at the first byte of its 101st header line, before hyper sees it (hyper
+/// would answer 431 with an empty body): 400 in Kong's format, as for [`MAX_HEAD_BYTES`].
 pub const MAX_HEADERS: usize = 100;
 
 /// The TLS listener, with the certificate it presents (swapped by reloads).
@@ -311,7 +320,7 @@ async fn serve_connections(
         // The connection's clock (`timeouts`) closes slow heads and idle connections; hyper's
         // own timer is only a backstop.
         .header_read_timeout(timeouts.hyper_header_read_timeout())
-        .max_header_size(MAX_HEAD_BYTES);
+        .max_header_size(HYPER_MAX_HEAD_BYTES);
     // Not `pipeline_flush`: it lets hyper queue response chunks without backpressure, which
     // held ~64 MiB of a 200 MiB download in memory (tests/cli.rs measures peak RSS).
     let builders = Arc::new(Builders {
@@ -461,7 +470,12 @@ impl Connection {
             stopping,
             clock,
         } = self;
-        let (stream, verdicts) = framing::Sniffing::new(stream);
+        // A head over the limits is answered by the stream itself, below hyper.
+        let respond = {
+            let gateway = Arc::clone(&gateway);
+            move |refused: &framing::Refused<'_>| refuse_on_the_wire(&gateway, refused)
+        };
+        let (stream, verdicts) = framing::Sniffing::new(stream, respond);
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             // This request's head, as the stream follower read it (in order, one per head).
             let smuggling = verdicts
@@ -510,7 +524,8 @@ impl Connection {
 }
 
 /// Answer one request: refused here when its head is (a smuggling shape the sniffer found, a
-/// line over the limits), else by the gateway.
+/// line over the limits; a whole head over them never gets here, see [`refuse_on_the_wire`]),
+/// else by the gateway.
 async fn answer(
     gateway: Arc<Gateway>,
     request: hyper::Request<hyper::body::Incoming>,
@@ -571,6 +586,74 @@ fn refuse<B>(
         .request("(none)", response.status().as_u16());
     response
 }
+
+/// The answer to a head over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] lines, which hyper never
+/// finishes reading: the 400 [`refuse`] would make for a header line over its limit, serialized
+/// for [`framing::Sniffing`] to write itself, and counted the same way.
+fn refuse_on_the_wire(gateway: &Gateway, refused: &framing::Refused<'_>) -> Vec<u8> {
+    tracing::debug!("refused a request head: {}", refused.reason);
+    let value = |bytes: Option<&[u8]>| bytes.and_then(|v| http::HeaderValue::from_bytes(v).ok());
+    let asked = ErrorContext {
+        // Only whether it is `HEAD` is known (and matters: no body).
+        method: if refused.head {
+            http::Method::HEAD
+        } else {
+            http::Method::GET
+        },
+        accept: value(refused.accept),
+        content_type: value(refused.content_type),
+    };
+    let wire = HostFailure::HeaderTooLarge.into_wire(
+        &asked,
+        &gateway.active().config.compat,
+        Instant::now(),
+    );
+    gateway.metrics.request("(none)", 400);
+    wire
+}
+
+/// `AsyncWrite` for a stream wrapper that only watches or replays what is read: writes go
+/// straight to its `inner` stream.
+macro_rules! write_through {
+    ($wrapper:ident) => {
+        impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<S> {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+    };
+}
+use write_through;
 
 mod framing;
 mod http2;

@@ -70,6 +70,9 @@ where
             let Some(tls) = tls.clone() else {
                 tokio::spawn(
                     http1::Builder::new()
+                        // More than hyper's 100 lines: a request with the gateway's 100 plus
+                        // its forwarding headers (tests/edge.rs).
+                        .max_headers(200)
                         .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades(),
                 );

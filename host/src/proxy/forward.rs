@@ -63,7 +63,8 @@ thread_local! {
 
 /// An origin that refused (or did not accept, or did not answer) the last requests: after
 /// [`FAILURES_TO_OPEN`] in a row its requests get the gateway's 502 (504 when it timed out)
-/// at once for [`PROBE_EVERY`], then one request tries it again. An origin outage so costs no connection
+/// at once for [`PROBE_EVERY`], then one request tries it again (the others still answered at
+/// once) and a failed try starts another pause. An origin outage so costs no connection
 /// attempt (nor a second guest call) per request, and the gateway keeps its pace for every
 /// other route. Each request thread learns it on its own: nothing is shared between threads.
 struct OriginHealth {
@@ -73,21 +74,27 @@ struct OriginHealth {
     last: UpstreamFailure,
 }
 
-/// How the origin failed, while it is known down.
+/// How the origin failed, while it is known down. When the pause is over, the request asking
+/// is the one that tries the origin again, and the others keep their answer at once for
+/// another pause meanwhile: an origin that never answers (blackholed) would otherwise hold every
+/// request that arrives while that try waits for its timeout (measured: 0.71× of the
+/// gateway's own 401 rate, against ≥ 0.8× wanted). A try that never reports (its client went
+/// away) only delays the next one by a pause.
 fn origin_down(gateway: u64, service: &str) -> Option<UpstreamFailure> {
     ORIGIN_HEALTH.with(|health| {
-        let health = health.borrow();
+        let mut health = health.borrow_mut();
         if health.is_empty() {
             return None;
         }
-        health
-            .get(&(gateway, Box::from(service)))
-            .filter(|origin| {
-                origin
-                    .down_until
-                    .is_some_and(|until| Instant::now() < until)
-            })
-            .map(|origin| origin.last)
+        let origin = health.get_mut(&(gateway, Box::from(service)))?;
+        let until = origin.down_until?;
+        let now = Instant::now();
+        if now < until {
+            return Some(origin.last);
+        }
+        // This request tries it; the others do not until it reports or a pause passes.
+        origin.down_until = Some(now + PROBE_EVERY);
+        None
     })
 }
 

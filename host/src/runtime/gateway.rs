@@ -83,6 +83,8 @@ pub struct Gateway {
     /// The guests' stderr, with repeated lines summed up.
     guest_log: GuestLog,
     pub(super) instances: Arc<Semaphore>,
+    /// The permits `instances` started with (`guest.max_instances` at start).
+    max_instances: usize,
     busy_ticks: u64,
     memory_limit: usize,
     listen_port: u16,
@@ -147,6 +149,7 @@ impl Gateway {
             (config.guest.busy_timeout.get().as_millis() / EPOCH_TICK.as_millis()).max(1);
         let gateway = Self {
             instances: Arc::new(Semaphore::new(config.guest.max_instances as usize)),
+            max_instances: config.guest.max_instances as usize,
             busy_ticks: u64::try_from(busy_ticks).unwrap_or(u64::MAX),
             memory_limit: (config.guest.memory_limit_mb as usize) << 20,
             active: ArcSwap::from_pointee(Active::new(
@@ -199,6 +202,10 @@ impl Gateway {
                 }
             }
         }
+        self.metrics.set_guest_instances_alive(
+            self.max_instances
+                .saturating_sub(self.instances.available_permits()),
+        );
         self.metrics.render(self.key_cache.len())
     }
 
