@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("auth_answer", auth_answer),
     ("config", config),
     ("plan", plan),
+    ("framing", framing),
 ];
 
 /// Credential extraction: headers, query string, form, JSON and multipart bodies, and
@@ -254,5 +255,25 @@ pub fn plan(data: &[u8]) {
             !keygate::proxy::plan::is_hop_by_hop(name),
             "{name} is the host's to set"
         );
+    }
+}
+
+/// The HTTP/1 stream follower (request smuggling shapes, the whole head's limits), on the
+/// raw bytes a client sends. Layout: the first byte is the piece size (1–256) the bytes are
+/// fed in, the rest is the wire. How the bytes arrive must change nothing: the verdicts,
+/// whether the connection is still followed and where a head over the limits is cut are the
+/// same as when the wire arrives whole; a cut is within the wire, and within the limits.
+pub fn framing(data: &[u8]) {
+    let Some((&piece, wire)) = data.split_first() else {
+        return;
+    };
+    let whole = keygate::server::fuzzing::follow(wire, wire.len().max(1));
+    let pieces = keygate::server::fuzzing::follow(wire, usize::from(piece) + 1);
+    assert_eq!(
+        whole, pieces,
+        "the follower depends on how the bytes arrive"
+    );
+    if let Some((cut, _)) = whole.2 {
+        assert!(cut <= wire.len(), "cut past the wire");
     }
 }

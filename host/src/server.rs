@@ -655,6 +655,12 @@ macro_rules! write_through {
 }
 use write_through;
 
+/// The HTTP/1 stream follower's entry point for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::framing::follow;
+}
+
 mod framing;
 mod http2;
 mod per_ip;

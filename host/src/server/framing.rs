@@ -556,6 +556,41 @@ fn trim(bytes: &[u8]) -> &[u8] {
     &bytes[start..end.max(start)]
 }
 
+/// [`follow`]'s findings: the verdicts, whether the connection is still followed, the cut.
+#[doc(hidden)]
+pub type Followed = (
+    Vec<Option<&'static str>>,
+    bool,
+    Option<(usize, &'static str)>,
+);
+
+/// What the follower makes of `wire` fed in pieces of `piece` bytes (at least 1): the verdicts
+/// it queued, whether it still follows the connection, and where it cut a head over the limits
+/// (the offset of the first byte not handed on, and why). For the fuzz target, which checks
+/// that how the bytes arrive does not change any of it.
+#[doc(hidden)]
+pub fn follow(wire: &[u8], piece: usize) -> Followed {
+    let (mut sniffing, verdicts) = Sniffing::new((), |_: &Refused<'_>| Vec::new());
+    let mut offset = 0;
+    let mut cut = None;
+    for chunk in wire.chunks(piece.max(1)) {
+        if let Some((kept, reason)) = sniffing.follower.feed(chunk) {
+            assert!(kept <= chunk.len(), "kept more than was fed");
+            let _ = sniffing.follower.refused(reason);
+            cut = Some((offset + kept, reason));
+            break;
+        }
+        offset += chunk.len();
+    }
+    let following = !matches!(sniffing.follower.state, State::Lost);
+    let verdicts = verdicts
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .drain(..)
+        .collect();
+    (verdicts, following, cut)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
