@@ -239,17 +239,7 @@ async fn a_refusing_origin_is_not_dialled_by_every_request() {
 #[tokio::test]
 async fn a_silent_origin_is_not_waited_for_by_every_request() {
     use keygate::capabilities::breaker::FAILURES_TO_OPEN;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            held.push(stream);
-        }
-    });
+    let (addr, accepted) = silent_origin().await;
     let config = GatewayConfig::new()
         .server("workers = 1")
         .consumer("alice", None, &["alice-key"])
@@ -278,17 +268,7 @@ async fn a_silent_origin_is_not_waited_for_by_every_request() {
 #[tokio::test]
 async fn after_the_pause_one_request_tries_a_silent_origin_while_the_others_are_answered() {
     use keygate::capabilities::breaker::{FAILURES_TO_OPEN, PROBE_EVERY};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            held.push(stream);
-        }
-    });
+    let (addr, accepted) = silent_origin().await;
     let config = GatewayConfig::new()
         .server("workers = 1")
         .consumer("alice", None, &["alice-key"])
@@ -328,4 +308,21 @@ async fn after_the_pause_one_request_tries_a_silent_origin_while_the_others_are_
         "only one request tried the silent origin"
     );
     assert_eq!(trying.await.unwrap().status, 504);
+}
+
+/// An origin that accepts every connection and never answers: its address, and how many
+/// connections it accepted.
+async fn silent_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, accepted)
 }
