@@ -2,6 +2,7 @@
 //! and pooled outgoing HTTP. Each capability holds its shared state and hands every request a
 //! view of it.
 
+pub mod allow_list;
 pub mod breaker;
 pub mod counters;
 pub mod key_cache;
