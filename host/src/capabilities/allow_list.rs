@@ -2,6 +2,8 @@
 //! one with its TLS settings) and the auth API, known by its origin and path.
 
 use crate::proxy::balancer::Balancers;
+use crate::tls_client::TlsClients;
+use keygate_policy::Config;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -28,6 +30,41 @@ struct AuthApiTarget {
 }
 
 impl AllowList {
+    /// Every origin and the auth API: the only places the guest may call. The auth API is named
+    /// as such, so its calls are counted and capped by where they go. An https origin is allowed
+    /// only over TLS, with its own client configuration (one without is not allowed at all).
+    pub fn for_config(config: &Config, tls: &TlsClients) -> Self {
+        let services = config
+            .services
+            .iter()
+            .filter(|service| !service.url.https)
+            .map(|service| (service.url.host.clone(), service.url.port));
+        let mut allowed: Self = services.collect();
+        for service in config.services.iter().filter(|service| service.url.https) {
+            if let Some(client) = tls.service(&service.name) {
+                allowed.add_https(
+                    service.url.host.clone(),
+                    service.url.port,
+                    Arc::clone(client),
+                );
+            }
+        }
+        if let Some(api) = &config.auth_api
+            && let Ok(origin) = api.origin()
+        {
+            let client = if origin.https {
+                match tls.auth_api() {
+                    Some(client) => Some(Arc::clone(client)),
+                    None => return allowed,
+                }
+            } else {
+                None
+            };
+            allowed.add_auth_api(origin.host, origin.port, api.url_path_prefix(), client);
+        }
+        allowed
+    }
+
     pub fn allows(&self, host: &str, port: u16) -> bool {
         self.hosts
             .get(host)

@@ -627,7 +627,7 @@ impl Active {
         guest_config.listen_port = Some(listen_port);
         guest_config.host_annotations = true;
         guest_config.annotate_key = config.log.access != keygate_policy::AccessLog::Off;
-        let mut allowed = allowed_targets(&config, &tls);
+        let mut allowed = AllowList::for_config(&config, &tls);
         allowed.balancers = Arc::clone(&balancers);
         let outgoing = outgoing.with_allowed(allowed);
         let canonical = serde_json::to_string(&*config).expect("the config is plain data");
@@ -645,39 +645,4 @@ impl Active {
             fast_path,
         }
     }
-}
-
-/// Every origin and the auth API: the only places the guest may call. The auth API is named
-/// as such, so its calls are counted and capped by where they go. An https origin is allowed
-/// only over TLS, with its own client configuration (one without is not allowed at all).
-fn allowed_targets(config: &Config, tls: &TlsClients) -> AllowList {
-    let services = config
-        .services
-        .iter()
-        .filter(|service| !service.url.https)
-        .map(|service| (service.url.host.clone(), service.url.port));
-    let mut allowed: AllowList = services.collect();
-    for service in config.services.iter().filter(|service| service.url.https) {
-        if let Some(client) = tls.service(&service.name) {
-            allowed.add_https(
-                service.url.host.clone(),
-                service.url.port,
-                Arc::clone(client),
-            );
-        }
-    }
-    if let Some(api) = &config.auth_api
-        && let Ok(origin) = api.origin()
-    {
-        let client = if origin.https {
-            match tls.auth_api() {
-                Some(client) => Some(Arc::clone(client)),
-                None => return allowed,
-            }
-        } else {
-            None
-        };
-        allowed.add_auth_api(origin.host, origin.port, api.url_path_prefix(), client);
-    }
-    allowed
 }
