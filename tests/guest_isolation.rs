@@ -130,6 +130,12 @@ async fn many_concurrent_requests_share_the_instance_pool() {
         )),
         "{REQUESTS} requests were served by exactly {INSTANCES} instances: {metrics}"
     );
+    // Neither was retired: both are alive, idle in the pool (or finishing their request).
+    let metrics = gw.gateway.render_metrics();
+    assert!(
+        metrics.contains(&format!("keygate_guest_instances_alive {INSTANCES}\n")),
+        "{metrics}"
+    );
     let rounds = u32::try_from(REQUESTS / INSTANCES).unwrap();
     assert!(
         elapsed >= Duration::from_millis(HOLD_MS) * rounds,
