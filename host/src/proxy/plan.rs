@@ -69,6 +69,10 @@ pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanErr
     if !plan.path_with_query.starts_with('/') {
         return Err(PlanError::Path(plan.path_with_query));
     }
+    // The host answers with it (a 413 or 502 it makes for this request): a header value.
+    if http::HeaderValue::from_str(&plan.request_id).is_err() {
+        return Err(PlanError::HeaderValue("request id".to_string()));
+    }
     let path = http::uri::PathAndQuery::try_from(plan.path_with_query.as_str())
         .map_err(|_| PlanError::Path(plan.path_with_query.clone()))?;
     let uri = http::Uri::builder()
@@ -289,6 +293,12 @@ paths = ["/api"]
             .push(("x-a".into(), b"1\r\nx-b: 2".to_vec()));
         assert!(matches!(
             validate(split, &config),
+            Err(PlanError::HeaderValue(_))
+        ));
+        let mut bad_id = plan();
+        bad_id.request_id = "0\r\nx-b: 2".into();
+        assert!(matches!(
+            validate(bad_id, &config),
             Err(PlanError::HeaderValue(_))
         ));
         let mut bad_name = plan();
