@@ -171,6 +171,29 @@ async fn a_certificate_for_another_name_is_a_502() {
     }
 }
 
+/// An https origin whose handshakes keep failing is paused like one that refuses connections:
+/// after a few failures its requests get the 502 at once, without a handshake each.
+#[tokio::test]
+async fn an_origin_whose_handshakes_keep_failing_is_not_dialled_by_every_request() {
+    use keygate::capabilities::breaker::FAILURES_TO_OPEN;
+    let mut pki = TestPki::new();
+    let cert = pki.issue_only(&["elsewhere.example"]);
+    let origin = Origin::start_tls("impostor", &cert).await;
+    let gw =
+        start_gateway(&config(Path::Fast, &https_url(&origin), &[ca_file(&pki)]).to_string()).await;
+    let requests = FAILURES_TO_OPEN as usize + 10;
+    for _ in 0..requests {
+        let reply = get(gw.addr, "/api/items", &[KEY]).await;
+        assert_eq!(reply.status, 502, "{}", reply.text());
+    }
+    // A pause may end during the run on a slow machine: one more try each time.
+    assert!(
+        origin.connections() <= FAILURES_TO_OPEN as usize + 2,
+        "{} connections for {requests} requests",
+        origin.connections()
+    );
+}
+
 #[tokio::test]
 async fn the_server_name_sent_and_checked_is_the_urls_host() {
     let mut pki = TestPki::new();

@@ -61,8 +61,8 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// An origin that refused (or did not accept, or did not answer) the last requests: after
-/// [`FAILURES_TO_OPEN`] in a row its requests get the gateway's 502 (504 when it timed out)
+/// An origin that refused (or did not accept, or did not answer, or failed the TLS handshake)
+/// the last requests: after [`FAILURES_TO_OPEN`] in a row its requests get the gateway's 502 (504 when it timed out)
 /// at once for [`PROBE_EVERY`], then one request tries it again (the others still answered at
 /// once) and a failed try starts another pause. An origin outage so costs no connection
 /// attempt (nor a second guest call) per request, and the gateway keeps its pace for every
@@ -221,6 +221,8 @@ impl Upstream {
         let first_byte = plan.first_byte_timeout;
         let service = &plan.service;
         let gateway = self.id;
+        // A TLS handshake that failed: the origin is as unusable as one that refuses.
+        let handshake_failed = &AtomicBool::new(false);
         let send = |request: hyper::Request<LimitedBody>| {
             let pending = client.request(request);
             async move {
@@ -229,6 +231,7 @@ impl Upstream {
                     Ok(Err(err)) => {
                         tracing::debug!(%service, "origin call failed: {err:?}");
                         if let Some(reason) = tls_failure(&err) {
+                            handshake_failed.store(true, Ordering::Relaxed);
                             tls_client::log_failure(
                                 gateway,
                                 &format!("service {service:?}"),
@@ -292,6 +295,9 @@ impl Upstream {
                     | UpstreamFailure::ConnectTimeout
                     | UpstreamFailure::ResponseTimeout),
                 ) => origin_answered(self.id, &plan.service, Some(*failure)),
+                Err(failure) if handshake_failed.load(Ordering::Relaxed) => {
+                    origin_answered(self.id, &plan.service, Some(*failure));
+                }
                 Err(_) => {}
             }
         }
