@@ -238,19 +238,7 @@ async fn a_refusing_origin_is_not_dialled_by_every_request() {
 /// its requests get the 504 at once instead of each holding a connection for `read_timeout`.
 #[tokio::test]
 async fn a_silent_origin_is_not_waited_for_by_every_request() {
-    use keygate::capabilities::breaker::FAILURES_TO_OPEN;
-    let (addr, accepted) = silent_origin().await;
-    let config = GatewayConfig::new()
-        .server("workers = 1")
-        .consumer("alice", None, &["alice-key"])
-        .service("api", format_args!("http://{addr}"))
-        .service_setting("read_timeout = \"100ms\"")
-        .route("paths = [\"/\"]");
-    let gw = start_gateway(&config.to_string()).await;
-    for _ in 0..FAILURES_TO_OPEN {
-        let reply = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
-        assert_eq!(reply.status, 504, "{}", reply.text());
-    }
+    let (gw, accepted) = paused_silent_origin("100ms").await;
     let dialled = accepted.load(Ordering::SeqCst);
     let skipped = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
     assert_eq!(skipped.status, 504);
@@ -267,19 +255,8 @@ async fn a_silent_origin_is_not_waited_for_by_every_request() {
 /// every request of that moment held for `read_timeout`.
 #[tokio::test]
 async fn after_the_pause_one_request_tries_a_silent_origin_while_the_others_are_answered() {
-    use keygate::capabilities::breaker::{FAILURES_TO_OPEN, PROBE_EVERY};
-    let (addr, accepted) = silent_origin().await;
-    let config = GatewayConfig::new()
-        .server("workers = 1")
-        .consumer("alice", None, &["alice-key"])
-        .service("api", format_args!("http://{addr}"))
-        .service_setting("read_timeout = \"1s\"")
-        .route("paths = [\"/\"]");
-    let gw = start_gateway(&config.to_string()).await;
-    for _ in 0..FAILURES_TO_OPEN {
-        let reply = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
-        assert_eq!(reply.status, 504, "{}", reply.text());
-    }
+    use keygate::capabilities::breaker::PROBE_EVERY;
+    let (gw, accepted) = paused_silent_origin("1s").await;
     let dialled = accepted.load(Ordering::SeqCst);
     // The pause is a time by design: wait it out.
     tokio::time::sleep(PROBE_EVERY).await;
@@ -325,4 +302,23 @@ async fn silent_origin() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, accepted)
+}
+
+/// A gateway in front of a [`silent_origin`] with `read_timeout`, after the requests that
+/// timed out and paused it (each answered 504): the gateway, and the origin's accept count.
+async fn paused_silent_origin(read_timeout: &str) -> (keygate::RunningGateway, Arc<AtomicUsize>) {
+    use keygate::capabilities::breaker::FAILURES_TO_OPEN;
+    let (addr, accepted) = silent_origin().await;
+    let config = GatewayConfig::new()
+        .server("workers = 1")
+        .consumer("alice", None, &["alice-key"])
+        .service("api", format_args!("http://{addr}"))
+        .service_setting(format_args!("read_timeout = \"{read_timeout}\""))
+        .route("paths = [\"/\"]");
+    let gw = start_gateway(&config.to_string()).await;
+    for _ in 0..FAILURES_TO_OPEN {
+        let reply = get(gw.addr, "/x", &[("apikey", "alice-key")]).await;
+        assert_eq!(reply.status, 504, "{}", reply.text());
+    }
+    (gw, accepted)
 }
