@@ -16,21 +16,7 @@ NEEDS="nginx" NAME=hostile
 . "$(dirname "$0")/lib.sh"
 
 start_backends '{}'
-cat > "$RUN/keygate.toml" <<EOF
-[server]
-listen = "127.0.0.1:$KEYGATE_PORT"
-[guest]
-cache_dir = "$RUN/precompiled"
-[[consumers]]
-username = "bench"
-keys = ["valid-key"]
-[[services]]
-name = "origin"
-url = "http://127.0.0.1:$ORIGIN"
-[[services.routes]]
-paths = ["/"]
-max_body_size = "1k"
-EOF
+static_key_config valid-key 'max_body_size = "1k"' > "$RUN/keygate.toml"
 "$KEYGATE" serve --config "$RUN/keygate.toml" 2>"$RUN/keygate.log" & KEYGATE_PID=$!; PIDS+=($KEYGATE_PID)
 wait_http $KEYGATE_PORT
 

@@ -74,6 +74,26 @@ EOF
     wait_port "$ORIGIN"; wait_port "$AUTH"
 }
 
+# keygate on $KEYGATE_PORT in front of the origin on $ORIGIN, every path one route, the
+# static consumer key $1; more route lines in $2 (e.g. `max_body_size = "1k"`).
+static_key_config() { # key [route-lines]
+    cat <<EOF
+[server]
+listen = "127.0.0.1:$KEYGATE_PORT"
+[guest]
+cache_dir = "$RUN/precompiled"
+[[consumers]]
+username = "bench"
+keys = ["$1"]
+[[services]]
+name = "origin"
+url = "http://127.0.0.1:$ORIGIN"
+[[services.routes]]
+paths = ["/"]
+${2:-}
+EOF
+}
+
 # A wrk script rotating $HOT_KEYS valid keys in header `apikey`; its `done` prints
 # "RESULT req/s p99_ms non2xx requests".
 hot_keys_lua() {

@@ -26,20 +26,7 @@ ulimit -Sn "$(ulimit -Hn)"
 
 start_backends '{}'
 
-cat > "$RUN/keygate.toml" <<EOF
-[server]
-listen = "127.0.0.1:$KEYGATE_PORT"
-[guest]
-cache_dir = "$RUN/precompiled"
-[[consumers]]
-username = "bench"
-keys = ["bench-key"]
-[[services]]
-name = "origin"
-url = "http://127.0.0.1:$ORIGIN"
-[[services.routes]]
-paths = ["/"]
-EOF
+static_key_config bench-key > "$RUN/keygate.toml"
 
 cat > "$RUN/wrk.lua" <<'EOF'
 request = function() return wrk.format("GET", "/api", { ["apikey"] = "bench-key" }) end
