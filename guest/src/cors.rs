@@ -8,9 +8,10 @@
 //! are to a reply the gateway makes, or turned into the forward plan's response edits for a
 //! forwarded request.
 
-use crate::bindings::exports::keygate::gateway::policy::{HeaderEdits, Reply};
+use crate::bindings::exports::keygate::gateway::block_policy::{HeaderEdits, Reply};
 use crate::config::Policy;
 use crate::errors::exit_reply_for;
+use crate::field_block;
 use crate::request::RequestInfo;
 use crate::router::Match;
 use keygate_policy::plugins::cors::{is_regex_origin, origin_regex};
@@ -87,7 +88,7 @@ impl ResponseHeaders {
                 edits.remove.push(name);
             }
         }
-        edits.append.extend(append);
+        edits.append.extend_from_slice(&append);
     }
 }
 
@@ -125,9 +126,13 @@ pub fn access(policy: &'static Policy, info: &RequestInfo, matched: &Match) -> A
         Step::Preflight(ops) => {
             let mut headers = Vec::new();
             apply(&mut headers, &ops);
-            let headers = headers
-                .into_iter()
-                .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            let headers = field_block::headers(&headers)
+                .map(|(name, value)| {
+                    (
+                        String::from_utf8_lossy(name).into_owned(),
+                        String::from_utf8_lossy(value).into_owned(),
+                    )
+                })
                 .collect();
             Access::Answer(Box::new(exit_reply_for(
                 200,
@@ -395,22 +400,22 @@ pub fn normalize_origin(origin: &str) -> Normalized {
     }
 }
 
-/// Kong's calls on a header list, in order.
-pub fn apply(headers: &mut Vec<(String, Vec<u8>)>, ops: &[Op]) {
+/// Kong's calls on a header list (a field block), in order.
+pub fn apply(headers: &mut Vec<u8>, ops: &[Op]) {
     for op in ops {
         match op {
             Op::Set(name, value) => {
-                headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-                headers.push((name.to_string(), value.clone().into_bytes()));
+                field_block::remove(headers, name);
+                field_block::push(headers, name, value.as_bytes());
             }
-            Op::Clear(name) => headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
-            Op::Add(name, value) => headers.push((name.to_string(), value.clone().into_bytes())),
+            Op::Clear(name) => field_block::remove(headers, name),
+            Op::Add(name, value) => field_block::push(headers, name, value.as_bytes()),
         }
     }
 }
 
-/// The names the origin's copies are removed of, and what is appended after.
-fn as_edits(ops: &[Op]) -> (Vec<String>, Vec<(String, Vec<u8>)>) {
+/// The names the origin's copies are removed of, and what is appended after (a field block).
+fn as_edits(ops: &[Op]) -> (Vec<String>, Vec<u8>) {
     let mut remove: Vec<String> = Vec::new();
     for op in ops {
         if let Op::Set(name, _) | Op::Clear(name) = op

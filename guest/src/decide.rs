@@ -3,13 +3,14 @@
 //! the host; the portable path applies it itself through `wasi:http`.
 
 use crate::auth::{self, AuthTrace, Identity};
-use crate::bindings::exports::keygate::gateway::policy::{
+use crate::bindings::exports::keygate::gateway::block_policy::{
     Decision, FailureContext, Labels, Reply, UpstreamFailure,
 };
 use crate::body::RequestBody;
 use crate::config::Policy;
 use crate::credentials::{self, Extracted};
 use crate::errors::GatewayError;
+use crate::field_block;
 use crate::plan;
 use crate::rate_limit::{self, Limited};
 use crate::request::RequestInfo;
@@ -42,17 +43,14 @@ pub fn decide(
 /// `labels` have no field for: it travels in the answer's internal `keygate-key` header (the
 /// host reads and strips it; an origin's copy is stripped before).
 fn annotate(decision: Decision, key: String) -> Decision {
-    let header = (
-        keygate_policy::internal_headers::KEY.to_string(),
-        key.into_bytes(),
-    );
+    let name = keygate_policy::internal_headers::KEY;
     match decision {
         Decision::Respond(mut reply) => {
-            reply.headers.push(header);
+            field_block::push(&mut reply.headers, name, key.as_bytes());
             Decision::Respond(reply)
         }
         Decision::Forward(mut plan) => {
-            plan.response.headers.append.push(header);
+            field_block::push(&mut plan.response.headers.append, name, key.as_bytes());
             Decision::Forward(plan)
         }
         Decision::UseHandler => Decision::UseHandler,
@@ -148,9 +146,7 @@ fn decide_noting_key(
     if let Some(reply) = request_termination::check(policy, info, &matched, identity.as_ref()) {
         let mut reply = cors.decorate(reply);
         for (name, value) in &limit_headers {
-            reply
-                .headers
-                .push((name.clone(), value.clone().into_bytes()));
+            field_block::push(&mut reply.headers, name, value.as_bytes());
         }
         return Decision::Respond(with_labels(reply, labels));
     }

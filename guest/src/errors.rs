@@ -1,7 +1,8 @@
 //! Responses the gateway makes itself (never the origin's): Kong's wording, its templates
 //! chosen from `Accept`, and the gateway's own headers.
 
-use crate::bindings::exports::keygate::gateway::policy::{Labels, Reply};
+use crate::bindings::exports::keygate::gateway::block_policy::{Labels, Reply};
+use crate::field_block;
 use crate::fields::HeaderList;
 use crate::request::RequestInfo;
 use keygate_policy::errors::ErrorFormat;
@@ -111,18 +112,18 @@ impl GatewayError {
         let format = self.format(request, compat);
         let body = format.body(message, request.id);
         let names = compat.headers.names();
-        let mut headers: Vec<(String, Vec<u8>)> = Vec::with_capacity(5 + self.headers.len());
-        let mut set = |name: &str, value: Vec<u8>| headers.push((name.to_string(), value));
-        set("content-type", format.content_type().as_bytes().to_vec());
-        set("content-length", body.len().to_string().into_bytes());
-        set(names.request_id, request.id.as_bytes().to_vec());
-        set("server", names.server.as_bytes().to_vec());
+        let mut headers = Vec::with_capacity(200);
+        let mut set = |name: &str, value: &[u8]| field_block::push(&mut headers, name, value);
+        set("content-type", format.content_type().as_bytes());
+        set("content-length", body.len().to_string().as_bytes());
+        set(names.request_id, request.id.as_bytes());
+        set("server", names.server.as_bytes());
         set(
             names.response_latency,
-            request.elapsed_ms.to_string().into_bytes(),
+            request.elapsed_ms.to_string().as_bytes(),
         );
         for (name, value) in &self.headers {
-            set(name, value.as_bytes().to_vec());
+            set(name, value.as_bytes());
         }
         Reply {
             status: self.status,
@@ -149,22 +150,25 @@ pub fn exit_reply(
     compat: &Compat,
 ) -> Reply {
     let names = compat.headers.names();
-    let mut all: Vec<(String, Vec<u8>)> = Vec::with_capacity(5 + headers.len());
+    let mut all = Vec::with_capacity(200);
     if let Some(content_type) = content_type {
-        all.push(("content-type".into(), content_type.as_bytes().to_vec()));
+        field_block::push(&mut all, "content-type", content_type.as_bytes());
     }
-    all.push(("content-length".into(), body.len().to_string().into_bytes()));
-    all.push((names.request_id.into(), request.id.as_bytes().to_vec()));
-    all.push(("server".into(), names.server.as_bytes().to_vec()));
-    all.push((
-        names.response_latency.into(),
-        request.elapsed_ms.to_string().into_bytes(),
-    ));
-    all.extend(
-        headers
-            .into_iter()
-            .map(|(name, value)| (name, value.into_bytes())),
+    field_block::push(
+        &mut all,
+        "content-length",
+        body.len().to_string().as_bytes(),
     );
+    field_block::push(&mut all, names.request_id, request.id.as_bytes());
+    field_block::push(&mut all, "server", names.server.as_bytes());
+    field_block::push(
+        &mut all,
+        names.response_latency,
+        request.elapsed_ms.to_string().as_bytes(),
+    );
+    for (name, value) in &headers {
+        field_block::push(&mut all, name, value.as_bytes());
+    }
     Reply {
         status,
         headers: all,
@@ -227,8 +231,8 @@ pub fn annotation_of(labels: &Labels) -> keygate_policy::annotation::Annotation 
 /// travels to the keygate host in its internal header.
 pub fn send_reply(reply: Reply, out: ResponseOutparam, route_header: bool) {
     let headers = HeaderList::default();
-    for (name, value) in &reply.headers {
-        headers.append(name, value);
+    for (name, value) in field_block::headers(&reply.headers) {
+        headers.append(&String::from_utf8_lossy(name), value);
     }
     if route_header {
         let annotation = annotation_of(&reply.labels);
@@ -264,11 +268,7 @@ mod tests {
     }
 
     fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a [u8]> {
-        reply
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        field_block::get(&reply.headers, name)
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The portable path's forwarding: a decided request sent to its origin through `wasi:http`
 //! and the answer streamed back, with the plan's header edits applied both ways.
 
-use crate::bindings::exports::keygate::gateway::policy::{
+use crate::bindings::exports::keygate::gateway::block_policy::{
     FailureContext, ForwardPlan, UpstreamFailure,
 };
 use crate::body::RequestBody;
@@ -161,8 +161,8 @@ pub fn forward(
     if let Some(name) = &edits.proxy_latency_header {
         set(name, &millis_between(info.started, sent_at).to_string());
     }
-    for (name, value) in &edits.headers.append {
-        response_headers.append(name, value);
+    for (name, value) in crate::field_block::headers(&edits.headers.append) {
+        response_headers.append(&String::from_utf8_lossy(name), value);
     }
     if annotate {
         let annotation = keygate_policy::annotation::Annotation {

@@ -5,7 +5,7 @@
 //! request id.
 
 use crate::auth::Identity;
-use crate::bindings::exports::keygate::gateway::policy::Reply;
+use crate::bindings::exports::keygate::gateway::block_policy::Reply;
 use crate::config::Policy;
 use crate::errors::GatewayError;
 use crate::request::RequestInfo;

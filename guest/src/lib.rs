@@ -9,12 +9,14 @@
 mod alloc;
 mod auth;
 mod bindings;
+mod block_policy;
 mod body;
 mod config;
 mod cors;
 mod credentials;
 mod decide;
 mod errors;
+mod field_block;
 mod fields;
 mod forward;
 mod ip_restriction;
@@ -30,7 +32,10 @@ mod request;
 mod request_termination;
 mod router;
 
-use bindings::exports::keygate::gateway::policy::{Decision, FailureContext, Reply, RequestHead};
+use bindings::exports::keygate::gateway::block_policy::{
+    Decision, FailureContext, Reply, RequestHead,
+};
+use bindings::exports::keygate::gateway::policy as policy_0_1_1;
 use body::RequestBody;
 use errors::{GatewayError, send_reply};
 use keygate_policy::Compat;
@@ -46,23 +51,44 @@ static ALLOCATOR: alloc::Pooled = alloc::Pooled::new();
 struct Gateway;
 
 /// The fast path: the keygate host asks, and applies the decision itself.
-impl bindings::exports::keygate::gateway::policy::Guest for Gateway {
+impl bindings::exports::keygate::gateway::block_policy::Guest for Gateway {
     fn decide(head: RequestHead) -> Decision {
         let _call = alloc::InCall::enter();
-        let info = RequestInfo::from_head(head);
-        match config::policy() {
-            Ok(policy) => decide::decide(policy, &info, None),
-            Err(reason) => Decision::Respond(no_policy(reason, &info)),
-        }
+        decide_head(block_policy::head(head))
     }
 
     fn upstream_failed(context: FailureContext) -> Reply {
         let _call = alloc::InCall::enter();
-        // Without a usable configuration the words are still Kong's, in the default format.
-        let default = Compat::default();
-        let compat = config::policy().map_or(&default, |policy| &policy.config.compat);
-        decide::upstream_failed(compat, context)
+        upstream_failed(context)
     }
+}
+
+/// The fast path as keygate hosts of 0.1.1 and 0.1.2 call it.
+impl bindings::exports::keygate::gateway::policy::Guest for Gateway {
+    fn decide(head: policy_0_1_1::RequestHead) -> policy_0_1_1::Decision {
+        let _call = alloc::InCall::enter();
+        block_policy::decision(decide_head(head))
+    }
+
+    fn upstream_failed(context: policy_0_1_1::FailureContext) -> policy_0_1_1::Reply {
+        let _call = alloc::InCall::enter();
+        block_policy::reply(upstream_failed(block_policy::failure_context(context)))
+    }
+}
+
+fn decide_head(head: policy_0_1_1::RequestHead) -> Decision {
+    let info = RequestInfo::from_head(head);
+    match config::policy() {
+        Ok(policy) => decide::decide(policy, &info, None),
+        Err(reason) => Decision::Respond(no_policy(reason, &info)),
+    }
+}
+
+fn upstream_failed(context: FailureContext) -> Reply {
+    // Without a usable configuration the words are still Kong's, in the default format.
+    let default = Compat::default();
+    let compat = config::policy().map_or(&default, |policy| &policy.config.compat);
+    decide::upstream_failed(compat, context)
 }
 
 /// The portable path: any `wasi:http` host.

@@ -4,11 +4,12 @@
 //! host; the portable path applies the very same edits (`forward.rs`).
 
 use crate::auth::Identity;
-use crate::bindings::exports::keygate::gateway::policy::{
+use crate::bindings::exports::keygate::gateway::block_policy::{
     ForwardPlan, HeaderEdits, Labels, ResponseEdits, Timeouts,
 };
 use crate::config::Policy;
 use crate::credentials;
+use crate::field_block;
 use crate::request::RequestInfo;
 use crate::router::Match;
 use keygate_policy::net::is_trusted;
@@ -84,16 +85,14 @@ pub fn forward_plan(
                 .map(str::to_string)
                 .chain(limit_headers.iter().map(|(name, _)| name.clone()))
                 .collect(),
-                append: std::iter::once((
-                    names.request_id.to_string(),
-                    info.id.clone().into_bytes(),
-                ))
-                .chain(
-                    limit_headers
-                        .into_iter()
-                        .map(|(name, value)| (name, value.into_bytes())),
-                )
-                .collect(),
+                append: {
+                    let mut append = Vec::with_capacity(64);
+                    field_block::push(&mut append, names.request_id, info.id.as_bytes());
+                    for (name, value) in &limit_headers {
+                        field_block::push(&mut append, name, value.as_bytes());
+                    }
+                    append
+                },
             },
             via: Some(names.via.to_string()),
             server_if_absent: Some(names.server.to_string()),
@@ -139,8 +138,7 @@ fn request_edits(
     new_length: Option<usize>,
 ) -> HeaderEdits {
     let names = policy.config.compat.headers.names();
-    let mut append: Vec<(String, Vec<u8>)> = Vec::with_capacity(12);
-    let mut set = |name: &str, value: String| append.push((name.to_string(), value.into_bytes()));
+    let mut append = Vec::with_capacity(512);
     let tokens = connection_tokens(&info.headers);
     let client_addr_header = policy.config.client_addr_header.as_deref();
     // Spin describes the request to the component in `spin-*` headers; they are not the
@@ -195,69 +193,77 @@ fn request_edits(
         claimed
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.as_str())
     };
+    // Values are written into the block where they lie (the client's head, the config, the
+    // consumer): no string is made for a header that only copies one.
+    let mut set = |name: &str, value: &str| field_block::push(&mut append, name, value.as_bytes());
     // Host: the service's unless preserve_host.
     if matched.route.preserve_host {
-        set("host", info.authority.clone());
+        set("host", &info.authority);
     } else {
-        set("host", matched.service.url.host_header());
+        set("host", &matched.service.url.host_header());
     }
     // nginx's realip module: a trusted peer's X-Real-IP becomes the client address.
     if let Some(peer) = &info.client_ip {
         let remote_addr = claim("x-real-ip")
-            .filter(|ip| ip.trim().parse::<std::net::IpAddr>().is_ok())
-            .map_or_else(|| peer.clone(), |ip| ip.trim().to_string());
+            .map(str::trim)
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            .unwrap_or(peer);
         if forwarded_for.is_empty() {
-            set("x-forwarded-for", remote_addr.clone());
+            set("x-forwarded-for", remote_addr);
         } else {
             set(
                 "x-forwarded-for",
-                format!("{}, {peer}", forwarded_for.join(", ")),
+                &format!("{}, {peer}", forwarded_for.join(", ")),
             );
         }
         set("x-real-ip", remote_addr);
     } else if !forwarded_for.is_empty() {
-        set("x-forwarded-for", forwarded_for.join(", "));
+        set("x-forwarded-for", &forwarded_for.join(", "));
     }
     let port = info
         .listen_port(policy.config.listen_port)
         .unwrap_or_else(|| info.port());
     set(
         "x-forwarded-proto",
-        claim("x-forwarded-proto").unwrap_or_else(|| info.scheme_name().to_string()),
+        claim("x-forwarded-proto").unwrap_or(info.scheme_name()),
     );
-    set(
-        "x-forwarded-host",
-        claim("x-forwarded-host").unwrap_or_else(|| info.host()),
-    );
-    set(
-        "x-forwarded-port",
-        claim("x-forwarded-port").unwrap_or_else(|| port.to_string()),
-    );
+    match claim("x-forwarded-host") {
+        Some(host) => set("x-forwarded-host", host),
+        None => set("x-forwarded-host", &info.host()),
+    }
+    match claim("x-forwarded-port") {
+        Some(claimed) => set("x-forwarded-port", claimed),
+        None => set("x-forwarded-port", itoa::Buffer::new().format(port)),
+    }
     set(
         "x-forwarded-path",
-        claim("x-forwarded-path").unwrap_or_else(|| info.path.clone()),
+        claim("x-forwarded-path").unwrap_or(&info.path),
     );
     let prefix = claim("x-forwarded-prefix").or_else(|| {
         (!matched.stripped_prefix.is_empty() && matched.stripped_prefix != "/")
-            .then(|| matched.stripped_prefix.clone())
+            .then_some(matched.stripped_prefix.as_str())
     });
     if let Some(prefix) = prefix {
         set("x-forwarded-prefix", prefix);
     }
-    via.push(names.via.to_string());
-    set("via", via.join(", "));
-    set(names.request_id, info.id.clone());
+    if via.is_empty() {
+        set("via", names.via);
+    } else {
+        via.push(names.via.to_string());
+        set("via", &via.join(", "));
+    }
+    set(names.request_id, &info.id);
     if let Some(length) = new_length {
-        set("content-length", length.to_string());
+        set("content-length", itoa::Buffer::new().format(length));
     }
     // Kong's `set_consumer`: every consumer header set, or absent when there is no value.
     if let Some(identity) = identity {
         let consumer = &identity.consumer;
         let mut optional = |name: &str, value: &Option<String>| {
             if let Some(value) = value {
-                set(name, value.clone());
+                set(name, value);
             }
         };
         optional("x-consumer-id", &consumer.id);
@@ -265,7 +271,7 @@ fn request_edits(
         optional("x-consumer-username", &consumer.username);
         optional("x-credential-identifier", &consumer.credential_id);
         if identity.anonymous {
-            set("x-anonymous-consumer", "true".to_string());
+            set("x-anonymous-consumer", "true");
         }
     }
     HeaderEdits { remove, append }
@@ -307,7 +313,7 @@ fn without_query_arg(query: &str, name: &str) -> String {
 /// Apply `edits` to a header list: what both the portable path here and the keygate host do.
 pub fn apply_edits(headers: &mut Vec<(String, Vec<u8>)>, edits: &HeaderEdits) {
     headers.retain(|(name, _)| !edits.remove.iter().any(|r| r.eq_ignore_ascii_case(name)));
-    headers.extend(edits.append.iter().cloned());
+    headers.extend(field_block::to_pairs(&edits.append));
 }
 
 #[cfg(test)]
@@ -332,7 +338,7 @@ mod tests {
             &mut headers,
             &HeaderEdits {
                 remove: vec!["a".into()],
-                append: vec![("c".into(), b"4".to_vec()), ("a".into(), b"5".to_vec())],
+                append: b"c: 4\r\na: 5\r\n".to_vec(),
             },
         );
         assert_eq!(

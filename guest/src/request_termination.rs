@@ -6,7 +6,7 @@
 //! request. With `trigger`, only requests carrying that header or query argument end here.
 
 use crate::auth::Identity;
-use crate::bindings::exports::keygate::gateway::policy::Reply;
+use crate::bindings::exports::keygate::gateway::block_policy::Reply;
 use crate::config::Policy;
 use crate::errors::exit_reply_for;
 use crate::percent::percent_decode;

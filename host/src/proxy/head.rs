@@ -29,11 +29,7 @@ pub fn lower<B>(
         Some(inbound) => (if inbound.https { "https" } else { "http" }, inbound.port),
         None => ("http", local_port),
     };
-    let headers = request
-        .headers()
-        .iter()
-        .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
-        .collect();
+    let headers = super::field_block::from_header_map(request.headers());
     Ok(RequestHead {
         method: request.method().as_str().to_string(),
         scheme: scheme.to_string(),

@@ -4,6 +4,7 @@
 //! pooled connections with bodies streamed host-side, never through wasm (`forward`).
 
 pub mod balancer;
+mod field_block;
 pub mod forward;
 pub mod head;
 pub mod plan;

@@ -99,11 +99,11 @@ pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanErr
                 .transpose()?,
             upstream_latency_header: response
                 .upstream_latency_header
-                .map(|n| name(&n))
+                .map(|n| name(n.as_bytes()))
                 .transpose()?,
             proxy_latency_header: response
                 .proxy_latency_header
-                .map(|n| name(&n))
+                .map(|n| name(n.as_bytes()))
                 .transpose()?,
         },
         first_byte_timeout: Duration::from_millis(plan.timeouts.first_byte_ms),
@@ -118,17 +118,19 @@ fn edits(edits: HeaderEdits) -> Result<ValidEdits, PlanError> {
     let remove = edits
         .remove
         .iter()
-        .map(|n| name(n))
+        .map(|n| name(n.as_bytes()))
         .collect::<Result<_, _>>()?;
-    let mut append = Vec::with_capacity(edits.append.len());
-    for (raw_name, raw_value) in edits.append {
-        let name = name(&raw_name)?;
+    // The lifted block is shared by the values sliced from it, not copied per value.
+    let block = bytes::Bytes::from(edits.append);
+    let mut append = Vec::new();
+    for line in super::field_block::lines(&block) {
+        let name = name(line.name)?;
         if is_hop_by_hop(&name) {
             tracing::debug!(header = %name, "dropped a hop-by-hop header from a forward plan");
             continue;
         }
-        // The lifted bytes become the value (checked as `from_bytes` checks), not a copy.
-        let value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(raw_value))
+        // Checked as `from_bytes` checks.
+        let value = http::HeaderValue::from_maybe_shared(block.slice(line.value))
             .map_err(|_| PlanError::HeaderValue(name.to_string()))?;
         append.push((name, value));
     }
@@ -139,10 +141,10 @@ fn edits(edits: HeaderEdits) -> Result<ValidEdits, PlanError> {
 /// forwarded-for family, the consumer's, the latency ones): parsed names are remembered per
 /// request thread, so a name seen before costs a lookup and a reference count instead of a
 /// parse and an allocation.
-fn name(text: &str) -> Result<http::HeaderName, PlanError> {
+pub(super) fn name(text: &[u8]) -> Result<http::HeaderName, PlanError> {
     let parse = || {
-        http::HeaderName::from_bytes(text.as_bytes())
-            .map_err(|_| PlanError::HeaderName(text.into()))
+        http::HeaderName::from_bytes(text)
+            .map_err(|_| PlanError::HeaderName(String::from_utf8_lossy(text).into_owned()))
     };
     if text.len() > NAME_MEMO_MAX {
         return parse();
@@ -170,16 +172,16 @@ const NAME_SLOTS: usize = 128;
 const NAME_MEMO_MAX: usize = 64;
 
 /// A slot of the memo: the text and the name parsed from it.
-type NameSlot = Option<(Box<str>, http::HeaderName)>;
+type NameSlot = Option<(Box<[u8]>, http::HeaderName)>;
 
 thread_local! {
     static NAMES: std::cell::RefCell<Vec<NameSlot>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// FNV-1a of the name, folded to a slot.
-fn name_slot(text: &str) -> usize {
-    let hash = text.bytes().fold(0x811c_9dc5u32, |hash, byte| {
-        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+fn name_slot(text: &[u8]) -> usize {
+    let hash = text.iter().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
     });
     (hash ^ (hash >> 16)) as usize % NAME_SLOTS
 }
@@ -223,12 +225,12 @@ paths = ["/api"]
             path_with_query: "/v1/x?a=%20".into(),
             request_headers: HeaderEdits {
                 remove: vec!["apikey".into()],
-                append: vec![("host".into(), b"127.0.0.1:9000".to_vec())],
+                append: b"host: 127.0.0.1:9000\r\n".to_vec(),
             },
             response: ResponseEdits {
                 headers: HeaderEdits {
                     remove: vec![],
-                    append: vec![],
+                    append: Vec::new(),
                 },
                 via: Some("1.1 keygate".into()),
                 server_if_absent: None,
@@ -290,7 +292,7 @@ paths = ["/api"]
         split
             .request_headers
             .append
-            .push(("x-a".into(), b"1\r\nx-b: 2".to_vec()));
+            .extend_from_slice(b"x-a: 1\rx-b: 2\r\n");
         assert!(matches!(
             validate(split, &config),
             Err(PlanError::HeaderValue(_))
@@ -305,7 +307,7 @@ paths = ["/api"]
         bad_name
             .request_headers
             .append
-            .push(("x a".into(), b"1".to_vec()));
+            .extend_from_slice(b"x a: 1\r\n");
         assert!(matches!(
             validate(bad_name, &config),
             Err(PlanError::HeaderName(_))
@@ -313,7 +315,7 @@ paths = ["/api"]
         let mut hop = plan();
         hop.request_headers
             .append
-            .push(("transfer-encoding".into(), b"chunked".to_vec()));
+            .extend_from_slice(b"transfer-encoding: chunked\r\n");
         assert_eq!(validate(hop, &config).unwrap().request.append.len(), 1);
     }
 }

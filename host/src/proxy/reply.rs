@@ -17,11 +17,14 @@ pub fn to_response(reply: Reply) -> Result<hyper::Response<ResponseBody>, HostFa
     let mut response = hyper::Response::new(full_body(reply.body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.reserve(reply.headers.len());
-    for (name, value) in reply.headers {
-        let name = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| invalid(format!("header name {name:?}")))?;
-        let value = http::HeaderValue::from_bytes(&value)
+    for line in super::field_block::lines(&reply.headers) {
+        let name = super::plan::name(line.name).map_err(|_| {
+            invalid(format!(
+                "header name {:?}",
+                String::from_utf8_lossy(line.name)
+            ))
+        })?;
+        let value = http::HeaderValue::from_bytes(&reply.headers[line.value])
             .map_err(|_| invalid(format!("value of header {name}")))?;
         if super::plan::is_hop_by_hop(&name) {
             continue;

@@ -24,7 +24,7 @@ pub mod policy_bindings {
     });
 }
 
-pub use policy_bindings::exports::keygate::gateway::policy as policy_api;
+pub use policy_bindings::exports::keygate::gateway::block_policy as policy_api;
 use policy_bindings::{FastPath, FastPathIndices};
 
 /// The component built into the binary: keygate's own policy.

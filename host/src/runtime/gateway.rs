@@ -341,7 +341,7 @@ impl Gateway {
         let Some(path) = route.paths.first().and_then(|p| p.literal_prefix()) else {
             return Ok(());
         };
-        let head = |headers: Vec<(String, Vec<u8>)>| RequestHead {
+        let head = |headers: Vec<u8>| RequestHead {
             method: "GET".into(),
             scheme: "http".into(),
             authority: "keygate-trial.invalid".into(),
@@ -373,7 +373,7 @@ impl Gateway {
                 .decide(
                     active,
                     Arc::clone(scratch_cache),
-                    head(vec![(name.to_ascii_lowercase(), key.into_bytes())]),
+                    head(format!("{}: {key}\r\n", name.to_ascii_lowercase()).into_bytes()),
                 )
                 .await
                 .map_err(|f| anyhow::anyhow!("the trial decision failed: {}", f.describe()))?;

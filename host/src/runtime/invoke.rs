@@ -87,7 +87,7 @@ impl Gateway {
                     "the component does not export keygate:gateway/policy",
                 )));
             };
-            let policy = policy.keygate_gateway_policy();
+            let policy = policy.keygate_gateway_block_policy();
             let answer = match call {
                 PolicyCall::Decide(head) => policy
                     .call_decide(&mut worker.store, &head)

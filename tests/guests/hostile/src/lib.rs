@@ -22,17 +22,18 @@ mod bindings {
             "wasi:cli/stdout@0.2.12": wasip2::cli::stdout,
             "wasi:cli/stderr@0.2.12": wasip2::cli::stderr,
             "wasi:cli/stdin@0.2.12": wasip2::cli::stdin,
-            "keygate:gateway/key-cache@0.1.2": generate,
-            "keygate:gateway/counters@0.1.2": generate,
+            "keygate:gateway/key-cache@0.1.3": generate,
+            "keygate:gateway/counters@0.1.3": generate,
         },
         pub_export_macro: true,
     });
 }
 
-use bindings::exports::keygate::gateway::policy::{
+use bindings::exports::keygate::gateway::block_policy::{
     Decision, FailureContext, ForwardPlan, HeaderEdits, Labels, Reply, RequestHead, ResponseEdits,
     Timeouts,
 };
+use bindings::exports::keygate::gateway::policy as policy_0_1_1;
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -50,15 +51,16 @@ fn labels() -> Labels {
     }
 }
 
+/// The value of `name` in the head's field block.
 fn header(head: &RequestHead, name: &str) -> String {
-    head.headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    String::from_utf8_lossy(&head.headers)
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
         .unwrap_or_default()
+        .to_string()
 }
 
-impl bindings::exports::keygate::gateway::policy::Guest for Hostile {
+impl bindings::exports::keygate::gateway::block_policy::Guest for Hostile {
     fn decide(head: RequestHead) -> Decision {
         let target = header(&head, "x-target");
         let mut plan = ForwardPlan {
@@ -68,12 +70,12 @@ impl bindings::exports::keygate::gateway::policy::Guest for Hostile {
             path_with_query: "/".into(),
             request_headers: HeaderEdits {
                 remove: vec![],
-                append: vec![("host".into(), target.into_bytes())],
+                append: format!("host: {target}\r\n").into_bytes(),
             },
             response: ResponseEdits {
                 headers: HeaderEdits {
                     remove: vec![],
-                    append: vec![],
+                    append: Vec::new(),
                 },
                 via: None,
                 server_if_absent: None,
@@ -93,15 +95,16 @@ impl bindings::exports::keygate::gateway::policy::Guest for Hostile {
             // The target is then not the configured origin: the test points it elsewhere.
             "foreign-authority" => {}
             "unknown-service" => plan.service = "not-configured".into(),
+            // A CR inside a value: a line ends only at LF, so this is one invalid value.
             "header-injection" => plan
                 .request_headers
                 .append
-                .push(("x-a".into(), b"1\r\nx-injected: yes".to_vec())),
+                .extend_from_slice(b"x-a: 1\rx-injected: yes\r\n"),
             "absolute-path" => plan.path_with_query = format!("http://{}/", plan.authority),
             "informational-reply" => {
                 return Decision::Respond(Reply {
                     status: 101,
-                    headers: vec![],
+                    headers: Vec::new(),
                     body: vec![],
                     labels: labels(),
                 });
@@ -114,9 +117,32 @@ impl bindings::exports::keygate::gateway::policy::Guest for Hostile {
     fn upstream_failed(_context: FailureContext) -> Reply {
         Reply {
             status: 502,
-            headers: vec![],
+            headers: Vec::new(),
             body: b"upstream failed".to_vec(),
             labels: labels(),
+        }
+    }
+}
+
+/// keygate hosts from 0.1.3 on call `block-policy`; older ones get the portable path.
+impl policy_0_1_1::Guest for Hostile {
+    fn decide(_head: policy_0_1_1::RequestHead) -> policy_0_1_1::Decision {
+        policy_0_1_1::Decision::UseHandler
+    }
+
+    fn upstream_failed(_context: policy_0_1_1::FailureContext) -> policy_0_1_1::Reply {
+        policy_0_1_1::Reply {
+            status: 502,
+            headers: vec![],
+            body: b"upstream failed".to_vec(),
+            labels: policy_0_1_1::Labels {
+                route: None,
+                service: None,
+                consumer: None,
+                key_lookup: None,
+                auth_call_ms: None,
+                rate_limit: None,
+            },
         }
     }
 }
