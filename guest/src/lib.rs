@@ -2,7 +2,7 @@
 //!
 //! Each request: match a route (404 if none), find and check the key (401/503, or the
 //! anonymous consumer), then forward to the route's origin. Two entry points share that
-//! decision (`decide`): `keygate:gateway/policy`, where the keygate host forwards natively
+//! decision (`decide`): `keygate:gateway/block-policy`, where the keygate host forwards natively
 //! and bodies never enter wasm, and `wasi:http/incoming-handler`, which runs anywhere
 //! (wasmtime serve, Spin) and forwards through `wasi:http` with bodies streamed both ways.
 

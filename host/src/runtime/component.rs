@@ -11,7 +11,8 @@ use wasmtime::component::InstancePre;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
 
-/// The guest's `keygate:gateway/policy` export, as the host calls it.
+/// The guest's `keygate:gateway/block-policy` export, as the host calls it (a component
+/// exporting only the 0.1.1 `policy` gets the portable path).
 pub mod policy_bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -67,7 +68,7 @@ impl LoadedFrom {
 pub struct CompiledGuest {
     pub pre: InstancePre<RequestState>,
     proxy: ProxyIndices,
-    /// Present when the component exports `keygate:gateway/policy` (the fast path).
+    /// Present when the component exports `keygate:gateway/block-policy` (the fast path).
     policy: Option<FastPathIndices>,
     pub source: GuestSource,
     pub sha256: String,

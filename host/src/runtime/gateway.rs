@@ -1,6 +1,6 @@
 //! The request-serving core: the swap unit (a component and the configuration it runs with),
 //! and the entry every client request takes. With a component that exports
-//! `keygate:gateway/policy` (and `[guest] entry = "auto"`), the guest decides from the head
+//! `keygate:gateway/block-policy` (and `[guest] entry = "auto"`), the guest decides from the head
 //! and the host forwards natively (`crate::proxy`); otherwise the request runs through the
 //! guest's `wasi:http` handler.
 

@@ -84,7 +84,7 @@ impl Gateway {
             let instance = instance_of(&mut worker, &active.guest, &self.metrics).await?;
             let Some(policy) = &instance.policy else {
                 return Err(GuestError::Call(wasmtime::Error::msg(
-                    "the component does not export keygate:gateway/policy",
+                    "the component does not export keygate:gateway/block-policy",
                 )));
             };
             let policy = policy.keygate_gateway_block_policy();
