@@ -111,40 +111,25 @@ impl GatewayError {
     ) -> Reply {
         let format = self.format(request, compat);
         let body = format.body(message, request.id);
-        let names = compat.headers.names();
-        let mut headers = Vec::with_capacity(200);
-        let mut set = |name: &str, value: &[u8]| field_block::push(&mut headers, name, value);
-        set("content-type", format.content_type().as_bytes());
-        set("content-length", body.len().to_string().as_bytes());
-        set(names.request_id, request.id.as_bytes());
-        set("server", names.server.as_bytes());
-        set(
-            names.response_latency,
-            request.elapsed_ms.to_string().as_bytes(),
-        );
-        for (name, value) in &self.headers {
-            set(name, value.as_bytes());
-        }
-        Reply {
-            status: self.status,
-            headers,
-            body: if request.is_head {
-                Vec::new()
-            } else {
-                body.into_bytes()
-            },
-            labels: Labels::none(),
-        }
+        exit_reply(
+            self.status,
+            Some(format.content_type()),
+            &self.headers,
+            body.into_bytes(),
+            request,
+            compat,
+        )
     }
 }
 
 /// A reply made the way Kong's `kong.response.exit` makes one (request-termination, the cors
 /// preflight): `status`, `headers` and `body` as given (a `Content-Type` only when
 /// `content_type` is set), plus the gateway's headers, as on its errors; no body for HEAD.
+/// The gateway's own errors are made the same way (`GatewayError::reply_with_message`).
 pub fn exit_reply(
     status: u16,
     content_type: Option<&str>,
-    headers: Vec<(String, String)>,
+    headers: &[(String, String)],
     body: Vec<u8>,
     request: &ErrorRequest,
     compat: &Compat,
@@ -166,7 +151,7 @@ pub fn exit_reply(
         names.response_latency,
         request.elapsed_ms.to_string().as_bytes(),
     );
-    for (name, value) in &headers {
+    for (name, value) in headers {
         field_block::push(&mut all, name, value.as_bytes());
     }
     Reply {
@@ -189,7 +174,7 @@ pub fn exit_reply_for(
     exit_reply(
         status,
         content_type,
-        headers,
+        &headers,
         body,
         &ErrorRequest {
             id: &request.id,
@@ -274,7 +259,7 @@ mod tests {
     #[test]
     fn exit_replies_carry_only_the_given_content_type() {
         let compat = Compat::default();
-        let empty = exit_reply(200, None, Vec::new(), Vec::new(), &request(false), &compat);
+        let empty = exit_reply(200, None, &[], Vec::new(), &request(false), &compat);
         assert_eq!(empty.status, 200);
         assert_eq!(header(&empty, "content-type"), None);
         assert_eq!(header(&empty, "content-length"), Some(&b"0"[..]));
@@ -282,7 +267,7 @@ mod tests {
         let raw = exit_reply(
             503,
             Some("text/html"),
-            vec![("x-a".into(), "1".into())],
+            &[("x-a".into(), "1".into())],
             b"<h1>down</h1>".to_vec(),
             &request(true),
             &compat,
