@@ -46,6 +46,8 @@ pub enum PlanError {
     },
     #[error("path {0:?} is not a valid origin-form request target")]
     Path(String),
+    #[error("the path is not a valid origin-form request target: {0}")]
+    InvalidPath(String),
     #[error("header name {0:?} is not valid")]
     HeaderName(String),
     #[error("the value of header {0} is not valid")]
@@ -70,11 +72,12 @@ pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanErr
         return Err(PlanError::Path(plan.path_with_query));
     }
     // The host answers with it (a 413 or 502 it makes for this request): a header value.
-    if http::HeaderValue::from_str(&plan.request_id).is_err() {
+    if !is_header_value(plan.request_id.as_bytes()) {
         return Err(PlanError::HeaderValue("request id".to_string()));
     }
-    let path = http::uri::PathAndQuery::try_from(plan.path_with_query.as_str())
-        .map_err(|_| PlanError::Path(plan.path_with_query.clone()))?;
+    // The plan's string becomes the path's bytes without a copy.
+    let path = http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(plan.path_with_query))
+        .map_err(|err| PlanError::InvalidPath(err.to_string()))?;
     let uri = http::Uri::builder()
         .scheme(if service.url.https {
             http::uri::Scheme::HTTPS
@@ -84,7 +87,7 @@ pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanErr
         .authority(service.url.authority.as_str())
         .path_and_query(path)
         .build()
-        .map_err(|_| PlanError::Path(plan.path_with_query.clone()))?;
+        .map_err(|err| PlanError::InvalidPath(err.to_string()))?;
     let response = plan.response;
     Ok(ValidPlan {
         service: plan.service,
@@ -114,6 +117,14 @@ pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanErr
     })
 }
 
+/// Whether `bytes` may be a header value as `http::HeaderValue` checks it (visible ASCII,
+/// obs-text, spaces and tabs), without making one.
+fn is_header_value(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|&byte| byte == b'\t' || (byte >= b' ' && byte != 0x7f))
+}
+
 fn edits(edits: HeaderEdits) -> Result<ValidEdits, PlanError> {
     let remove = edits
         .remove
@@ -122,7 +133,7 @@ fn edits(edits: HeaderEdits) -> Result<ValidEdits, PlanError> {
         .collect::<Result<_, _>>()?;
     // The lifted block is shared by the values sliced from it, not copied per value.
     let block = bytes::Bytes::from(edits.append);
-    let mut append = Vec::new();
+    let mut append = Vec::with_capacity(EDITS_CAPACITY);
     for line in super::field_block::lines(&block) {
         let name = name(line.name)?;
         if is_hop_by_hop(&name) {
@@ -154,20 +165,32 @@ pub(super) fn name(text: &[u8]) -> Result<http::HeaderName, PlanError> {
         if names.is_empty() {
             names.resize_with(NAME_SLOTS, || None);
         }
-        let slot = &mut names[name_slot(text)];
-        if let Some((known, name)) = slot
-            && **known == *text
-        {
-            return Ok(name.clone());
+        // Two ways: a name is looked for in its slot and that slot's pair.
+        let first = name_slot(text);
+        for slot in [first, first ^ 1] {
+            if let Some((known, name)) = &names[slot]
+                && **known == *text
+            {
+                return Ok(name.clone());
+            }
         }
         let name = parse()?;
-        *slot = Some((text.into(), name.clone()));
+        let slot = if names[first].is_none() {
+            first
+        } else {
+            first ^ 1
+        };
+        names[slot] = Some((text.into(), name.clone()));
         Ok(name)
     })
 }
 
-/// Remembered header names: direct-mapped, a later name taking an earlier one's slot (the
-/// guest may name any header the client sent, so the memo must stay bounded).
+/// Room for a plan's usual header lines (the forwarded-for family, the consumer's, the request
+/// id), so the list is not regrown line by line.
+const EDITS_CAPACITY: usize = 16;
+
+/// Remembered header names: two-way, a later name taking an earlier one's slot (the guest may
+/// name any header the client sent, so the memo must stay bounded).
 const NAME_SLOTS: usize = 128;
 const NAME_MEMO_MAX: usize = 64;
 
@@ -178,12 +201,20 @@ thread_local! {
     static NAMES: std::cell::RefCell<Vec<NameSlot>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// FNV-1a of the name, folded to a slot.
+/// The name's slot, from its length and its first and last eight bytes: a plan's names share
+/// prefixes (`x-forwarded-`), not ends, and hashing every byte cost more than the lookup it
+/// saves. A collision only costs a parse.
 fn name_slot(text: &[u8]) -> usize {
-    let hash = text.iter().fold(0x811c_9dc5u32, |hash, byte| {
-        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
-    });
-    (hash ^ (hash >> 16)) as usize % NAME_SLOTS
+    let word = |bytes: &[u8]| {
+        let mut word = [0u8; 8];
+        word[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(word)
+    };
+    let head = word(&text[..text.len().min(8)]);
+    let tail = word(&text[text.len().saturating_sub(8)..]);
+    let mixed =
+        (head ^ tail.rotate_left(29) ^ text.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> 57) as usize % NAME_SLOTS
 }
 
 fn value_of(header: &'static str) -> impl Fn(String) -> Result<http::HeaderValue, PlanError> {
@@ -252,6 +283,29 @@ paths = ["/api"]
                 auth_call_ms: None,
                 rate_limit: None,
             },
+        }
+    }
+
+    #[test]
+    fn remembered_names_are_the_names_asked_for_even_when_slots_are_shared() {
+        // More names than slots: every lookup, first or repeated, evicting or not, must give
+        // the name asked for.
+        let texts: Vec<String> = (0..3 * NAME_SLOTS).map(|i| format!("x-name-{i}")).collect();
+        for _ in 0..2 {
+            for text in &texts {
+                assert_eq!(name(text.as_bytes()).unwrap().as_str(), text);
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_id_check_accepts_what_a_header_value_accepts() {
+        for byte in 0..=u8::MAX {
+            assert_eq!(
+                is_header_value(&[b'a', byte]),
+                http::HeaderValue::from_bytes(&[b'a', byte]).is_ok(),
+                "byte {byte:#x}"
+            );
         }
     }
 
