@@ -73,7 +73,7 @@ impl Default for AuthTrace {
 pub fn authenticate(
     policy: &Policy,
     key_auth: &KeyAuth,
-    credential: Credential,
+    credential: Credential<'_>,
     trace: &mut AuthTrace,
 ) -> Result<Identity, GatewayError> {
     let key = match credential {

@@ -82,6 +82,10 @@ impl ResponseHeaders {
     /// The forward plan's response edits: every name set or cleared is removed from the
     /// origin's response, then the resulting values appended (`Vary` is only added to).
     pub fn edit(&self, edits: &mut HeaderEdits) {
+        // No cors instance applies (or a preflight goes on): nothing to edit.
+        if self.0.is_empty() {
+            return;
+        }
         let (remove, append) = as_edits(&self.0);
         for name in remove {
             if !edits.remove.iter().any(|r| r.eq_ignore_ascii_case(&name)) {

@@ -2,23 +2,25 @@
 //! in order, header, then query string, then body; the first value found decides.
 
 use crate::body::{BodyValue, RequestBody};
+use crate::field_block;
 use crate::percent::percent_decode;
 use crate::request::RequestInfo;
 use keygate_policy::KeyAuth;
 
+/// The names are borrowed from the key-auth configuration.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Credential {
+pub enum Credential<'a> {
     /// A key, and the name it was found under.
-    Found { key: String, name: String },
+    Found { key: String, name: &'a str },
     /// An empty value (`apikey:`, `?apikey=`): Kong stops there with "No API key found".
-    Empty { name: String },
+    Empty { name: &'a str },
     /// No value under any name.
     Missing,
     /// The same name twice within one source.
     Duplicate,
 }
 
-impl Credential {
+impl Credential<'_> {
     /// The name a (possibly empty) key was found under: what `hide_credentials` removes.
     pub fn name(&self) -> Option<&str> {
         match self {
@@ -52,19 +54,19 @@ impl From<BodyValue> for Value {
 
 /// The outcome of looking for a key.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Extracted {
-    Done(Credential),
+pub enum Extracted<'a> {
+    Done(Credential<'a>),
     /// Kong would look in the body next, and this entry point has none (the fast path).
     NeedsBody,
 }
 
 /// Kong's search. `body` is `None` where the entry point does not hold the body: a search that
 /// reaches the body then stops with [`Extracted::NeedsBody`].
-pub fn extract(
-    key_auth: &KeyAuth,
+pub fn extract<'a>(
+    key_auth: &'a KeyAuth,
     request: &RequestInfo,
     body: Option<&mut RequestBody>,
-) -> Extracted {
+) -> Extracted<'a> {
     match body {
         Some(body) => search(key_auth, request, Some(&mut |name: &str| body.value(name))),
         None => search(key_auth, request, None),
@@ -73,12 +75,12 @@ pub fn extract(
 
 /// [`extract`] with the body as a lookup of `body[name]` (the fuzz targets use a body held in
 /// memory).
-pub(crate) fn search(
-    key_auth: &KeyAuth,
+pub(crate) fn search<'a>(
+    key_auth: &'a KeyAuth,
     request: &RequestInfo,
     mut body: Option<&mut dyn FnMut(&str) -> BodyValue>,
-) -> Extracted {
-    for name in &key_auth.key_names {
+) -> Extracted<'a> {
+    for name in key_auth.key_names.iter().map(String::as_str) {
         let mut value = Value::Absent;
         if key_auth.key_in_header {
             value = from_headers(name, &request.headers);
@@ -96,11 +98,8 @@ pub(crate) fn search(
             }
         }
         let found = match value {
-            Value::Text(key) if key.is_empty() => Credential::Empty { name: name.clone() },
-            Value::Text(key) => Credential::Found {
-                key,
-                name: name.clone(),
-            },
+            Value::Text(key) if key.is_empty() => Credential::Empty { name },
+            Value::Text(key) => Credential::Found { key, name },
             Value::Table => Credential::Duplicate,
             Value::Absent | Value::Other => continue,
         };
@@ -113,18 +112,22 @@ pub(crate) fn search(
 /// names; a name not found as written is looked up again lower-cased with `_` turned into
 /// `-`. So `api_key` finds `API_KEY` and `api-key`, but `api-key` never finds `api_key`.
 fn from_headers(name: &str, headers: &[(String, Vec<u8>)]) -> Value {
-    let normalized = name.to_ascii_lowercase().replace('_', "-");
-    let mut candidates = vec![name];
-    if normalized != name {
-        candidates.push(&normalized);
-    }
-    for candidate in candidates {
+    // The usual key name (`apikey`) is its own normalized form: looked up once, and no
+    // string is made for the second spelling.
+    let normalized = name
+        .bytes()
+        .any(|b| b.is_ascii_uppercase() || b == b'_')
+        .then(|| name.to_ascii_lowercase().replace('_', "-"));
+    let second = normalized
+        .as_deref()
+        .filter(|normalized| *normalized != name);
+    for candidate in std::iter::once(name).chain(second) {
         let mut values = headers.iter().filter(|(n, _)| n == candidate);
         if let Some((_, value)) = values.next() {
             if values.next().is_some() {
                 return Value::Table;
             }
-            return Value::Text(String::from_utf8_lossy(value).into_owned());
+            return Value::Text(field_block::text(value));
         }
     }
     Value::Absent

@@ -164,7 +164,7 @@ fn decide_noting_key(
     let mut plan = plan::forward_plan(
         policy,
         info,
-        &matched,
+        matched,
         identity.as_ref(),
         hidden.as_deref(),
         new_length,

@@ -74,10 +74,20 @@ pub fn from_pairs<V: AsRef<[u8]>>(pairs: &[(String, V)]) -> Vec<u8> {
     block
 }
 
+/// A name or value as text, U+FFFD for what is not UTF-8 (`String::from_utf8_lossy`): valid
+/// text (every name the host sends, every key in practice) is checked once and copied, which
+/// in wasm costs less than the lossy decoder's chunking.
+pub fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// A field block as a header list.
 pub fn to_pairs(block: &[u8]) -> Vec<(String, Vec<u8>)> {
     headers(block)
-        .map(|(name, value)| (String::from_utf8_lossy(name).into_owned(), value.to_vec()))
+        .map(|(name, value)| (text(name), value.to_vec()))
         .collect()
 }
 
@@ -131,5 +141,17 @@ mod tests {
             ]
         );
         assert!(to_pairs(b"").is_empty());
+        assert_eq!(
+            to_pairs(b"\n\r\n: v\r\na\r\nb:\nc: x: y\r\r\nd"),
+            vec![
+                (String::new(), b"v".to_vec()),
+                ("b".to_string(), b"".to_vec()),
+                ("c".to_string(), b"x: y\r".to_vec())
+            ]
+        );
+        assert_eq!(
+            to_pairs(b"\xffa: 1"),
+            vec![("\u{fffd}a".to_string(), b"1".to_vec())]
+        );
     }
 }

@@ -50,14 +50,15 @@ const CONSUMER: &[&str] = &[
     "x-anonymous-consumer",
 ];
 
-/// `hidden`: with `hide_credentials`, the key name whose header and query argument the origin
-/// must not see. `new_length`: the body's length when the gateway changed or measured it.
+/// `matched` is taken whole: its upstream path becomes the plan's, without a copy. `hidden`:
+/// with `hide_credentials`, the key name whose header and query argument the origin must not
+/// see. `new_length`: the body's length when the gateway changed or measured it.
 /// `limit_headers`: rate limiting's headers for the client, which replace any the origin sent.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_plan(
     policy: &Policy,
     info: &RequestInfo,
-    matched: &Match,
+    matched: Match,
     identity: Option<&Identity>,
     hidden: Option<&str>,
     new_length: Option<usize>,
@@ -71,8 +72,8 @@ pub fn forward_plan(
         service: service.name.clone(),
         scheme: service.url.scheme().to_string(),
         authority: service.url.authority.clone(),
-        path_with_query: path_with_query(matched, info, hidden),
-        request_headers: request_edits(policy, info, matched, identity, hidden, new_length),
+        request_headers: request_edits(policy, info, &matched, identity, hidden, new_length),
+        path_with_query: path_with_query(matched.upstream_path, info, hidden),
         response: ResponseEdits {
             headers: HeaderEdits {
                 // The origin's own copies of the gateway's headers are replaced.
@@ -86,7 +87,8 @@ pub fn forward_plan(
                 .chain(limit_headers.iter().map(|(name, _)| name.clone()))
                 .collect(),
                 append: {
-                    let mut append = Vec::with_capacity(64);
+                    // Room for the request id and the `keygate-key` annotation (`decide`).
+                    let mut append = Vec::with_capacity(128);
                     field_block::push(&mut append, names.request_id, info.id.as_bytes());
                     for (name, value) in &limit_headers {
                         field_block::push(&mut append, name, value.as_bytes());
@@ -149,7 +151,8 @@ fn request_edits(
         .client_ip
         .as_deref()
         .is_some_and(|ip| is_trusted(&policy.config.trusted_ips, ip));
-    let mut remove: Vec<String> = Vec::new();
+    // Room for `host`, which every HTTP/1.1 request has, and a few more without regrowing.
+    let mut remove: Vec<String> = Vec::with_capacity(4);
     let mut forwarded_for: Vec<String> = Vec::new();
     let mut via: Vec<String> = Vec::new();
     let mut claimed: Vec<(&str, String)> = Vec::new();
@@ -202,7 +205,7 @@ fn request_edits(
     if matched.route.preserve_host {
         set("host", &info.authority);
     } else {
-        set("host", &matched.service.url.host_header());
+        set("host", matched.host_header);
     }
     // nginx's realip module: a trusted peer's X-Real-IP becomes the client address.
     if let Some(peer) = &info.client_ip {
@@ -231,7 +234,7 @@ fn request_edits(
     );
     match claim("x-forwarded-host") {
         Some(host) => set("x-forwarded-host", host),
-        None => set("x-forwarded-host", &info.host()),
+        None => set("x-forwarded-host", &info.host),
     }
     match claim("x-forwarded-port") {
         Some(claimed) => set("x-forwarded-port", claimed),
@@ -278,8 +281,8 @@ fn request_edits(
 }
 
 /// The upstream path plus the client's query string, verbatim unless the key must be hidden.
-fn path_with_query(matched: &Match, info: &RequestInfo, hidden: Option<&str>) -> String {
-    let mut out = matched.upstream_path.clone();
+fn path_with_query(upstream_path: String, info: &RequestInfo, hidden: Option<&str>) -> String {
+    let mut out = upstream_path;
     if let Some(query) = &info.query {
         match hidden {
             Some(name) => {

@@ -51,6 +51,9 @@ pub fn check(
     identity: Option<&Identity>,
 ) -> Limited {
     let plugins = &policy.config.plugins;
+    if plugins.is_empty() {
+        return Limited::NotApplied;
+    }
     let consumer = identity.map(|identity| ConsumerIdentity {
         id: identity.consumer.id.as_deref(),
         username: identity.consumer.username.as_deref(),
@@ -183,7 +186,7 @@ fn identifier(
         }),
         LimitBy::Path => {
             let path = normalize_path(&info.path);
-            (config.path.as_deref() == Some(path.as_str())).then_some(path)
+            (config.path.as_deref() == Some(&*path)).then(|| path.into_owned())
         }
     };
     found.unwrap_or_else(|| client_ip(policy, info))

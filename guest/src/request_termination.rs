@@ -42,12 +42,11 @@ pub fn check(
         let port = info
             .listen_port(policy.config.listen_port)
             .unwrap_or_else(|| info.port());
-        let host = info.host();
         echo_document(
             config.message(),
             &EchoRequest {
                 scheme: info.scheme_name(),
-                host: &host,
+                host: &info.host,
                 port,
                 headers: &info.headers,
                 query: info.query.as_deref(),

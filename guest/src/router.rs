@@ -4,6 +4,7 @@
 use crate::request::{RequestInfo, split_host_port};
 use keygate_policy::{RoutePath, Service};
 use regex_lite::Regex;
+use std::borrow::Cow;
 
 pub struct RouteTable {
     /// Sorted by Kong's priority, highest first; config order breaks ties (Kong: oldest first).
@@ -19,6 +20,9 @@ struct Entry {
     hosts: Vec<HostMatcher>,
     headers: Vec<HeaderMatcher>,
     priority: Priority,
+    /// The service's `Host` (`ServiceUrl::host_header`), spelled once here instead of per
+    /// request.
+    host_header: String,
 }
 
 /// Kong's route priority (`get_priority` in `kong/router/transform.lua`), compared field by
@@ -70,6 +74,8 @@ pub struct Match<'p> {
     pub upstream_path: String,
     /// The part of the path that `strip_path` removed ("" when nothing was stripped).
     pub stripped_prefix: String,
+    /// The `Host` the origin gets unless the route has `preserve_host`.
+    pub host_header: &'p str,
 }
 
 impl RouteTable {
@@ -115,6 +121,7 @@ impl RouteTable {
                             regex_priority: if is_regex { route.regex_priority } else { 0 },
                             prefix_len,
                         },
+                        host_header: service.url.host_header(),
                     });
                 }
             }
@@ -128,19 +135,19 @@ impl RouteTable {
     /// host's `:port` is matched against it, Kong's `net.dst.port`); without it, the port
     /// the client addressed.
     pub fn find<'p>(
-        &self,
+        &'p self,
         services: &'p [Service],
         request: &RequestInfo,
         listen_port: Option<u16>,
     ) -> Option<Match<'p>> {
         let path = normalize_path(&request.path);
-        let host = request.host();
+        let host = &request.host;
         let port = listen_port.unwrap_or_else(|| request.port());
         for entry in &self.entries {
             if !entry.methods.is_empty() && !entry.methods.contains(&request.method_name) {
                 continue;
             }
-            if !entry.hosts.is_empty() && !entry.hosts.iter().any(|h| h.matches(&host, port)) {
+            if !entry.hosts.is_empty() && !entry.hosts.iter().any(|h| h.matches(host, port)) {
                 continue;
             }
             if !entry.headers.iter().all(|h| h.matches(&request.headers)) {
@@ -162,7 +169,7 @@ impl RouteTable {
             let (stripped_prefix, postfix) = if route.strip_path {
                 path.split_at(matched_len)
             } else {
-                ("", path.as_str())
+                ("", &*path)
             };
             return Some(Match {
                 upstream_path: upstream_path(
@@ -172,6 +179,7 @@ impl RouteTable {
                     service.url.path.as_deref().unwrap_or("/"),
                 ),
                 stripped_prefix: stripped_prefix.to_string(),
+                host_header: &entry.host_header,
                 service,
                 route,
             });
@@ -301,8 +309,31 @@ fn upstream_path(strip_path: bool, postfix: &str, request_path: &str, base: &str
 }
 
 /// Kong matches on a normalized path: percent-escapes upper-cased, unreserved characters
-/// decoded, `//` merged and dot-segments removed.
-pub fn normalize_path(path: &str) -> String {
+/// decoded, `//` merged and dot-segments removed. Most paths are normalized already, and are
+/// returned as they are.
+pub fn normalize_path(path: &str) -> Cow<'_, str> {
+    if is_normalized(path) {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(normalized(path))
+    }
+}
+
+/// A path `normalized` leaves as it is (not every such path): it starts with `/` and has no
+/// escape, no empty segment but the last, and no dot-segment.
+fn is_normalized(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if rest.as_bytes().contains(&b'%') {
+        return false;
+    }
+    let mut segments = rest.as_bytes().split(|&byte| byte == b'/');
+    let last = segments.next_back().unwrap_or_default();
+    segments.all(|segment| !matches!(segment, b"" | b"." | b"..")) && !matches!(last, b"." | b"..")
+}
+
+fn normalized(path: &str) -> String {
     let decoded = crate::percent::decode_unreserved(path);
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/').skip(1) {
@@ -364,6 +395,24 @@ mod tests {
         assert_eq!(normalize_path(""), "/");
     }
 
+    #[test]
+    fn a_path_taken_as_it_is_is_one_normalization_keeps() {
+        for path in [
+            "", "/", "//", "/a", "/a/", "/a//", "/a/b/c", "/a/./b", "/a/../b", "/.", "/..", "/a/.",
+            "/a/..", "/./", "/../", "/.a/..b/", "/a%20b", "a/b", "/a/b/.c/", "/~x-y_z",
+        ] {
+            if is_normalized(path) {
+                assert_eq!(normalized(path), path, "{path:?}");
+            }
+            assert_eq!(normalize_path(path), normalized(path), "{path:?}");
+        }
+        assert!(
+            ["/", "/a", "/a/b/", "/.a/..b/"]
+                .into_iter()
+                .all(is_normalized)
+        );
+    }
+
     /// Found by `cargo fuzz run route`: normalizing a normalized path changed it again.
     #[test]
     fn normalized_paths_are_their_own_normalization() {
@@ -398,6 +447,7 @@ mod tests {
             query: None,
             scheme: wasip2::http::types::Scheme::Http,
             authority: "api.example.com:8000".into(),
+            host: "api.example.com".into(),
             headers: headers
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
