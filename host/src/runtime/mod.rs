@@ -6,11 +6,13 @@ pub mod component;
 mod drive;
 pub mod engine;
 pub mod gateway;
+mod handle;
 mod invoke;
 pub mod pool;
 pub mod precompiled;
 pub mod reload;
 pub mod state;
+mod trial;
 
 pub use component::{CompiledGuest, GuestSource};
 pub use gateway::{Active, Gateway};
