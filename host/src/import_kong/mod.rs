@@ -4,6 +4,7 @@
 
 mod entities;
 mod output;
+mod plugins;
 
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};
