@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod config;
+pub mod h2_frames;
 pub mod process;
 pub mod redis;
 pub mod servers;
