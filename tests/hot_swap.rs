@@ -529,6 +529,42 @@ async fn revoked_key_gets_401_on_the_next_request() {
     assert_eq!(deployment.status().await["key_cache_entries"], 0);
 }
 
+/// A revoked key is refused on the very next request, even one identical to requests the
+/// gateway just forwarded on a kept decision: reuse ends with the verdict it rests on.
+#[tokio::test]
+async fn revoking_a_key_ends_the_reuse_of_decisions_resting_on_it() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.allow("good-key", json!({}));
+    // One request thread, so that the repeats meet the decision it keeps.
+    let config = support::GatewayConfig::basic(&origin, &auth)
+        .admin()
+        .server("workers = 1")
+        .to_string();
+    let deployment = Deployment::start(&config, None).await;
+    let (gw, admin) = (
+        deployment.gateway.addr,
+        deployment.gateway.admin_addr.unwrap(),
+    );
+    let key = [("apikey", "good-key")];
+    for _ in 0..3 {
+        assert_eq!(get(gw, "/api/x", &key).await.status, 200);
+    }
+    let metrics = deployment.gateway.gateway.metrics.render(0);
+    assert!(
+        metrics.contains("keygate_decisions_reused_total 1\n"),
+        "the third request was forwarded on the second's decision: {metrics}"
+    );
+
+    auth.deny("good-key");
+    let revoke = support::request("DELETE", admin, "/admin/keys/good-key")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(support::send(admin, revoke).await.json()["removed"], true);
+    assert_eq!(get(gw, "/api/x", &key).await.status, 401);
+    assert_eq!(origin.hits(), 3);
+}
+
 #[tokio::test]
 async fn admin_token_is_required_when_configured() {
     let config = format!("{ADMIN}admin_token = \"s3cret\"\n");

@@ -16,8 +16,8 @@ wit_bindgen::generate!({
         "wasi:cli/stdout@0.2.12": wasip2::cli::stdout,
         "wasi:cli/stderr@0.2.12": wasip2::cli::stderr,
         "wasi:cli/stdin@0.2.12": wasip2::cli::stdin,
-        "keygate:gateway/key-cache@0.1.3": generate,
-        "keygate:gateway/counters@0.1.3": generate,
+        "keygate:gateway/key-cache@0.1.4": generate,
+        "keygate:gateway/counters@0.1.4": generate,
     },
     pub_export_macro: true,
 });

@@ -6,6 +6,7 @@ use crate::auth::{self, AuthTrace, Identity};
 use crate::bindings::exports::keygate::gateway::block_policy::{
     Decision, FailureContext, Labels, Reply, UpstreamFailure,
 };
+use crate::bindings::exports::keygate::gateway::reusable_policy::Reuse;
 use crate::body::RequestBody;
 use crate::config::Policy;
 use crate::credentials::{self, Extracted};
@@ -37,6 +38,33 @@ pub fn decide(
         }
         _ => decision,
     }
+}
+
+/// The longest a host may answer identical requests with one decision. The host also ends
+/// reuse when a key verdict it rests on stops being fresh; this bounds anything else.
+const REUSE_FOR_MS: u32 = 60_000;
+
+/// Whether a host may answer requests identical to this one with `decision`
+/// (`reusable-policy`): a forward whose plan follows from the head, the configuration and
+/// verdicts the key cache held fresh. Not when a rate limit counted the request (each request
+/// must count), nor when the verdict came from the auth API or a stale entry (the call and its
+/// fill belong to one request). The request id is the plan's only random part, and the host
+/// replaces it in every reuse.
+pub fn reuse_of(decision: &Decision) -> Option<Reuse> {
+    let Decision::Forward(plan) = decision else {
+        return None;
+    };
+    reusable(&plan.labels).then_some(Reuse {
+        for_ms: REUSE_FOR_MS,
+    })
+}
+
+fn reusable(labels: &Labels) -> bool {
+    let verdict_from_cache_or_config = matches!(
+        labels.key_lookup.as_deref(),
+        None | Some("none" | "static" | "fresh")
+    );
+    verdict_from_cache_or_config && labels.auth_call_ms.is_none() && labels.rate_limit.is_none()
 }
 
 /// The keygate host's access log follows a key by its fingerprint prefix, which the WIT
@@ -277,5 +305,37 @@ mod tests {
                 "{failure:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_decisions_from_cached_or_configured_verdicts_without_limits_are_reusable() {
+        let labels =
+            |key_lookup: Option<&str>, auth_call_ms: Option<u64>, rate_limit: Option<&str>| {
+                Labels {
+                    key_lookup: key_lookup.map(str::to_string),
+                    auth_call_ms,
+                    rate_limit: rate_limit.map(str::to_string),
+                    ..Labels::none()
+                }
+            };
+        for key_lookup in [None, Some("none"), Some("static"), Some("fresh")] {
+            assert!(reusable(&labels(key_lookup, None, None)), "{key_lookup:?}");
+        }
+        // The auth API answered (or will be asked again): that fill is this request's.
+        for key_lookup in ["miss", "stale"] {
+            assert!(
+                !reusable(&labels(Some(key_lookup), None, None)),
+                "{key_lookup}"
+            );
+        }
+        assert!(!reusable(&labels(Some("fresh"), Some(3), None)));
+        // Every request counts against its limit, allowed or not.
+        for outcome in ["allowed", "limited", "counters-unavailable"] {
+            assert!(
+                !reusable(&labels(Some("fresh"), None, Some(outcome))),
+                "{outcome}"
+            );
+        }
+        assert!(reuse_of(&Decision::UseHandler).is_none());
     }
 }

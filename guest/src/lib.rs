@@ -2,8 +2,8 @@
 //!
 //! Each request: match a route (404 if none), find and check the key (401/503, or the
 //! anonymous consumer), then forward to the route's origin. Two entry points share that
-//! decision (`decide`): `keygate:gateway/block-policy`, where the keygate host forwards natively
-//! and bodies never enter wasm, and `wasi:http/incoming-handler`, which runs anywhere
+//! decision (`decide`): `keygate:gateway/reusable-policy` (and `block-policy`), where the keygate
+//! host forwards natively and bodies never enter wasm, and `wasi:http/incoming-handler`, which runs anywhere
 //! (wasmtime serve, Spin) and forwards through `wasi:http` with bodies streamed both ways.
 
 mod alloc;
@@ -36,6 +36,7 @@ use bindings::exports::keygate::gateway::block_policy::{
     Decision, FailureContext, Reply, RequestHead,
 };
 use bindings::exports::keygate::gateway::policy as policy_0_1_1;
+use bindings::exports::keygate::gateway::reusable_policy::Reuse;
 use body::RequestBody;
 use errors::{GatewayError, send_reply};
 use keygate_policy::Compat;
@@ -60,6 +61,17 @@ impl bindings::exports::keygate::gateway::block_policy::Guest for Gateway {
     fn upstream_failed(context: FailureContext) -> Reply {
         let _call = alloc::InCall::enter();
         upstream_failed(context)
+    }
+}
+
+/// The fast path as keygate hosts from 0.1.4 on call it: the decision, and whether the host may
+/// answer identical requests with it.
+impl bindings::exports::keygate::gateway::reusable_policy::Guest for Gateway {
+    fn decide(head: RequestHead) -> (Decision, Option<Reuse>) {
+        let _call = alloc::InCall::enter();
+        let decision = decide_head(block_policy::head(head));
+        let reuse = decide::reuse_of(&decision);
+        (decision, reuse)
     }
 }
 

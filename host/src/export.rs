@@ -39,9 +39,9 @@ pub const COUNTERS_MEMORY: &[u8] = include_bytes!(env!("KEYGATE_COUNTERS_MEMORY_
 pub const COUNTERS_KEYVALUE: &[u8] = include_bytes!(env!("KEYGATE_COUNTERS_KEYVALUE_WASM"));
 
 /// The import the key-cache adapters satisfy.
-pub const KEY_CACHE_INTERFACE: &str = "keygate:gateway/key-cache@0.1.3";
+pub const KEY_CACHE_INTERFACE: &str = "keygate:gateway/key-cache@0.1.4";
 /// The import the counters adapters satisfy.
-pub const COUNTERS_INTERFACE: &str = "keygate:gateway/counters@0.1.3";
+pub const COUNTERS_INTERFACE: &str = "keygate:gateway/counters@0.1.4";
 /// The request header in which Spin passes the client's address to components.
 pub const SPIN_CLIENT_ADDR_HEADER: &str = "spin-client-addr";
 /// The key-value store the Spin adapters use (Spin gives every app one named so).
@@ -483,8 +483,8 @@ mod tests {
     fn the_guest_exports_the_block_policy_and_keeps_the_policy_of_older_hosts() {
         let world = ComponentWorld::read(crate::runtime::component::EMBEDDED_GUEST).unwrap();
         for export in [
-            "keygate:gateway/block-policy@0.1.3",
-            "keygate:gateway/policy@0.1.3",
+            "keygate:gateway/block-policy@0.1.4",
+            "keygate:gateway/policy@0.1.4",
         ] {
             assert!(
                 world.exports.iter().any(|name| name == export),

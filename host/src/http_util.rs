@@ -130,30 +130,41 @@ pub fn client_ip(client: std::net::SocketAddr) -> String {
 
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    out
 }
 
-/// A 32-hex-character id for a response the host makes itself.
+/// A request id of the host's own (for a response it makes, or a reused decision): 128
+/// random bits as 32 lower-case hex characters, like the guest's. SplitMix64 (Steele, Lea,
+/// Flood 2014), seeded once per thread from the standard library's randomly keyed hasher: an
+/// id must be unique, not secret.
 pub fn request_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut id = [0u8; 16];
-    for half in id.chunks_mut(8) {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id()),
         );
-        half.copy_from_slice(&hasher.finish().to_le_bytes());
     }
-    hex(&id)
+    STATE.with(|state| {
+        let next = || {
+            let advanced = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(advanced);
+            let mut z = advanced;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&next().to_le_bytes());
+        id[8..].copy_from_slice(&next().to_le_bytes());
+        hex(&id)
+    })
 }
 
 /// `%XX` escapes decoded (an invalid one is kept as is); invalid UTF-8 becomes U+FFFD.
@@ -179,6 +190,27 @@ pub fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff, 0x5c]), "000fa0ff5c");
+        assert_eq!(hex(&[]), "");
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_characters_and_differ() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        let other_thread = std::thread::spawn(request_id).join().unwrap();
+        assert!(!ids.contains(&other_thread));
+    }
 
     #[test]
     fn internal_headers_all_share_the_prefix_the_fast_check_looks_for() {

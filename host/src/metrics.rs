@@ -105,6 +105,7 @@ pub struct Metrics {
     redis_down: Family<Labels, Gauge>,
     guest_failures: Family<Labels, Counter>,
     guest_instances: Counter,
+    decisions_reused: Counter,
     component_loads: Family<Labels, Counter>,
     key_cache_entries: Gauge,
     guest_instances_alive: Gauge,
@@ -263,6 +264,16 @@ impl Metrics {
         self.shard().key_cache_lookups[result as usize] += 1;
     }
 
+    /// A request forwarded on a kept decision (`key_was_fresh`: the decision rests on a key
+    /// verdict the cache held fresh, which counts as the fresh lookup it stands for).
+    pub fn decision_reused(&self, key_was_fresh: bool) {
+        let mut tally = self.shard();
+        tally.decisions_reused += 1;
+        if key_was_fresh {
+            tally.key_cache_lookups[LookupResult::Fresh as usize] += 1;
+        }
+    }
+
     pub fn guest_failure(&self, reason: &'static str) {
         self.guest_failures
             .get_or_create(&vec![("reason", reason.to_string())])
@@ -403,6 +414,8 @@ impl Metrics {
                     .get_or_create(&vec![("code", code_label(code))])
                     .inc_by(n);
             }
+            self.decisions_reused
+                .inc_by(std::mem::take(&mut tally.decisions_reused));
             for (result, n) in LookupResult::ALL.iter().zip(&mut tally.key_cache_lookups) {
                 if *n > 0 {
                     self.key_cache_lookups

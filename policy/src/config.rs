@@ -202,6 +202,13 @@ pub struct Guest {
     pub cache_dir: Option<PathBuf>,
     /// Which export of the component serves requests on the keygate host.
     pub entry: GuestEntry,
+    /// Decisions each request thread keeps for reuse (0 = none): with a component that
+    /// exports `keygate:gateway/reusable-policy`, a request identical to one decided before
+    /// (same method, authority, path and query, headers, client address) is forwarded on the
+    /// earlier decision without calling the guest, for as long as the guest allows and the key
+    /// verdicts it rests on stay fresh. Heads over 4 KiB are never kept, so a thread holds at
+    /// most about `reuse_decisions` × 5 KiB.
+    pub reuse_decisions: u32,
 }
 
 /// `[guest] entry`: `auto` takes the fast path (the guest decides from the head, the host
@@ -226,6 +233,7 @@ impl Default for Guest {
             instance_reuse: 1000,
             precompiled_cache: true,
             cache_dir: None,
+            reuse_decisions: 4096,
         }
     }
 }

@@ -4,6 +4,9 @@
 use crate::config::*;
 use std::collections::HashSet;
 
+/// `guest.reuse_decisions` above this would let one thread keep gigabytes of decisions.
+const MAX_REUSE_DECISIONS: u32 = 1_000_000;
+
 impl Server {
     /// A TLS listener needs both files, and the files need a listener (a certificate set
     /// without `tls_listen` would silently serve nothing over TLS).
@@ -68,6 +71,12 @@ impl Config {
         }
         if self.guest.instance_reuse == 0 {
             return Err(invalid("guest.instance_reuse", "must be at least 1"));
+        }
+        if self.guest.reuse_decisions > MAX_REUSE_DECISIONS {
+            return Err(invalid(
+                "guest.reuse_decisions",
+                format!("must be at most {MAX_REUSE_DECISIONS}"),
+            ));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));

@@ -80,7 +80,7 @@ async fn spin_export_references_what_it_writes() {
     let mut referenced = vec![gateway["source"].as_str().unwrap().to_string()];
     let dependencies = gateway["dependencies"].as_table().unwrap();
     for (name, dependency) in dependencies {
-        assert_eq!(name, "keygate:gateway/key-cache@0.1.3");
+        assert_eq!(name, "keygate:gateway/key-cache@0.1.4");
         referenced.push(dependency["path"].as_str().unwrap().to_string());
     }
     for file in &referenced {

@@ -45,7 +45,7 @@ async fn spin_app_imports_only_what_spin3_provides() {
     let report = wac_graph::types::validate_target(&types, platform, bare.ty()).unwrap_err();
     assert_eq!(
         report.imports_not_in_target().collect::<Vec<_>>(),
-        vec!["keygate:gateway/key-cache@0.1.3"]
+        vec!["keygate:gateway/key-cache@0.1.4"]
     );
     // Nor does the wasmtime flavour's adapter world pass for anything but WASI (it imports
     // nothing Spin lacks, so the whole wasmtime export fits too).

@@ -152,6 +152,75 @@ async fn second_request_with_same_key_does_not_call_auth_api() {
     assert_eq!(origin.hits(), 5);
 }
 
+/// Identical requests are each a request of their own, also where the gateway forwards the
+/// repeats on its first decision (keygate's fast path keeps decisions the guest offers for
+/// reuse): each reaches the origin with its own request id, the one its client gets back.
+#[tokio::test]
+async fn identical_requests_each_reach_the_origin_with_their_own_request_id() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.allow("good-key", json!({"consumer": {"id": "c-1"}}));
+    // One request thread: each keeps decisions of its own.
+    let config = GatewayConfig::basic(&origin, &auth).server("workers = 1");
+    let gw = start_gateway(&config.to_string()).await;
+    let mut ids = std::collections::HashSet::new();
+    for n in 1..=4 {
+        let reply = get(gw.addr, "/api/x", &[("apikey", "good-key")]).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(origin.hits(), n);
+        let seen = origin.last();
+        let id = seen.header("x-request-id").expect("a request id upstream");
+        assert_eq!(reply.header("x-request-id"), Some(id));
+        assert_eq!(seen.header("x-consumer-id"), Some("c-1"));
+        assert_eq!(seen.header("apikey"), Some("good-key"));
+        ids.insert(id.to_string());
+    }
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    // The first request's verdict came from the auth API, which is that request's own; the
+    // second's from the cache, and the last two were forwarded on it without calling the guest.
+    let reused = match crate::HOST {
+        Host::FastPath => 2,
+        Host::Portable => 0,
+        _ => return,
+    };
+    let metrics = gw.keygate().gateway.metrics.render(0);
+    assert!(
+        metrics.contains(&format!("keygate_decisions_reused_total {reused}\n")),
+        "{metrics}"
+    );
+}
+
+/// Reuse lasts no longer than the verdict it rests on: once the key's verdict is no longer
+/// fresh, the auth API is asked again, even for a request identical to the last, and its new
+/// answer holds.
+#[tokio::test]
+async fn an_expired_verdict_is_asked_again_even_for_a_request_identical_to_the_last() {
+    cache_is_per_instance_there!();
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.allow("good-key", json!({"consumer": {"id": "c-1"}}));
+    let config = basic_config(&origin, &auth).replace("cache_ttl = \"5m\"", "cache_ttl = \"1s\"");
+    let gw = start_gateway(&config).await;
+    let key = [("apikey", "good-key")];
+    assert_eq!(get(gw.addr, "/api/x", &key).await.status, 200);
+    auth.deny("good-key");
+    // Until the verdict expires the answer is the cached one; then the auth API's new one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = get(gw.addr, "/api/x", &key).await.status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still forwarded 9 s after the 1 s verdict expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(auth.calls(), 2);
+}
+
 #[tokio::test]
 async fn invalid_verdict_is_cached_too() {
     cache_is_per_instance_there!();

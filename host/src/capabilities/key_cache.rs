@@ -7,6 +7,7 @@ use keygate_key_cache_core::{self as cache_core, Deadlines, Freshness};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -38,6 +39,9 @@ pub struct KeyCache {
     /// Longest a request waits for another request's fill before filling itself.
     fill_wait: Duration,
     metrics: Arc<Metrics>,
+    /// Moves whenever a fresh verdict may have changed or gone (invalidated, cleared, made
+    /// stale, replaced): a decision reused on the strength of fresh verdicts ends when it does.
+    revision: AtomicU64,
 }
 
 struct State {
@@ -110,6 +114,7 @@ impl KeyCache {
             epoch: Instant::now(),
             fill_wait,
             metrics,
+            revision: AtomicU64::new(0),
         }
     }
 
@@ -127,6 +132,11 @@ impl KeyCache {
 
     /// Look a fingerprint up; on `Stale`/`Miss` the caller is recorded as the filler.
     pub async fn get(&self, fingerprint: Fingerprint) -> Lookup {
+        self.lookup(fingerprint).await.0
+    }
+
+    /// [`KeyCache::get`], and for a fresh verdict when it stops being fresh.
+    async fn lookup(&self, fingerprint: Fingerprint) -> (Lookup, Option<Instant>) {
         let mut waited = false;
         loop {
             // Both live past the lock: `notified()` is created under the lock, so a `put` that
@@ -136,7 +146,9 @@ impl KeyCache {
             {
                 let mut state = self.lock();
                 let now = self.now_ms();
+                let mut fresh_until_ms = 0;
                 let found = state.entries.get(&fingerprint).and_then(|entry| {
+                    fresh_until_ms = entry.deadlines.fresh_until_ms;
                     match entry.deadlines.freshness(now) {
                         Freshness::Fresh => entry.verdict.unpack().map(Lookup::Fresh),
                         Freshness::Stale => entry.verdict.unpack().map(Lookup::Stale),
@@ -146,7 +158,8 @@ impl KeyCache {
                 let found = match found {
                     Some(fresh @ Lookup::Fresh(_)) => {
                         self.metrics.key_cache_lookup(LookupResult::Fresh);
-                        return fresh;
+                        let until = self.epoch + Duration::from_millis(fresh_until_ms);
+                        return (fresh, Some(until));
                     }
                     Some(found) => found,
                     None => Lookup::Miss,
@@ -163,7 +176,7 @@ impl KeyCache {
                             Lookup::Stale(_) => LookupResult::Stale,
                             _ => LookupResult::Miss,
                         });
-                        return found;
+                        return (found, None);
                     }
                 }
             }
@@ -178,8 +191,12 @@ impl KeyCache {
             verdict: PackedVerdict::pack(verdict),
             deadlines: Deadlines::new(self.now_ms(), millis(ttl), millis(stale)),
         };
+        let now = self.now_ms();
         let mut state = self.lock();
-        state.entries.put(fingerprint, entry);
+        let replaced = state.entries.put(fingerprint, entry);
+        if replaced.is_some_and(|old| matches!(old.deadlines.freshness(now), Freshness::Fresh)) {
+            self.changed();
+        }
         if let Some(notify) = state.filling.remove(&fingerprint) {
             notify.notify_waiters();
         }
@@ -192,11 +209,25 @@ impl KeyCache {
     }
 
     pub fn invalidate(&self, fingerprint: Fingerprint) -> bool {
-        self.lock().entries.pop(&fingerprint).is_some()
+        let gone = self.lock().entries.pop(&fingerprint).is_some();
+        if gone {
+            self.changed();
+        }
+        gone
     }
 
     pub fn clear(&self) {
         self.lock().entries.clear();
+        self.changed();
+    }
+
+    /// Where the cache's fresh verdicts stand: unchanged as long as this is.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.revision.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Make every fresh verdict stale (its stale window keeps its end): each is checked with
@@ -208,6 +239,7 @@ impl KeyCache {
         for (_, entry) in state.entries.iter_mut() {
             entry.deadlines.fresh_until_ms = entry.deadlines.fresh_until_ms.min(now);
         }
+        self.changed();
         state.entries.len()
     }
 
@@ -258,19 +290,35 @@ fn hex_digit(byte: u8) -> Option<u8> {
 pub struct KeyCacheView<'a> {
     cache: &'a KeyCache,
     fills: &'a mut Vec<Fingerprint>,
+    reads: &'a mut Reads,
 }
 
 /// Per-request state the view borrows from.
 pub struct KeyCacheState {
     cache: Arc<KeyCache>,
     fills: Vec<Fingerprint>,
+    reads: Reads,
+}
+
+/// What one guest call did with the cache: whether a decision it made may be reused, and
+/// until when (`reusable-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reads {
+    /// The cache's revision when the call began.
+    pub revision: u64,
+    /// Every `get` answered `fresh`, and nothing was put, released or invalidated.
+    pub only_fresh: bool,
+    /// When the first of the verdicts read stops being fresh (none read: `None`).
+    pub fresh_until: Option<Instant>,
 }
 
 impl KeyCacheState {
     pub fn new(cache: Arc<KeyCache>) -> Self {
+        let reads = Reads::starting(&cache);
         Self {
             cache,
             fills: Vec::new(),
+            reads,
         }
     }
 
@@ -278,6 +326,27 @@ impl KeyCacheState {
         KeyCacheView {
             cache: &self.cache,
             fills: &mut self.fills,
+            reads: &mut self.reads,
+        }
+    }
+
+    /// Begin watching a guest call's reads: the revision is taken before the call, so a
+    /// verdict invalidated while the guest decides ends the decision's reuse at once.
+    pub fn watch_reads(&mut self) {
+        self.reads = Reads::starting(&self.cache);
+    }
+
+    pub fn reads(&self) -> Reads {
+        self.reads
+    }
+}
+
+impl Reads {
+    fn starting(cache: &KeyCache) -> Self {
+        Self {
+            revision: cache.revision(),
+            only_fresh: true,
+            fresh_until: None,
         }
     }
 }
@@ -306,14 +375,22 @@ impl KeyCacheView<'_> {
 impl Host for KeyCacheView<'_> {
     async fn get(&mut self, fingerprint: String) -> Lookup {
         let fingerprint = parse_fingerprint(&fingerprint);
-        let lookup = self.cache.get(fingerprint).await;
-        if !matches!(lookup, Lookup::Fresh(_)) {
-            self.fills.push(fingerprint);
+        let (lookup, fresh_until) = self.cache.lookup(fingerprint).await;
+        match fresh_until {
+            Some(until) => {
+                let earliest = self.reads.fresh_until.map_or(until, |t| t.min(until));
+                self.reads.fresh_until = Some(earliest);
+            }
+            None => {
+                self.reads.only_fresh = false;
+                self.fills.push(fingerprint);
+            }
         }
         lookup
     }
 
     fn put(&mut self, fingerprint: String, verdict: Verdict, ttl_ms: u64, stale_ms: u64) {
+        self.reads.only_fresh = false;
         let fingerprint = parse_fingerprint(&fingerprint);
         self.cache.put(
             fingerprint,
@@ -325,12 +402,14 @@ impl Host for KeyCacheView<'_> {
     }
 
     fn release(&mut self, fingerprint: String) {
+        self.reads.only_fresh = false;
         let fingerprint = parse_fingerprint(&fingerprint);
         self.cache.release(fingerprint);
         self.settled(&fingerprint);
     }
 
     fn invalidate(&mut self, fingerprint: String) {
+        self.reads.only_fresh = false;
         self.cache.invalidate(parse_fingerprint(&fingerprint));
     }
 }
@@ -368,6 +447,74 @@ mod tests {
             custom_id: None,
             credential_id: None,
         })
+    }
+
+    #[tokio::test]
+    async fn a_calls_reads_say_whether_its_decision_may_be_reused_and_until_when() {
+        let cache = cache();
+        let fresh = [1u8; 32];
+        let text = |fp: [u8; 32]| crate::http_util::hex(&fp);
+        cache.put(fresh, valid("a"), Duration::from_secs(60), Duration::ZERO);
+        let mut state = KeyCacheState::new(Arc::clone(&cache));
+        state.watch_reads();
+        let before = Instant::now();
+        assert!(matches!(
+            state.view().get(text(fresh)).await,
+            Lookup::Fresh(_)
+        ));
+        let reads = state.reads();
+        assert!(reads.only_fresh);
+        assert_eq!(reads.revision, cache.revision());
+        let until = reads.fresh_until.expect("a fresh verdict was read");
+        assert!(
+            until > before + Duration::from_secs(59)
+                && until <= Instant::now() + Duration::from_secs(60)
+        );
+
+        // A miss makes this call the filler: its decision is its own.
+        assert!(matches!(
+            state.view().get(text([2u8; 32])).await,
+            Lookup::Miss
+        ));
+        assert!(!state.reads().only_fresh);
+        state.watch_reads();
+        assert!(state.reads().only_fresh && state.reads().fresh_until.is_none());
+        state.view().put(text([2u8; 32]), Verdict::Invalid, 1000, 0);
+        assert!(!state.reads().only_fresh);
+        state.watch_reads();
+        state.view().invalidate(text([3u8; 32]));
+        assert!(!state.reads().only_fresh);
+    }
+
+    #[tokio::test]
+    async fn the_revision_moves_when_a_fresh_verdict_may_have_changed_and_not_when_one_is_added() {
+        let cache = cache();
+        let start = cache.revision();
+        cache.put(
+            [1u8; 32],
+            valid("a"),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        );
+        assert_eq!(cache.revision(), start, "a new key changes no verdict");
+        cache.put(
+            [1u8; 32],
+            Verdict::Invalid,
+            Duration::from_secs(60),
+            Duration::ZERO,
+        );
+        assert_ne!(cache.revision(), start, "a fresh verdict replaced");
+        let replaced = cache.revision();
+        assert!(!cache.invalidate([9u8; 32]));
+        assert_eq!(cache.revision(), replaced, "nothing was there");
+        assert!(cache.invalidate([1u8; 32]));
+        assert_ne!(cache.revision(), replaced);
+        let invalidated = cache.revision();
+        cache.mark_all_stale();
+        assert_ne!(cache.revision(), invalidated);
+        let stale = cache.revision();
+        cache.clear();
+        assert_ne!(cache.revision(), stale);
     }
 
     #[tokio::test]

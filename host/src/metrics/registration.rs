@@ -32,6 +32,7 @@ impl Default for Metrics {
         let guest_instances_alive = Gauge::default();
         let in_flight = Gauge::default();
         let guest_instances = Counter::default();
+        let decisions_reused = Counter::default();
         let request_latency =
             Family::new_with_constructor((|| Merged::new(KEYGATE_LATENCY)) as fn() -> Merged);
         let upstream_latency =
@@ -93,8 +94,13 @@ impl Default for Metrics {
         );
         registry.register(
             "key_cache_lookups",
-            "Key cache lookups by result (fresh, stale, miss, coalesced)",
+            "Key cache lookups by result (fresh, stale, miss, coalesced); a reused decision counts its key as fresh",
             key_cache_lookups.clone(),
+        );
+        registry.register(
+            "decisions_reused",
+            "Requests forwarded on a decision the guest made for an identical request and offered for reuse, without calling it",
+            decisions_reused.clone(),
         );
         registry.register(
             "rate_limit_decisions",
@@ -177,6 +183,7 @@ impl Default for Metrics {
             redis_down,
             guest_failures,
             guest_instances,
+            decisions_reused,
             component_loads,
             key_cache_entries,
             guest_instances_alive,

@@ -19,6 +19,7 @@ pub(super) struct Tally {
     /// By route, then [`RateLimitOutcome`].
     pub(super) rate_limit_decisions: HashMap<Box<str>, [u64; 3]>,
     pub(super) key_cache_lookups: [u64; 4],
+    pub(super) decisions_reused: u64,
     /// Requests started minus answered by these threads (a request may end on another
     /// thread than it started on, so one shard can go negative; the sum cannot).
     pub(super) in_flight: i64,
@@ -37,6 +38,7 @@ impl Default for Tally {
             auth_api_responses: LabelledCounts::default(),
             rate_limit_decisions: HashMap::new(),
             key_cache_lookups: [0; 4],
+            decisions_reused: 0,
             in_flight: 0,
             latency: HashMap::new(),
             auth_latency: Histogram::new(KEYGATE_LATENCY),

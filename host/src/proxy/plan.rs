@@ -8,6 +8,7 @@ use keygate_policy::Config;
 use std::time::Duration;
 
 /// A plan the host may carry out.
+#[derive(Clone)]
 pub struct ValidPlan {
     pub service: String,
     pub uri: http::Uri,
@@ -21,11 +22,13 @@ pub struct ValidPlan {
 }
 
 /// Header edits with names and values already parsed.
+#[derive(Clone)]
 pub struct ValidEdits {
     pub remove: Vec<http::HeaderName>,
     pub append: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
+#[derive(Clone)]
 pub struct ValidResponseEdits {
     pub headers: ValidEdits,
     pub via: Option<http::HeaderValue>,

@@ -11,8 +11,9 @@ use wasmtime::component::InstancePre;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
 
-/// The guest's `keygate:gateway/block-policy` export, as the host calls it (a component
-/// exporting only the 0.1.1 `policy` gets the portable path).
+/// The guest's `keygate:gateway/reusable-policy` and `block-policy` exports, as the host calls
+/// them (a component exporting only the 0.1.1 `policy` gets the portable path). Each interface
+/// is looked up on its own: a 0.1.3 component exports `block-policy` alone.
 pub mod policy_bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -25,8 +26,10 @@ pub mod policy_bindings {
     });
 }
 
+use policy_api::{Decision, FailureContext, Reply, RequestHead};
 pub use policy_bindings::exports::keygate::gateway::block_policy as policy_api;
-use policy_bindings::{FastPath, FastPathIndices};
+use policy_bindings::exports::keygate::gateway::reusable_policy as reusable_api;
+pub use policy_bindings::exports::keygate::gateway::reusable_policy::Reuse;
 
 /// The component built into the binary: keygate's own policy.
 pub const EMBEDDED_GUEST: &[u8] = include_bytes!(env!("KEYGATE_GUEST_WASM"));
@@ -69,7 +72,7 @@ pub struct CompiledGuest {
     pub pre: InstancePre<RequestState>,
     proxy: ProxyIndices,
     /// Present when the component exports `keygate:gateway/block-policy` (the fast path).
-    policy: Option<FastPathIndices>,
+    policy: Option<PolicyIndices>,
     pub source: GuestSource,
     pub sha256: String,
     pub loaded_at: SystemTime,
@@ -137,7 +140,12 @@ impl CompiledGuest {
         let proxy = ProxyIndices::new(&pre)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{source} does not export wasi:http/incoming-handler"))?;
-        let policy = FastPathIndices::new(&pre).ok();
+        let policy = policy_api::GuestIndices::new(&pre)
+            .ok()
+            .map(|decide| PolicyIndices {
+                decide,
+                reusable: reusable_api::GuestIndices::new(&pre).ok(),
+            });
         Ok(Self {
             pre,
             proxy,
@@ -150,10 +158,45 @@ impl CompiledGuest {
     }
 }
 
+/// Where a component's policy functions are, found once when it is compiled.
+struct PolicyIndices {
+    decide: policy_api::GuestIndices,
+    reusable: Option<reusable_api::GuestIndices>,
+}
+
 /// A live instance of a guest: its `wasi:http` handler, and its policy when it has one.
 pub struct GuestInstance {
     pub proxy: Proxy,
-    pub policy: Option<FastPath>,
+    pub policy: Option<Policy>,
+}
+
+/// An instance's policy: `block-policy`, and `reusable-policy` when it exports it.
+pub struct Policy {
+    decide: policy_api::Guest,
+    reusable: Option<reusable_api::Guest>,
+}
+
+impl Policy {
+    /// The guest's decision, and whether it may be reused (never, for a component without
+    /// `reusable-policy`).
+    pub async fn decide(
+        &self,
+        store: &mut wasmtime::Store<RequestState>,
+        head: &RequestHead,
+    ) -> wasmtime::Result<(Decision, Option<Reuse>)> {
+        match &self.reusable {
+            Some(reusable) => reusable.call_decide(store, head).await,
+            None => Ok((self.decide.call_decide(store, head).await?, None)),
+        }
+    }
+
+    pub async fn upstream_failed(
+        &self,
+        store: &mut wasmtime::Store<RequestState>,
+        context: &FailureContext,
+    ) -> wasmtime::Result<Reply> {
+        self.decide.call_upstream_failed(store, context).await
+    }
 }
 
 impl CompiledGuest {
@@ -170,7 +213,13 @@ impl CompiledGuest {
         let instance = self.pre.instantiate_async(&mut *store).await?;
         let proxy = self.proxy.load(&mut *store, &instance)?;
         let policy = match &self.policy {
-            Some(indices) => Some(indices.load(&mut *store, &instance)?),
+            Some(indices) => Some(Policy {
+                decide: indices.decide.load(&mut *store, &instance)?,
+                reusable: match &indices.reusable {
+                    Some(reusable) => Some(reusable.load(&mut *store, &instance)?),
+                    None => None,
+                },
+            }),
             None => None,
         };
         Ok(GuestInstance { proxy, policy })

@@ -48,6 +48,8 @@ pub struct Active {
     pub(super) pool: Arc<InstancePool>,
     /// Whether requests take the fast path (the guest decides, the host forwards).
     pub fast_path: bool,
+    /// What request threads file the decisions they keep for reuse under: this pair's own.
+    pub(super) reuse_generation: u64,
 }
 
 /// The request-serving core: shared engine and pools, the active component and config.
@@ -348,6 +350,7 @@ impl Active {
             balancers,
             tls,
             fast_path,
+            reuse_generation: super::reuse::next_generation(),
         }
     }
 }

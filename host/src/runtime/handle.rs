@@ -6,10 +6,12 @@
 use super::answer::{AnswerLabels, take_annotation};
 use super::component::policy_api::{Decision, UpstreamFailure};
 use super::gateway::{Active, Gateway};
+use super::reuse;
 use crate::metrics::RateLimitOutcome;
 use crate::observe::Observed;
 use crate::proxy;
 use crate::proxy::forward::ForwardError;
+use crate::proxy::plan::ValidPlan;
 use crate::responses::{ErrorContext, HostFailure, ResponseBody};
 use keygate_policy::internal_headers;
 use std::net::SocketAddr;
@@ -104,7 +106,8 @@ impl Gateway {
         Ok((hyper::Response::from_parts(parts, body), labels))
     }
 
-    /// The guest decides from the head; the host forwards or answers.
+    /// The guest decides from the head (or decided an identical request before, and said the
+    /// decision may be reused); the host forwards or answers.
     async fn fast_path(
         &self,
         active: &Active,
@@ -114,11 +117,23 @@ impl Gateway {
         asked: &ErrorContext,
     ) -> Result<(hyper::Response<ResponseBody>, AnswerLabels), HostFailure> {
         let head = proxy::head::lower(&request, client, self.listen_port)?;
+        let reuse_decisions = active.config.guest.reuse_decisions;
+        if let Some(plan) = reuse::reused(
+            active.reuse_generation,
+            reuse_decisions,
+            &head,
+            &self.key_cache,
+            started,
+        ) {
+            self.metrics
+                .decision_reused(plan.labels.key_lookup.as_deref() == Some("fresh"));
+            return Box::pin(self.forward(active, plan, request, started, asked)).await;
+        }
         // Boxed, as the forward below: inline, these two grew the future of every answer to
         // 27 KiB, which is moved into hyper's box per request (~6 k instructions of memcpy); an
         // allocation each is cheaper.
-        let decision = Box::pin(self.decide(active, Arc::clone(&self.key_cache), head)).await?;
-        match decision {
+        let decided = Box::pin(self.decide(active, Arc::clone(&self.key_cache), &head)).await?;
+        match decided.decision {
             Decision::Respond(reply) => {
                 let labels = AnswerLabels::of(&reply.labels);
                 Ok((proxy::reply::to_response(reply)?, labels))
@@ -126,70 +141,84 @@ impl Gateway {
             Decision::UseHandler => Box::pin(self.portable_path(active, request, client)).await,
             Decision::Forward(plan) => {
                 // Logged once, with the request id, where the 500 is made.
-                let mut plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
+                let plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
                     HostFailure::Internal(format!("refused the guest's forward plan: {err}"))
                 })?;
-                let mut labels = AnswerLabels::of(&plan.labels);
-                labels.request_id = Some(plan.request_id.clone());
-                let balancer = active
-                    .config
-                    .services
-                    .iter()
-                    .find(|service| service.name == plan.service)
-                    .and_then(|service| active.balancers.get(&service.url.host))
-                    .map(|balancer| &**balancer);
-                let tls = if plan.uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-                    active.tls.service(&plan.service)
-                } else {
-                    None
-                };
-                let sending = started.elapsed();
-                let forwarded = Box::pin(self.upstream.forward(
-                    &mut plan,
-                    request,
-                    started,
-                    &self.metrics,
-                    balancer,
-                    tls,
-                ))
-                .await;
-                labels.gateway = Some(sending);
-                labels.upstream = Some(started.elapsed().saturating_sub(sending));
-                match forwarded {
-                    Ok(response) => {
-                        labels.from_origin = true;
-                        Ok((response, labels))
-                    }
-                    // Answered like the guest's own 413 (route labels, the plan's request id).
-                    Err(ForwardError::BodyTooLarge) => Ok((
-                        HostFailure::BodyTooLarge.into_response_as(
-                            plan.request_id.clone(),
-                            asked,
-                            &active.config.compat,
-                            started,
-                        ),
-                        labels,
-                    )),
-                    Err(ForwardError::NoPeer) => Err(HostFailure::NoPeer),
-                    Err(ForwardError::OriginDown(failure)) => Err(HostFailure::OriginDown {
-                        timed_out: matches!(
-                            failure,
-                            UpstreamFailure::ConnectTimeout | UpstreamFailure::ResponseTimeout
-                        ),
-                    }),
-                    Err(ForwardError::Upstream(failure)) => {
-                        let context =
-                            proxy::forward::failure_context(plan, failure, asked, started);
-                        // Boxed: rare, and its guest call would grow every answer's future.
-                        let reply = Box::pin(self.upstream_failed(
-                            active,
-                            Arc::clone(&self.key_cache),
-                            context,
-                        ))
-                        .await?;
-                        Ok((proxy::reply::to_response(reply)?, labels))
-                    }
+                if let Some(offer) = decided.reuse {
+                    reuse::keep(
+                        active.reuse_generation,
+                        reuse_decisions,
+                        head,
+                        &plan,
+                        offer,
+                        started,
+                    );
                 }
+                Box::pin(self.forward(active, plan, request, started, asked)).await
+            }
+        }
+    }
+
+    /// Carry out a checked plan: forward to the service's origin, and answer a failure the
+    /// way the guest words it.
+    async fn forward(
+        &self,
+        active: &Active,
+        mut plan: ValidPlan,
+        request: hyper::Request<hyper::body::Incoming>,
+        started: Instant,
+        asked: &ErrorContext,
+    ) -> Result<(hyper::Response<ResponseBody>, AnswerLabels), HostFailure> {
+        let mut labels = AnswerLabels::of(&plan.labels);
+        labels.request_id = Some(plan.request_id.clone());
+        let balancer = active
+            .config
+            .services
+            .iter()
+            .find(|service| service.name == plan.service)
+            .and_then(|service| active.balancers.get(&service.url.host))
+            .map(|balancer| &**balancer);
+        let tls = if plan.uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            active.tls.service(&plan.service)
+        } else {
+            None
+        };
+        let sending = started.elapsed();
+        let forwarded = self
+            .upstream
+            .forward(&mut plan, request, started, &self.metrics, balancer, tls)
+            .await;
+        labels.gateway = Some(sending);
+        labels.upstream = Some(started.elapsed().saturating_sub(sending));
+        match forwarded {
+            Ok(response) => {
+                labels.from_origin = true;
+                Ok((response, labels))
+            }
+            // Answered like the guest's own 413 (route labels, the plan's request id).
+            Err(ForwardError::BodyTooLarge) => Ok((
+                HostFailure::BodyTooLarge.into_response_as(
+                    plan.request_id.clone(),
+                    asked,
+                    &active.config.compat,
+                    started,
+                ),
+                labels,
+            )),
+            Err(ForwardError::NoPeer) => Err(HostFailure::NoPeer),
+            Err(ForwardError::OriginDown(failure)) => Err(HostFailure::OriginDown {
+                timed_out: matches!(
+                    failure,
+                    UpstreamFailure::ConnectTimeout | UpstreamFailure::ResponseTimeout
+                ),
+            }),
+            Err(ForwardError::Upstream(failure)) => {
+                let context = proxy::forward::failure_context(plan, failure, asked, started);
+                // Boxed: rare, and its guest call would grow every answer's future.
+                let reply =
+                    Box::pin(self.upstream_failed(active, Arc::clone(&self.key_cache), context))
+                        .await?;
+                Ok((proxy::reply::to_response(reply)?, labels))
             }
         }
     }

@@ -4,12 +4,12 @@
 //! does (traps, loops, exhausts memory, never answers) the caller gets a well-formed outcome.
 
 use super::component::policy_api::{Decision, FailureContext, Reply, RequestHead};
-use super::component::{CompiledGuest, GuestInstance};
+use super::component::{CompiledGuest, GuestInstance, Reuse};
 use super::drive::{self, GuestError, Head};
 use super::gateway::{Active, Gateway};
 use super::pool::{Claim, Worker};
 use super::state::MemoryLimitExceeded;
-use crate::capabilities::key_cache::KeyCache;
+use crate::capabilities::key_cache::{KeyCache, Reads};
 use crate::metrics::Metrics;
 use crate::responses::{HostFailure, ResponseBody};
 use bytes::Bytes;
@@ -45,13 +45,13 @@ impl Gateway {
         &self,
         active: &Active,
         key_cache: Arc<KeyCache>,
-        head: RequestHead,
-    ) -> Result<Decision, HostFailure> {
+        head: &RequestHead,
+    ) -> Result<Decided, HostFailure> {
         match self
             .call_policy(active, key_cache, PolicyCall::Decide(head))
             .await?
         {
-            PolicyAnswer::Decision(decision) => Ok(decision),
+            PolicyAnswer::Decision(decided) => Ok(decided),
             PolicyAnswer::Reply(_) => unreachable!("decide answers with a decision"),
         }
     }
@@ -64,7 +64,7 @@ impl Gateway {
         context: FailureContext,
     ) -> Result<Reply, HostFailure> {
         match self
-            .call_policy(active, key_cache, PolicyCall::UpstreamFailed(context))
+            .call_policy(active, key_cache, PolicyCall::UpstreamFailed(&context))
             .await?
         {
             PolicyAnswer::Reply(reply) => Ok(reply),
@@ -76,7 +76,7 @@ impl Gateway {
         &self,
         active: &Active,
         key_cache: Arc<KeyCache>,
-        call: PolicyCall,
+        call: PolicyCall<'_>,
     ) -> Result<PolicyAnswer, HostFailure> {
         let mut worker = self.worker(active, key_cache).await?;
         let waited = worker.store.data().busy.waited_flag();
@@ -87,18 +87,28 @@ impl Gateway {
                     "the component does not export keygate:gateway/block-policy",
                 )));
             };
-            let policy = policy.keygate_gateway_block_policy();
             let answer = match call {
-                PolicyCall::Decide(head) => policy
-                    .call_decide(&mut worker.store, &head)
-                    .await
-                    .map(PolicyAnswer::Decision),
-                PolicyCall::UpstreamFailed(context) => policy
-                    .call_upstream_failed(&mut worker.store, &context)
-                    .await
-                    .map(PolicyAnswer::Reply),
-            }
-            .map_err(GuestError::Call)?;
+                PolicyCall::Decide(head) => {
+                    worker.store.data_mut().watch_key_reads();
+                    let (decision, reuse) = policy
+                        .decide(&mut worker.store, head)
+                        .await
+                        .map_err(GuestError::Call)?;
+                    let reads = worker.store.data().key_reads();
+                    PolicyAnswer::Decision(Decided {
+                        decision,
+                        reuse: reuse
+                            .filter(|_| reads.only_fresh)
+                            .map(|reuse| (reuse, reads)),
+                    })
+                }
+                PolicyCall::UpstreamFailed(context) => PolicyAnswer::Reply(
+                    policy
+                        .upstream_failed(&mut worker.store, context)
+                        .await
+                        .map_err(GuestError::Call)?,
+                ),
+            };
             worker.instance = Some(instance);
             active.pool.give_back(worker);
             Ok(answer)
@@ -198,16 +208,24 @@ impl Gateway {
     }
 }
 
+/// What the policy decided about a request.
+pub(super) struct Decided {
+    pub decision: Decision,
+    /// The guest's offer to have the decision reused, with what its call read from the key
+    /// cache; only when every read was of a fresh verdict.
+    pub reuse: Option<(Reuse, Reads)>,
+}
+
 /// The policy's two functions, as one call shape.
-enum PolicyCall {
-    Decide(RequestHead),
-    UpstreamFailed(FailureContext),
+enum PolicyCall<'a> {
+    Decide(&'a RequestHead),
+    UpstreamFailed(&'a FailureContext),
 }
 
 /// Moved once per call; boxing the larger variant would cost an allocation per request.
 #[allow(clippy::large_enum_variant)]
 enum PolicyAnswer {
-    Decision(Decision),
+    Decision(Decided),
     Reply(Reply),
 }
 

@@ -11,6 +11,7 @@ mod invoke;
 pub mod pool;
 pub mod precompiled;
 pub mod reload;
+mod reuse;
 pub mod state;
 mod trial;
 

@@ -2,7 +2,7 @@
 //! and counters views and resource limits. Nothing here outlives the request.
 
 use crate::capabilities::counters::{CounterStores, CountersView};
-use crate::capabilities::key_cache::{KeyCache, KeyCacheState, KeyCacheView};
+use crate::capabilities::key_cache::{KeyCache, KeyCacheState, KeyCacheView, Reads};
 use crate::capabilities::outgoing_http::OutgoingHttp;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,6 +157,15 @@ impl RequestState {
 
     pub fn key_cache(&mut self) -> KeyCacheView<'_> {
         self.key_cache.view()
+    }
+
+    /// Watch what the next guest call reads from the key cache (see [`Reads`]).
+    pub fn watch_key_reads(&mut self) {
+        self.key_cache.watch_reads();
+    }
+
+    pub fn key_reads(&self) -> Reads {
+        self.key_cache.reads()
     }
 
     pub fn counters(&mut self) -> CountersView<'_> {

@@ -96,8 +96,9 @@ impl Gateway {
             local_port: self.listen_port,
         };
         let unkeyed = self
-            .decide(active, Arc::clone(scratch_cache), head(Vec::new()))
+            .decide(active, Arc::clone(scratch_cache), &head(Vec::new()))
             .await
+            .map(|decided| decided.decision)
             .map_err(|f| anyhow::anyhow!("the trial decision failed: {}", f.describe()))?;
         if matches!(unkeyed, Decision::Forward(_)) && config.key_auth.anonymous.is_none() {
             anyhow::bail!(
@@ -118,9 +119,10 @@ impl Gateway {
                 .decide(
                     active,
                     Arc::clone(scratch_cache),
-                    head(format!("{}: {key}\r\n", name.to_ascii_lowercase()).into_bytes()),
+                    &head(format!("{}: {key}\r\n", name.to_ascii_lowercase()).into_bytes()),
                 )
                 .await
+                .map(|decided| decided.decision)
                 .map_err(|f| anyhow::anyhow!("the trial decision failed: {}", f.describe()))?;
             match keyed {
                 Decision::Forward(plan) => {

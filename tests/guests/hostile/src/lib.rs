@@ -22,8 +22,8 @@ mod bindings {
             "wasi:cli/stdout@0.2.12": wasip2::cli::stdout,
             "wasi:cli/stderr@0.2.12": wasip2::cli::stderr,
             "wasi:cli/stdin@0.2.12": wasip2::cli::stdin,
-            "keygate:gateway/key-cache@0.1.3": generate,
-            "keygate:gateway/counters@0.1.3": generate,
+            "keygate:gateway/key-cache@0.1.4": generate,
+            "keygate:gateway/counters@0.1.4": generate,
         },
         pub_export_macro: true,
     });
@@ -34,6 +34,7 @@ use bindings::exports::keygate::gateway::block_policy::{
     Timeouts,
 };
 use bindings::exports::keygate::gateway::policy as policy_0_1_1;
+use bindings::exports::keygate::gateway::reusable_policy::Reuse;
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -124,7 +125,17 @@ impl bindings::exports::keygate::gateway::block_policy::Guest for Hostile {
     }
 }
 
-/// keygate hosts from 0.1.3 on call `block-policy`; older ones get the portable path.
+/// keygate hosts from 0.1.4 on call `reusable-policy`: the same decisions, never offered for
+/// reuse, so every request meets its own.
+impl bindings::exports::keygate::gateway::reusable_policy::Guest for Hostile {
+    fn decide(head: RequestHead) -> (Decision, Option<Reuse>) {
+        let decision =
+            <Hostile as bindings::exports::keygate::gateway::block_policy::Guest>::decide(head);
+        (decision, None)
+    }
+}
+
+/// keygate hosts of 0.1.3 call `block-policy`; older ones get the portable path.
 impl policy_0_1_1::Guest for Hostile {
     fn decide(_head: policy_0_1_1::RequestHead) -> policy_0_1_1::Decision {
         policy_0_1_1::Decision::UseHandler
