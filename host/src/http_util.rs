@@ -29,7 +29,7 @@ pub fn remove_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
         }
     }
     if present[0] {
-        remove_connection_tokens(headers, keep_upgrade);
+        remove_named(headers, keep_upgrade, true);
     }
     for (name, present) in HOP_BY_HOP.iter().zip(present) {
         if present {
@@ -38,6 +38,17 @@ pub fn remove_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     }
     if upgrade && !keep_upgrade {
         headers.remove(http::header::UPGRADE);
+    }
+}
+
+/// Remove every value of each of `names`. One pass over the names the message has finds
+/// whether any is there: an origin seldom sends the gateway's own headers, and a hashed
+/// removal per name costs more than the pass.
+pub fn remove_each(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
+    if headers.keys().any(|present| names.contains(present)) {
+        for name in names {
+            headers.remove(name);
+        }
     }
 }
 
@@ -69,13 +80,33 @@ pub fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &str
 /// Headers named in `Connection` are hop-by-hop (RFC 9110 §7.6.1). wasi:http hides
 /// `Connection` from guests, so the host drops what it names, both ways.
 pub fn remove_connection_tokens(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    remove_named(headers, keep_upgrade, false);
+}
+
+/// [`remove_connection_tokens`]; with `hop_by_hop_go_anyway` (the caller removes every
+/// [`HOP_BY_HOP`] name itself) the usual `keep-alive` costs neither an allocation nor a lookup.
+fn remove_named(headers: &mut http::HeaderMap, keep_upgrade: bool, hop_by_hop_go_anyway: bool) {
+    let mut values = headers.get_all(http::header::CONNECTION).iter();
+    if hop_by_hop_go_anyway
+        && values.all(|value| value.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+    {
+        return;
+    }
     let named: Vec<http::HeaderName> = connection_tokens(headers)
+        .filter(|token| !(hop_by_hop_go_anyway && is_hop_by_hop_token(token)))
         .filter_map(|token| http::HeaderName::try_from(token).ok())
         .filter(|name| !(keep_upgrade && name == http::header::UPGRADE))
         .collect();
     for name in named {
         headers.remove(name);
     }
+}
+
+/// Whether a `Connection` token names one of [`HOP_BY_HOP`], in any case.
+fn is_hop_by_hop_token(token: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|name| name.as_str().eq_ignore_ascii_case(token))
 }
 
 /// keygate's internal headers are a channel between the host and its guest: a copy sent by an
@@ -131,12 +162,13 @@ pub fn client_ip(client: std::net::SocketAddr) -> String {
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
+    let mut out = Vec::with_capacity(bytes.len() * 2);
     for &byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0xf)]);
     }
-    out
+    // Digits only: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A request id of the host's own (for a response it makes, or a reused decision): 128
@@ -190,6 +222,72 @@ pub fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go_and_nothing_else() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "Keep-Alive, X-Private , close"),
+            ("connection", "TE"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-private", "1"),
+            ("close", "named too"),
+            ("upgrade", "websocket"),
+            ("x-kept", "2"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            headers.append(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
+        }
+        let mut kept_upgrade = headers.clone();
+        remove_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        remove_hop_by_hop(&mut kept_upgrade, true);
+        let names: Vec<&str> = kept_upgrade.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["upgrade", "x-kept"]);
+
+        // The usual origin's pair.
+        let mut headers = http::HeaderMap::new();
+        headers.insert("connection", http::HeaderValue::from_static("Keep-Alive"));
+        headers.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", http::HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+
+        // Alone, the tokens name everything they list, hop-by-hop names included.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "connection",
+            http::HeaderValue::from_static("keep-alive, te"),
+        );
+        headers.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+        headers.insert("te", http::HeaderValue::from_static("trailers"));
+        remove_connection_tokens(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["connection"]);
+    }
+
+    #[test]
+    fn remove_each_removes_every_value_of_each_name_present() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-a", http::HeaderValue::from_static("1"));
+        headers.append("x-b", http::HeaderValue::from_static("2"));
+        headers.append("x-a", http::HeaderValue::from_static("3"));
+        let names = [
+            http::HeaderName::from_static("x-a"),
+            http::HeaderName::from_static("x-c"),
+        ];
+        remove_each(&mut headers, &names);
+        let left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["x-b"]);
+        remove_each(&mut headers, &names);
+        assert_eq!(headers.len(), 1);
+    }
 
     #[test]
     fn hex_is_two_lower_case_digits_per_byte() {

@@ -4,7 +4,7 @@
 //! (WebSocket) are passed through as Kong proxies them: 101, then both directions streamed.
 
 use super::balancer::{self, BalancedError, Balancer, Recoverable};
-use super::plan::ValidPlan;
+use super::plan::Forwarding;
 use crate::capabilities::breaker::{FAILURES_TO_OPEN, PROBE_EVERY};
 use crate::capabilities::outgoing_http::{IdleTimeoutBody, client_error, pooled_client};
 use crate::http_util::{connection_tokens, remove_hop_by_hop};
@@ -169,13 +169,14 @@ impl Upstream {
     /// plan is enough to word a failure). `tls`: the https origin's TLS configuration.
     pub async fn forward(
         &self,
-        plan: &mut ValidPlan,
+        forwarding: &Forwarding,
         request: hyper::Request<Incoming>,
         started: Instant,
         metrics: &Metrics,
         balancer: Option<&Balancer>,
         tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Result<hyper::Response<ResponseBody>, ForwardError> {
+        let plan = &*forwarding.plan;
         let (mut parts, body) = request.into_parts();
         // The route's `max_body_size`. A declared length is checked here (the guest already
         // answers those; a plan is untrusted) and then held to its word by hyper; a body
@@ -198,8 +199,8 @@ impl Upstream {
             headers.remove(name);
         }
         remove_hop_by_hop(headers, false);
-        for (name, value) in std::mem::take(&mut plan.request.append) {
-            headers.append(name, value);
+        for (name, value) in forwarding.appended(&plan.request) {
+            headers.append(name, value.clone());
         }
         if let Some(protocol) = upgrade {
             headers.insert(
@@ -317,7 +318,7 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         edit_response(
             &mut parts.headers,
-            plan,
+            forwarding,
             switching,
             started,
             sent_at,
@@ -332,13 +333,13 @@ impl Upstream {
 /// kept on a 101), then the plan's edits, `Via`, `Server`, the latency headers.
 fn edit_response(
     headers: &mut http::HeaderMap,
-    plan: &mut ValidPlan,
+    forwarding: &Forwarding,
     switching: bool,
     started: Instant,
     sent_at: Instant,
     received_at: Instant,
 ) {
-    let edits = &mut plan.response;
+    let edits = &forwarding.plan.response;
     remove_hop_by_hop(headers, switching);
     // An origin's copy of keygate's internal headers must not pass for the guest's.
     crate::http_util::remove_internal_headers(headers);
@@ -348,28 +349,26 @@ fn edit_response(
             http::HeaderValue::from_static("upgrade"),
         );
     }
-    for name in &edits.headers.remove {
-        headers.remove(name);
-    }
-    if let Some(ours) = edits.via.take() {
-        let via = joined_via(headers, ours);
+    crate::http_util::remove_each(headers, &edits.headers.remove);
+    if let Some(ours) = &edits.via {
+        let via = joined_via(headers, ours.clone());
         headers.insert(http::header::VIA, via);
     }
-    if let Some(server) = edits.server_if_absent.take()
+    if let Some(server) = &edits.server_if_absent
         && !headers.contains_key(http::header::SERVER)
     {
-        headers.insert(http::header::SERVER, server);
+        headers.insert(http::header::SERVER, server.clone());
     }
     let millis =
         |d: Duration| http::HeaderValue::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    if let Some(name) = edits.upstream_latency_header.take() {
+    if let Some(name) = &edits.upstream_latency_header {
         headers.insert(name, millis(received_at - sent_at));
     }
-    if let Some(name) = edits.proxy_latency_header.take() {
+    if let Some(name) = &edits.proxy_latency_header {
         headers.insert(name, millis(sent_at - started));
     }
-    for (name, value) in std::mem::take(&mut edits.headers.append) {
-        headers.append(name, value);
+    for (name, value) in forwarding.appended(&edits.headers) {
+        headers.append(name, value.clone());
     }
 }
 
@@ -389,16 +388,16 @@ fn joined_via(headers: &http::HeaderMap, ours: http::HeaderValue) -> http::Heade
 
 /// What the guest needs to word an origin failure.
 pub fn failure_context(
-    plan: ValidPlan,
+    forwarding: Forwarding,
     failure: UpstreamFailure,
     asked: &ErrorContext,
     started: Instant,
 ) -> FailureContext {
     FailureContext {
         failure,
-        request_id: plan.request_id,
-        service: plan.service,
-        labels: plan.labels,
+        service: forwarding.plan.service.clone(),
+        labels: forwarding.plan.labels.clone(),
+        request_id: forwarding.request_id,
         accept: asked.accept(),
         content_type: asked.content_type(),
         method: asked.method.as_str().to_string(),

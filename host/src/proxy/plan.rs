@@ -5,10 +5,11 @@
 
 use crate::runtime::component::policy_api::{ForwardPlan, HeaderEdits, Labels};
 use keygate_policy::Config;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A plan the host may carry out.
-#[derive(Clone)]
+/// A plan the host may carry out. Checked once, then only read: requests forwarded on a
+/// decision the guest offered for reuse share it (`runtime::reuse`).
 pub struct ValidPlan {
     pub service: String,
     pub uri: http::Uri,
@@ -22,13 +23,15 @@ pub struct ValidPlan {
 }
 
 /// Header edits with names and values already parsed.
-#[derive(Clone)]
 pub struct ValidEdits {
     pub remove: Vec<http::HeaderName>,
     pub append: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Which of `append` hold the plan's request id as their whole value (bit `i`: the
+    /// `i`th), where another request forwarded on the plan puts its own; `None` when the id
+    /// also stands past the 64th, and the plan is never forwarded under another id.
+    pub request_id_at: Option<u64>,
 }
 
-#[derive(Clone)]
 pub struct ValidResponseEdits {
     pub headers: ValidEdits,
     pub via: Option<http::HeaderValue>,
@@ -92,12 +95,13 @@ pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanErr
         .build()
         .map_err(|err| PlanError::InvalidPath(err.to_string()))?;
     let response = plan.response;
+    let id = plan.request_id.as_bytes();
     Ok(ValidPlan {
         service: plan.service,
         uri,
-        request: edits(plan.request_headers)?,
+        request: edits(plan.request_headers, id)?,
         response: ValidResponseEdits {
-            headers: edits(response.headers)?,
+            headers: edits(response.headers, id)?,
             via: response.via.map(value_of("via")).transpose()?,
             server_if_absent: response
                 .server_if_absent
@@ -128,7 +132,8 @@ fn is_header_value(bytes: &[u8]) -> bool {
         .all(|&byte| byte == b'\t' || (byte >= b' ' && byte != 0x7f))
 }
 
-fn edits(edits: HeaderEdits) -> Result<ValidEdits, PlanError> {
+/// `edits` parsed; `request_id`: the plan's, whose places among the appended values are noted.
+fn edits(edits: HeaderEdits, request_id: &[u8]) -> Result<ValidEdits, PlanError> {
     let remove = edits
         .remove
         .iter()
@@ -148,7 +153,73 @@ fn edits(edits: HeaderEdits) -> Result<ValidEdits, PlanError> {
             .map_err(|_| PlanError::HeaderValue(name.to_string()))?;
         append.push((name, value));
     }
-    Ok(ValidEdits { remove, append })
+    let request_id_at = append
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, value))| value.as_bytes() == request_id)
+        .try_fold(0u64, |bits, (at, _)| {
+            u32::try_from(at)
+                .ok()
+                .and_then(|at| 1u64.checked_shl(at))
+                .map(|bit| bits | bit)
+        });
+    Ok(ValidEdits {
+        remove,
+        append,
+        request_id_at,
+    })
+}
+
+/// A checked plan as one request carries it out: the plan, shared with any other request
+/// forwarded on the same decision, and this request's own id.
+pub struct Forwarding {
+    pub plan: Arc<ValidPlan>,
+    /// This request's id: the plan's own, or a new one for a plan decided for another request.
+    pub request_id: String,
+    /// `request_id` as a header value, when it is not the plan's own.
+    new_id: Option<http::HeaderValue>,
+}
+
+impl Forwarding {
+    /// The request the plan was decided for.
+    pub fn decided(plan: ValidPlan) -> Self {
+        Self {
+            request_id: plan.request_id.clone(),
+            plan: Arc::new(plan),
+            new_id: None,
+        }
+    }
+
+    /// Another request forwarded on `plan`, under an id of its own; `None` when the plan's id
+    /// stands where it cannot be replaced.
+    pub fn again(plan: &Arc<ValidPlan>) -> Option<Self> {
+        plan.request.request_id_at?;
+        plan.response.headers.request_id_at?;
+        let request_id = crate::http_util::request_id();
+        let new_id = http::HeaderValue::from_str(&request_id).ok()?;
+        Some(Self {
+            plan: Arc::clone(plan),
+            request_id,
+            new_id: Some(new_id),
+        })
+    }
+
+    /// The headers `edits` (the plan's request or response edits) append, each with this
+    /// request's id where the plan's stood.
+    pub fn appended<'a>(
+        &'a self,
+        edits: &'a ValidEdits,
+    ) -> impl Iterator<Item = (&'a http::HeaderName, &'a http::HeaderValue)> {
+        let ids = edits.request_id_at.unwrap_or(0);
+        edits
+            .append
+            .iter()
+            .enumerate()
+            .map(move |(at, (name, value))| match &self.new_id {
+                Some(id) if at < 64 && ids & (1 << at) != 0 => (name, id),
+                _ => (name, value),
+            })
+    }
 }
 
 /// `text` as a header name. A plan names mostly the same headers request after request (the
@@ -287,6 +358,53 @@ paths = ["/api"]
                 rate_limit: None,
             },
         }
+    }
+
+    #[test]
+    fn the_places_of_the_request_id_are_noted_for_a_request_forwarded_on_the_plan_again() {
+        let id = "0".repeat(32);
+        let mut decided = plan();
+        decided.request_headers.append =
+            format!("x-a: 1\r\nx-request-id: {id}\r\nx-b: id {id}\r\n").into_bytes();
+        decided.response.headers.append = format!("x-request-id: {id}\r\n").into_bytes();
+        let valid = validate(decided, &config()).unwrap();
+        assert_eq!(valid.request.request_id_at, Some(0b010));
+        assert_eq!(valid.response.headers.request_id_at, Some(0b1));
+
+        let first = Forwarding::decided(valid);
+        assert_eq!(first.request_id, id);
+        let again = Forwarding::again(&first.plan).expect("replaceable");
+        assert_ne!(again.request_id, id);
+        let request: Vec<(&str, &str)> = again
+            .appended(&again.plan.request)
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        let b = format!("id {id}");
+        assert_eq!(
+            request,
+            [
+                ("x-a", "1"),
+                ("x-request-id", again.request_id.as_str()),
+                ("x-b", b.as_str())
+            ]
+        );
+        // The decided request keeps the plan's own id.
+        let own: Vec<&str> = first
+            .appended(&first.plan.request)
+            .map(|(_, v)| v.to_str().unwrap())
+            .collect();
+        assert_eq!(own, ["1", id.as_str(), b.as_str()]);
+
+        // Past the 64th header the id cannot be marked, and the plan is not forwarded again.
+        let mut long = plan();
+        long.request_headers.append = (0..64)
+            .map(|i| format!("x-{i}: {i}\r\n"))
+            .chain([format!("x-request-id: {id}\r\n")])
+            .collect::<String>()
+            .into_bytes();
+        let long = Arc::new(validate(long, &config()).unwrap());
+        assert_eq!(long.request.request_id_at, None);
+        assert!(Forwarding::again(&long).is_none());
     }
 
     #[test]

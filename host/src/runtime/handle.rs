@@ -11,7 +11,7 @@ use crate::metrics::RateLimitOutcome;
 use crate::observe::Observed;
 use crate::proxy;
 use crate::proxy::forward::ForwardError;
-use crate::proxy::plan::ValidPlan;
+use crate::proxy::plan::Forwarding;
 use crate::responses::{ErrorContext, HostFailure, ResponseBody};
 use keygate_policy::internal_headers;
 use std::net::SocketAddr;
@@ -118,16 +118,17 @@ impl Gateway {
     ) -> Result<(hyper::Response<ResponseBody>, AnswerLabels), HostFailure> {
         let head = proxy::head::lower(&request, client, self.listen_port)?;
         let reuse_decisions = active.config.guest.reuse_decisions;
-        if let Some(plan) = reuse::reused(
+        if let Some(forwarding) = reuse::reused(
             active.reuse_generation,
             reuse_decisions,
             &head,
             &self.key_cache,
             started,
         ) {
+            let labels = &forwarding.plan.labels;
             self.metrics
-                .decision_reused(plan.labels.key_lookup.as_deref() == Some("fresh"));
-            return Box::pin(self.forward(active, plan, request, started, asked)).await;
+                .decision_reused(labels.key_lookup.as_deref() == Some("fresh"));
+            return Box::pin(self.forward(active, forwarding, request, started, asked)).await;
         }
         // Boxed, as the forward below: inline, these two grew the future of every answer to
         // 27 KiB, which is moved into hyper's box per request (~6 k instructions of memcpy); an
@@ -144,17 +145,18 @@ impl Gateway {
                 let plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
                     HostFailure::Internal(format!("refused the guest's forward plan: {err}"))
                 })?;
+                let forwarding = Forwarding::decided(plan);
                 if let Some(offer) = decided.reuse {
                     reuse::keep(
                         active.reuse_generation,
                         reuse_decisions,
                         head,
-                        &plan,
+                        &forwarding.plan,
                         offer,
                         started,
                     );
                 }
-                Box::pin(self.forward(active, plan, request, started, asked)).await
+                Box::pin(self.forward(active, forwarding, request, started, asked)).await
             }
         }
     }
@@ -164,13 +166,14 @@ impl Gateway {
     async fn forward(
         &self,
         active: &Active,
-        mut plan: ValidPlan,
+        forwarding: Forwarding,
         request: hyper::Request<hyper::body::Incoming>,
         started: Instant,
         asked: &ErrorContext,
     ) -> Result<(hyper::Response<ResponseBody>, AnswerLabels), HostFailure> {
+        let plan = &*forwarding.plan;
         let mut labels = AnswerLabels::of(&plan.labels);
-        labels.request_id = Some(plan.request_id.clone());
+        labels.request_id = Some(forwarding.request_id.clone());
         let balancer = active
             .config
             .services
@@ -186,7 +189,7 @@ impl Gateway {
         let sending = started.elapsed();
         let forwarded = self
             .upstream
-            .forward(&mut plan, request, started, &self.metrics, balancer, tls)
+            .forward(&forwarding, request, started, &self.metrics, balancer, tls)
             .await;
         labels.gateway = Some(sending);
         labels.upstream = Some(started.elapsed().saturating_sub(sending));
@@ -198,7 +201,7 @@ impl Gateway {
             // Answered like the guest's own 413 (route labels, the plan's request id).
             Err(ForwardError::BodyTooLarge) => Ok((
                 HostFailure::BodyTooLarge.into_response_as(
-                    plan.request_id.clone(),
+                    forwarding.request_id.clone(),
                     asked,
                     &active.config.compat,
                     started,
@@ -213,7 +216,7 @@ impl Gateway {
                 ),
             }),
             Err(ForwardError::Upstream(failure)) => {
-                let context = proxy::forward::failure_context(plan, failure, asked, started);
+                let context = proxy::forward::failure_context(forwarding, failure, asked, started);
                 // Boxed: rare, and its guest call would grow every answer's future.
                 let reply =
                     Box::pin(self.upstream_failed(active, Arc::clone(&self.key_cache), context))

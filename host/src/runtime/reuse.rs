@@ -11,11 +11,12 @@
 use super::component::Reuse;
 use super::component::policy_api::RequestHead;
 use crate::capabilities::key_cache::{KeyCache, Reads};
-use crate::proxy::plan::ValidPlan;
+use crate::proxy::plan::{Forwarding, ValidPlan};
 use lru::LruCache;
 use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,11 +38,7 @@ struct Kept {
 }
 
 struct KeptDecision {
-    plan: ValidPlan,
-    /// Where the plan's request id stands as a whole header value: the request's appended
-    /// headers, then the response's.
-    id_in_request: Vec<usize>,
-    id_in_response: Vec<usize>,
+    plan: Arc<ValidPlan>,
     /// The guest's offer, or the first key verdict read going stale, whichever comes first.
     until: Instant,
     /// The key cache's revision when the guest decided.
@@ -68,15 +65,15 @@ fn with_kept<R>(generation: u64, capacity: NonZeroUsize, f: impl FnOnce(&mut Kep
     })
 }
 
-/// The plan kept for `head`, with a request id of its own; `None` when no decision is kept for
-/// it or the one kept has lapsed (it is dropped then).
+/// The plan kept for `head`, under a request id of its own; `None` when no decision is kept
+/// for it or the one kept has lapsed (it is dropped then).
 pub fn reused(
     generation: u64,
     capacity: u32,
     head: &RequestHead,
     key_cache: &KeyCache,
     now: Instant,
-) -> Option<ValidPlan> {
+) -> Option<Forwarding> {
     let capacity = NonZeroUsize::new(capacity as usize)?;
     with_kept(generation, capacity, |kept| {
         let decision = kept.decisions.get(head)?;
@@ -84,7 +81,7 @@ pub fn reused(
             kept.decisions.pop(head);
             return None;
         }
-        Some(decision.with_new_id())
+        Forwarding::again(&decision.plan)
     })
 }
 
@@ -94,14 +91,17 @@ pub fn keep(
     generation: u64,
     capacity: u32,
     head: RequestHead,
-    plan: &ValidPlan,
+    plan: &Arc<ValidPlan>,
     (reuse, reads): (Reuse, Reads),
     now: Instant,
 ) {
     let Some(capacity) = NonZeroUsize::new(capacity as usize) else {
         return;
     };
-    if head_size(&head) > MAX_KEPT_HEAD {
+    // A plan whose id cannot be replaced everywhere is never forwarded again.
+    let ids_replaceable =
+        plan.request.request_id_at.is_some() && plan.response.headers.request_id_at.is_some();
+    if head_size(&head) > MAX_KEPT_HEAD || !ids_replaceable {
         return;
     }
     let offered = now + Duration::from_millis(u64::from(reuse.for_ms));
@@ -111,41 +111,14 @@ pub fn keep(
     if until <= now {
         return;
     }
-    let positions = |append: &[(http::HeaderName, http::HeaderValue)]| {
-        append
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, value))| value.as_bytes() == plan.request_id.as_bytes())
-            .map(|(at, _)| at)
-            .collect()
-    };
     let decision = KeptDecision {
-        id_in_request: positions(&plan.request.append),
-        id_in_response: positions(&plan.response.headers.append),
-        plan: plan.clone(),
+        plan: Arc::clone(plan),
         until,
         key_cache_revision: reads.revision,
     };
     with_kept(generation, capacity, |kept| {
         kept.decisions.put(head, decision);
     });
-}
-
-impl KeptDecision {
-    fn with_new_id(&self) -> ValidPlan {
-        let mut plan = self.plan.clone();
-        let id = crate::http_util::request_id();
-        if let Ok(value) = http::HeaderValue::from_str(&id) {
-            for &at in &self.id_in_request {
-                plan.request.append[at].1 = value.clone();
-            }
-            for &at in &self.id_in_response {
-                plan.response.headers.append[at].1 = value.clone();
-            }
-        }
-        plan.request_id = id;
-        plan
-    }
 }
 
 fn head_size(head: &RequestHead) -> usize {
@@ -207,10 +180,10 @@ mod tests {
         }
     }
 
-    fn plan() -> ValidPlan {
+    fn plan() -> Arc<ValidPlan> {
         let value = |text: &str| HeaderValue::from_str(text).unwrap();
         let name = HeaderName::from_static;
-        ValidPlan {
+        Arc::new(ValidPlan {
             service: "api".into(),
             uri: "http://127.0.0.1:9000/v1".parse().unwrap(),
             request: ValidEdits {
@@ -220,11 +193,13 @@ mod tests {
                     (name("x-kong-request-id"), value(ID)),
                     (name("x-note"), value(&format!("id {ID}"))),
                 ],
+                request_id_at: Some(0b010),
             },
             response: ValidResponseEdits {
                 headers: ValidEdits {
                     remove: vec![],
                     append: vec![(name("x-kong-request-id"), value(ID))],
+                    request_id_at: Some(0b1),
                 },
                 via: None,
                 server_if_absent: None,
@@ -243,7 +218,7 @@ mod tests {
                 auth_call_ms: None,
                 rate_limit: None,
             },
-        }
+        })
     }
 
     fn cache() -> Arc<KeyCache> {
@@ -263,10 +238,12 @@ mod tests {
         (Reuse { for_ms }, reads)
     }
 
-    fn values<'a>(append: &'a [(HeaderName, HeaderValue)], name: &str) -> Vec<&'a str> {
-        append
-            .iter()
-            .filter(|(n, _)| n == name)
+    fn values<'a>(
+        appended: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+        name: &str,
+    ) -> Vec<&'a str> {
+        appended
+            .filter(|(n, _)| *n == name)
             .map(|(_, v)| v.to_str().unwrap())
             .collect()
     }
@@ -279,18 +256,17 @@ mod tests {
         let reused = reused(7, 10, &head("/a"), &cache, now).expect("kept");
         let id = reused.request_id.clone();
         assert_ne!(id, ID);
-        assert_eq!(values(&reused.request.append, "x-kong-request-id"), [&*id]);
+        let (request, response) = (&reused.plan.request, &reused.plan.response.headers);
+        let appended = || reused.appended(request);
+        assert_eq!(values(appended(), "x-kong-request-id"), [&*id]);
         assert_eq!(
-            values(&reused.response.headers.append, "x-kong-request-id"),
+            values(reused.appended(response), "x-kong-request-id"),
             [&*id]
         );
         // Only whole values are the id; everything else is as decided.
-        assert_eq!(
-            values(&reused.request.append, "x-note"),
-            [format!("id {ID}")]
-        );
-        assert_eq!(values(&reused.request.append, "x-consumer-id"), ["c1"]);
-        assert_eq!(reused.uri, plan().uri);
+        assert_eq!(values(appended(), "x-note"), [format!("id {ID}")]);
+        assert_eq!(values(appended(), "x-consumer-id"), ["c1"]);
+        assert_eq!(reused.plan.uri, plan().uri);
         let again = reused_plan_id(&cache, now);
         assert_ne!(again, id, "each reuse gets its own id");
     }
@@ -391,6 +367,24 @@ mod tests {
         keep(7, 10, head("/a"), &plan(), offer(60_000, &cache, None), now);
         assert!(reused(8, 10, &head("/a"), &cache, now).is_none());
         // ... and the earlier pair's decisions are gone, not merely hidden.
+        assert!(reused(7, 10, &head("/a"), &cache, now).is_none());
+    }
+
+    #[test]
+    fn a_plan_whose_id_cannot_be_replaced_everywhere_is_never_kept() {
+        let cache = cache();
+        let now = Instant::now();
+        let mut unplaceable = Arc::into_inner(plan()).unwrap();
+        unplaceable.response.headers.request_id_at = None;
+        let unplaceable = Arc::new(unplaceable);
+        keep(
+            7,
+            10,
+            head("/a"),
+            &unplaceable,
+            offer(60_000, &cache, None),
+            now,
+        );
         assert!(reused(7, 10, &head("/a"), &cache, now).is_none());
     }
 

@@ -365,7 +365,7 @@ impl Follower {
                     // What the head may still take; the line must end within it.
                     let room = super::MAX_HEAD_BYTES.saturating_sub(head.bytes + self.line.len());
                     let window = &bytes[..bytes.len().min(room)];
-                    let Some(end) = window.iter().position(|&b| b == b'\n') else {
+                    let Some(end) = memchr::memchr(b'\n', window) else {
                         if bytes.len() > room {
                             return Some((at + room, "request head over 32 KiB"));
                         }
@@ -378,7 +378,7 @@ impl Follower {
                     self.take_line(line);
                 }
                 State::ChunkSize | State::Trailers => {
-                    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+                    let Some(end) = memchr::memchr(b'\n', bytes) else {
                         if self.line.len() + bytes.len() > super::MAX_HEAD_BYTES {
                             // hyper refuses it and closes.
                             self.state = State::Lost;
@@ -447,7 +447,7 @@ impl Follower {
             }
             State::Head(head) => {
                 head.lines += 1;
-                let Some(colon) = line.iter().position(|&b| b == b':') else {
+                let Some(colon) = memchr::memchr(b':', line) else {
                     return;
                 };
                 let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
