@@ -141,11 +141,15 @@ pub fn take_internal_headers(
 /// listener as IPv4, not `::ffff:a.b.c.d`). The last one formatted is kept per thread: a
 /// keep-alive connection asks for the same address request after request.
 pub fn client_ip(client: std::net::SocketAddr) -> String {
+    ip_text(client.ip())
+}
+
+/// [`client_ip`] of an address.
+pub fn ip_text(ip: std::net::IpAddr) -> String {
     use std::cell::RefCell;
     thread_local! {
         static LAST: RefCell<Option<(std::net::IpAddr, String)>> = const { RefCell::new(None) };
     }
-    let ip = client.ip();
     LAST.with(|last| {
         let mut last = last.borrow_mut();
         match &*last {

@@ -20,6 +20,21 @@ pub fn from_header_map(headers: &http::HeaderMap) -> Vec<u8> {
     block
 }
 
+/// Whether `block` is [`from_header_map`] of `headers`, without writing it.
+pub fn is_block_of(block: &[u8], headers: &http::HeaderMap) -> bool {
+    let mut rest = block;
+    for (name, value) in headers {
+        let line = [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"];
+        for piece in line {
+            match rest.strip_prefix(piece) {
+                Some(after) => rest = after,
+                None => return false,
+            }
+        }
+    }
+    rest.is_empty()
+}
+
 /// One line of a block: the name's bytes and where its value lies in the block.
 pub struct Line<'a> {
     pub name: &'a [u8],
@@ -65,6 +80,33 @@ pub fn lines(block: &[u8]) -> impl Iterator<Item = Line<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_is_recognised_as_its_header_maps_and_no_other() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("apikey", http::HeaderValue::from_static("k1"));
+        headers.append("accept", http::HeaderValue::from_static("*/*"));
+        headers.append("apikey", http::HeaderValue::from_static("k2"));
+        let block = from_header_map(&headers);
+        assert!(is_block_of(&block, &headers));
+        assert!(
+            !is_block_of(&block[..block.len() - 1], &headers),
+            "cut short"
+        );
+        let mut longer = block.clone();
+        longer.extend_from_slice(b"x: 1\r\n");
+        assert!(!is_block_of(&longer, &headers), "more lines");
+        let mut other = headers.clone();
+        other.insert("accept", http::HeaderValue::from_static("*/+"));
+        assert!(!is_block_of(&block, &other), "a value differs");
+        assert!(is_block_of(b"", &http::HeaderMap::new()));
+        // The order of repeats counts.
+        let mut swapped = http::HeaderMap::new();
+        swapped.append("apikey", http::HeaderValue::from_static("k2"));
+        swapped.append("accept", http::HeaderValue::from_static("*/*"));
+        swapped.append("apikey", http::HeaderValue::from_static("k1"));
+        assert!(!is_block_of(&block, &swapped));
+    }
 
     fn read(block: &[u8]) -> Vec<(String, String)> {
         lines(block)

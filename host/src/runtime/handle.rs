@@ -116,20 +116,24 @@ impl Gateway {
         started: Instant,
         asked: &ErrorContext,
     ) -> Result<(hyper::Response<ResponseBody>, AnswerLabels), HostFailure> {
-        let head = proxy::head::lower(&request, client, self.listen_port)?;
+        let view = proxy::head::view(&request, client, self.listen_port)?;
         let reuse_decisions = active.config.guest.reuse_decisions;
-        if let Some(forwarding) = reuse::reused(
+        let place = match reuse::reused(
             active.reuse_generation,
             reuse_decisions,
-            &head,
+            &view,
             &self.key_cache,
             started,
         ) {
-            let labels = &forwarding.plan.labels;
-            self.metrics
-                .decision_reused(labels.key_lookup.as_deref() == Some("fresh"));
-            return Box::pin(self.forward(active, forwarding, request, started, asked)).await;
-        }
+            reuse::Lookup::Decide(place) => place,
+            reuse::Lookup::Reused(forwarding) => {
+                let labels = &forwarding.plan.labels;
+                self.metrics
+                    .decision_reused(labels.key_lookup.as_deref() == Some("fresh"));
+                return Box::pin(self.forward(active, forwarding, request, started, asked)).await;
+            }
+        };
+        let (head, client_ip) = (view.lower(), view.client);
         // Boxed, as the forward below: inline, these two grew the future of every answer to
         // 27 KiB, which is moved into hyper's box per request (~6 k instructions of memcpy); an
         // allocation each is cheaper.
@@ -150,7 +154,8 @@ impl Gateway {
                     reuse::keep(
                         active.reuse_generation,
                         reuse_decisions,
-                        head,
+                        place,
+                        (head, client_ip),
                         &forwarding.plan,
                         offer,
                         started,

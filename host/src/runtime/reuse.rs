@@ -11,10 +11,12 @@
 use super::component::Reuse;
 use super::component::policy_api::RequestHead;
 use crate::capabilities::key_cache::{KeyCache, Reads};
+use crate::proxy::head::HeadView;
 use crate::proxy::plan::{Forwarding, ValidPlan};
 use lru::LruCache;
 use std::cell::RefCell;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,13 +33,20 @@ pub fn next_generation() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// One component + configuration pair's decisions, as a thread keeps them.
+/// One component + configuration pair's decisions, as a thread keeps them: by a hash of the
+/// head, each with the whole head it was made for. Heads that share a hash share a place (the
+/// later one takes it): a lookup compares the whole head.
 struct Kept {
     generation: u64,
-    decisions: LruCache<RequestHead, KeptDecision>,
+    decisions: LruCache<u64, KeptDecision>,
+    /// Randomly seeded per thread and pair: which heads share a place cannot be chosen.
+    hasher: foldhash::fast::RandomState,
 }
 
 struct KeptDecision {
+    head: RequestHead,
+    /// The address `head.client_ip` was written from.
+    client: IpAddr,
     plan: Arc<ValidPlan>,
     /// The guest's offer, or the first key verdict read going stale, whichever comes first.
     until: Instant,
@@ -47,6 +56,37 @@ struct KeptDecision {
 
 thread_local! {
     static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
+}
+
+impl Kept {
+    /// The place of a head: a hash of everything the guest reads of it.
+    fn place(&self, head: &HeadView<'_>) -> Place {
+        let mut hasher = self.hasher.build_hasher();
+        (
+            head.method,
+            head.scheme,
+            head.authority,
+            head.path_with_query,
+        )
+            .hash(&mut hasher);
+        (head.client, head.local_port).hash(&mut hasher);
+        for (name, value) in head.headers {
+            hasher.write(name.as_str().as_bytes());
+            hasher.write(value.as_bytes());
+        }
+        Place(hasher.finish())
+    }
+}
+
+/// Where a decision for a head is kept, if the guest offers it (see [`reused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place(u64);
+
+/// What a thread has for a request: a plan to forward it on, or where a decision made for it
+/// would be kept.
+pub enum Lookup {
+    Reused(Forwarding),
+    Decide(Place),
 }
 
 /// Where a thread keeps the decisions of `generation`, for the length of `f`. Those of any
@@ -59,38 +99,51 @@ fn with_kept<R>(generation: u64, capacity: NonZeroUsize, f: impl FnOnce(&mut Kep
             other => other.insert(Kept {
                 generation,
                 decisions: LruCache::new(capacity),
+                hasher: foldhash::fast::RandomState::default(),
             }),
         };
         f(kept)
     })
 }
 
-/// The plan kept for `head`, under a request id of its own; `None` when no decision is kept
-/// for it or the one kept has lapsed (it is dropped then).
+/// The plan kept for `head`, under a request id of its own; else where the guest's decision
+/// for it would be kept. A decision that has lapsed is dropped.
 pub fn reused(
     generation: u64,
     capacity: u32,
-    head: &RequestHead,
+    head: &HeadView<'_>,
     key_cache: &KeyCache,
     now: Instant,
-) -> Option<Forwarding> {
-    let capacity = NonZeroUsize::new(capacity as usize)?;
+) -> Lookup {
+    let Some(capacity) = NonZeroUsize::new(capacity as usize) else {
+        return Lookup::Decide(Place(0));
+    };
     with_kept(generation, capacity, |kept| {
-        let decision = kept.decisions.get(head)?;
-        if now >= decision.until || decision.key_cache_revision != key_cache.revision() {
-            kept.decisions.pop(head);
-            return None;
+        let place = kept.place(head);
+        let Some(decision) = kept.decisions.get(&place.0) else {
+            return Lookup::Decide(place);
+        };
+        if !head.is(&decision.head, decision.client) {
+            return Lookup::Decide(place);
         }
-        Forwarding::again(&decision.plan)
+        if now >= decision.until || decision.key_cache_revision != key_cache.revision() {
+            kept.decisions.pop(&place.0);
+            return Lookup::Decide(place);
+        }
+        match Forwarding::again(&decision.plan) {
+            Some(forwarding) => Lookup::Reused(forwarding),
+            None => Lookup::Decide(place),
+        }
     })
 }
 
-/// Keep `plan`, decided for `head`, for reuse as the guest offered and within the freshness of
-/// the key verdicts its call read.
+/// Keep `plan`, decided for `head` (lowered from a request of `client`), at `place` for reuse
+/// as the guest offered and within the freshness of the key verdicts its call read.
 pub fn keep(
     generation: u64,
     capacity: u32,
-    head: RequestHead,
+    place: Place,
+    (head, client): (RequestHead, IpAddr),
     plan: &Arc<ValidPlan>,
     (reuse, reads): (Reuse, Reads),
     now: Instant,
@@ -111,13 +164,15 @@ pub fn keep(
     if until <= now {
         return;
     }
-    let decision = KeptDecision {
-        plan: Arc::clone(plan),
-        until,
-        key_cache_revision: reads.revision,
-    };
     with_kept(generation, capacity, |kept| {
-        kept.decisions.put(head, decision);
+        let decision = KeptDecision {
+            head,
+            client,
+            plan: Arc::clone(plan),
+            until,
+            key_cache_revision: reads.revision,
+        };
+        kept.decisions.put(place.0, decision);
     });
 }
 
@@ -128,33 +183,6 @@ fn head_size(head: &RequestHead) -> usize {
         + head.path_with_query.len()
         + head.headers.len()
         + head.client_ip.as_ref().map_or(0, String::len)
-}
-
-/// Identical heads: every field the guest read.
-impl PartialEq for RequestHead {
-    fn eq(&self, other: &Self) -> bool {
-        self.path_with_query == other.path_with_query
-            && self.headers == other.headers
-            && self.authority == other.authority
-            && self.method == other.method
-            && self.scheme == other.scheme
-            && self.client_ip == other.client_ip
-            && self.local_port == other.local_port
-    }
-}
-
-impl Eq for RequestHead {}
-
-impl Hash for RequestHead {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.method.hash(state);
-        self.scheme.hash(state);
-        self.authority.hash(state);
-        self.path_with_query.hash(state);
-        self.headers.hash(state);
-        self.client_ip.hash(state);
-        self.local_port.hash(state);
-    }
 }
 
 #[cfg(test)]
@@ -168,15 +196,56 @@ mod tests {
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
 
-    fn head(path: &str) -> RequestHead {
-        RequestHead {
-            method: "GET".into(),
-            scheme: "http".into(),
-            authority: "gw.test".into(),
-            path_with_query: path.into(),
-            headers: b"apikey: k1\r\naccept: */*\r\n".to_vec(),
-            client_ip: Some("10.0.0.1".into()),
-            local_port: 8000,
+    const CLIENT: &str = "10.0.0.1:5000";
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::get(path)
+            .header("host", "gw.test")
+            .header("apikey", "k1")
+            .header("accept", "*/*")
+            .body(())
+            .unwrap()
+    }
+
+    fn view_from<'a>(request: &'a http::Request<()>, client: &str, port: u16) -> HeadView<'a> {
+        let Ok(view) = crate::proxy::head::view(request, client.parse().unwrap(), port) else {
+            panic!("the test request has a Host")
+        };
+        view
+    }
+
+    fn view(request: &http::Request<()>) -> HeadView<'_> {
+        view_from(request, CLIENT, 8000)
+    }
+
+    /// Keep `plan` for `request`, as the gateway does after asking the guest.
+    fn keep_for(
+        generation: u64,
+        capacity: u32,
+        request: &http::Request<()>,
+        plan: &Arc<ValidPlan>,
+        offer: (Reuse, Reads),
+        now: Instant,
+    ) {
+        let view = view(request);
+        let Lookup::Decide(place) = reused(generation, capacity, &view, &cache(), now) else {
+            panic!("nothing is kept for it yet");
+        };
+        let lowered = (view.lower(), view.client);
+        keep(generation, capacity, place, lowered, plan, offer, now);
+    }
+
+    /// The plan kept for `head`, if any.
+    fn found(
+        generation: u64,
+        capacity: u32,
+        head: &HeadView<'_>,
+        cache: &KeyCache,
+        now: Instant,
+    ) -> Option<Forwarding> {
+        match reused(generation, capacity, head, cache, now) {
+            Lookup::Reused(forwarding) => Some(forwarding),
+            Lookup::Decide(_) => None,
         }
     }
 
@@ -252,8 +321,15 @@ mod tests {
     fn an_identical_request_gets_the_kept_plan_with_a_new_id_wherever_the_old_one_stood() {
         let cache = cache();
         let now = Instant::now();
-        keep(7, 10, head("/a"), &plan(), offer(60_000, &cache, None), now);
-        let reused = reused(7, 10, &head("/a"), &cache, now).expect("kept");
+        keep_for(
+            7,
+            10,
+            &request("/a"),
+            &plan(),
+            offer(60_000, &cache, None),
+            now,
+        );
+        let reused = found(7, 10, &view(&request("/a")), &cache, now).expect("kept");
         let id = reused.request_id.clone();
         assert_ne!(id, ID);
         let (request, response) = (&reused.plan.request, &reused.plan.response.headers);
@@ -272,54 +348,120 @@ mod tests {
     }
 
     fn reused_plan_id(cache: &KeyCache, now: Instant) -> String {
-        reused(7, 10, &head("/a"), cache, now).unwrap().request_id
+        found(7, 10, &view(&request("/a")), cache, now)
+            .unwrap()
+            .request_id
     }
 
     #[test]
     fn a_head_that_differs_anywhere_is_decided_afresh() {
         let cache = cache();
         let now = Instant::now();
-        keep(7, 10, head("/a"), &plan(), offer(60_000, &cache, None), now);
-        let mut other_header = head("/a");
-        other_header.headers = b"apikey: k2\r\naccept: */*\r\n".to_vec();
-        let mut other_client = head("/a");
-        other_client.client_ip = Some("10.0.0.2".into());
-        let mut other_port = head("/a");
-        other_port.local_port = 8443;
-        let mut other_method = head("/a");
-        other_method.method = "POST".into();
-        for other in [
-            head("/b"),
-            other_header,
-            other_client,
-            other_port,
-            other_method,
+        keep_for(
+            7,
+            10,
+            &request("/a"),
+            &plan(),
+            offer(60_000, &cache, None),
+            now,
+        );
+        let same = request("/a");
+        let mut other_key = request("/a");
+        other_key
+            .headers_mut()
+            .insert("apikey", HeaderValue::from_static("k2"));
+        let mut one_more_header = request("/a");
+        one_more_header
+            .headers_mut()
+            .insert("x-more", HeaderValue::from_static("1"));
+        let mut other_method = request("/a");
+        *other_method.method_mut() = http::Method::POST;
+        let mut other_host = request("/a");
+        other_host
+            .headers_mut()
+            .insert("host", HeaderValue::from_static("gw2.test"));
+        let other_path = request("/b");
+        for (why, other) in [
+            ("another key", view(&other_key)),
+            ("another header", view(&one_more_header)),
+            ("another method", view(&other_method)),
+            ("another host", view(&other_host)),
+            ("another path", view(&other_path)),
+            ("another client", view_from(&same, "10.0.0.2:5000", 8000)),
+            ("another port", view_from(&same, CLIENT, 8443)),
         ] {
-            assert!(reused(7, 10, &other, &cache, now).is_none(), "{other:?}");
+            assert!(found(7, 10, &other, &cache, now).is_none(), "{why}");
         }
-        assert!(reused(7, 10, &head("/a"), &cache, now).is_some());
+        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_some());
+    }
+
+    #[test]
+    fn heads_that_differ_only_in_a_header_are_kept_side_by_side() {
+        // The usual case: one path, a key per client.
+        let cache = cache();
+        let now = Instant::now();
+        let keyed = |key: &'static str| {
+            let mut request = request("/a");
+            request
+                .headers_mut()
+                .insert("apikey", HeaderValue::from_static(key));
+            request
+        };
+        let keys = ["k1", "k2", "k3"];
+        for key in keys {
+            keep_for(
+                7,
+                10,
+                &keyed(key),
+                &plan(),
+                offer(60_000, &cache, None),
+                now,
+            );
+        }
+        for key in keys {
+            assert!(
+                found(7, 10, &view(&keyed(key)), &cache, now).is_some(),
+                "{key}"
+            );
+        }
     }
 
     #[test]
     fn reuse_ends_with_the_offer_or_the_first_verdict_going_stale() {
         let cache = cache();
         let now = Instant::now();
-        keep(7, 10, head("/a"), &plan(), offer(1_000, &cache, None), now);
-        let soon = now + Duration::from_millis(999);
-        assert!(reused(7, 10, &head("/a"), &cache, soon).is_some());
-        assert!(reused(7, 10, &head("/a"), &cache, now + Duration::from_secs(1)).is_none());
-
-        let stale_at = now + Duration::from_millis(200);
-        keep(
+        keep_for(
             7,
             10,
-            head("/b"),
+            &request("/a"),
+            &plan(),
+            offer(1_000, &cache, None),
+            now,
+        );
+        let soon = now + Duration::from_millis(999);
+        assert!(found(7, 10, &view(&request("/a")), &cache, soon).is_some());
+        assert!(
+            found(
+                7,
+                10,
+                &view(&request("/a")),
+                &cache,
+                now + Duration::from_secs(1)
+            )
+            .is_none()
+        );
+
+        let stale_at = now + Duration::from_millis(200);
+        keep_for(
+            7,
+            10,
+            &request("/b"),
             &plan(),
             offer(60_000, &cache, Some(stale_at)),
             now,
         );
-        assert!(reused(7, 10, &head("/b"), &cache, now).is_some());
-        assert!(reused(7, 10, &head("/b"), &cache, stale_at).is_none());
+        assert!(found(7, 10, &view(&request("/b")), &cache, now).is_some());
+        assert!(found(7, 10, &view(&request("/b")), &cache, stale_at).is_none());
     }
 
     #[test]
@@ -334,18 +476,39 @@ mod tests {
             credential_id: None,
         });
         cache.put(fingerprint, valid, Duration::from_secs(60), Duration::ZERO);
-        keep(7, 10, head("/a"), &plan(), offer(60_000, &cache, None), now);
-        assert!(reused(7, 10, &head("/a"), &cache, now).is_some());
+        keep_for(
+            7,
+            10,
+            &request("/a"),
+            &plan(),
+            offer(60_000, &cache, None),
+            now,
+        );
+        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_some());
         assert!(cache.invalidate(fingerprint));
-        assert!(reused(7, 10, &head("/a"), &cache, now).is_none());
+        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
 
-        keep(7, 10, head("/a"), &plan(), offer(60_000, &cache, None), now);
+        keep_for(
+            7,
+            10,
+            &request("/a"),
+            &plan(),
+            offer(60_000, &cache, None),
+            now,
+        );
         cache.clear();
-        assert!(reused(7, 10, &head("/a"), &cache, now).is_none());
+        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
 
-        keep(7, 10, head("/a"), &plan(), offer(60_000, &cache, None), now);
+        keep_for(
+            7,
+            10,
+            &request("/a"),
+            &plan(),
+            offer(60_000, &cache, None),
+            now,
+        );
         cache.mark_all_stale();
-        assert!(reused(7, 10, &head("/a"), &cache, now).is_none());
+        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
     }
 
     #[test]
@@ -356,18 +519,25 @@ mod tests {
         let now = Instant::now();
         let before = offer(60_000, &cache, None);
         cache.clear();
-        keep(7, 10, head("/a"), &plan(), before, now);
-        assert!(reused(7, 10, &head("/a"), &cache, now).is_none());
+        keep_for(7, 10, &request("/a"), &plan(), before, now);
+        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
     }
 
     #[test]
     fn another_component_or_configuration_starts_afresh() {
         let cache = cache();
         let now = Instant::now();
-        keep(7, 10, head("/a"), &plan(), offer(60_000, &cache, None), now);
-        assert!(reused(8, 10, &head("/a"), &cache, now).is_none());
+        keep_for(
+            7,
+            10,
+            &request("/a"),
+            &plan(),
+            offer(60_000, &cache, None),
+            now,
+        );
+        assert!(found(8, 10, &view(&request("/a")), &cache, now).is_none());
         // ... and the earlier pair's decisions are gone, not merely hidden.
-        assert!(reused(7, 10, &head("/a"), &cache, now).is_none());
+        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
     }
 
     #[test]
@@ -377,15 +547,15 @@ mod tests {
         let mut unplaceable = Arc::into_inner(plan()).unwrap();
         unplaceable.response.headers.request_id_at = None;
         let unplaceable = Arc::new(unplaceable);
-        keep(
+        keep_for(
             7,
             10,
-            head("/a"),
+            &request("/a"),
             &unplaceable,
             offer(60_000, &cache, None),
             now,
         );
-        assert!(reused(7, 10, &head("/a"), &cache, now).is_none());
+        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
     }
 
     #[test]
@@ -393,23 +563,39 @@ mod tests {
         let cache = cache();
         let now = Instant::now();
         for path in ["/1", "/2", "/3"] {
-            keep(7, 2, head(path), &plan(), offer(60_000, &cache, None), now);
+            keep_for(
+                7,
+                2,
+                &request(path),
+                &plan(),
+                offer(60_000, &cache, None),
+                now,
+            );
         }
         assert!(
-            reused(7, 2, &head("/1"), &cache, now).is_none(),
+            found(7, 2, &view(&request("/1")), &cache, now).is_none(),
             "least recent goes"
         );
-        assert!(reused(7, 2, &head("/3"), &cache, now).is_some());
+        assert!(found(7, 2, &view(&request("/3")), &cache, now).is_some());
 
-        keep(9, 0, head("/a"), &plan(), offer(60_000, &cache, None), now);
+        keep_for(
+            9,
+            0,
+            &request("/a"),
+            &plan(),
+            offer(60_000, &cache, None),
+            now,
+        );
         assert!(
-            reused(9, 0, &head("/a"), &cache, now).is_none(),
+            found(9, 0, &view(&request("/a")), &cache, now).is_none(),
             "0 keeps none"
         );
 
-        let mut big = head("/big");
-        big.headers = format!("cookie: {}\r\n", "x".repeat(MAX_KEPT_HEAD)).into_bytes();
-        keep(7, 2, big.clone(), &plan(), offer(60_000, &cache, None), now);
-        assert!(reused(7, 2, &big, &cache, now).is_none());
+        let mut big = request("/big");
+        let cookie = "x".repeat(MAX_KEPT_HEAD);
+        big.headers_mut()
+            .insert("cookie", HeaderValue::from_str(&cookie).unwrap());
+        keep_for(7, 2, &big, &plan(), offer(60_000, &cache, None), now);
+        assert!(found(7, 2, &view(&big), &cache, now).is_none());
     }
 }
