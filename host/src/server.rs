@@ -483,7 +483,7 @@ impl Connection {
                 .pop_front()
                 .flatten();
             request.extensions_mut().insert(inbound);
-            // Boxed: the answer's future (6 KiB; its guest call and forward are boxed inside)
+            // Boxed: the answer's future (KiBs; its guest call and forward are boxed inside)
             // would otherwise be copied by hyper and by the clock's wrapper per request.
             Box::pin(answer(Arc::clone(&gateway), request, peer, smuggling))
         });

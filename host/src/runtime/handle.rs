@@ -41,7 +41,8 @@ impl Gateway {
         } else {
             // Boxed, here and below: its future is several KiB, which every future holding it
             // inline would be too (see `fast_path`).
-            Box::pin(self.portable_path(&active, request, client)).await
+            let portable = Box::pin(self.portable_path(&active, request, client));
+            portable.await
         };
         self.metrics.request_done();
         let (mut response, labels) = match outcome {
@@ -130,20 +131,26 @@ impl Gateway {
                 let labels = &forwarding.plan.labels;
                 self.metrics
                     .decision_reused(labels.key_lookup.as_deref() == Some("fresh"));
-                return Box::pin(self.forward(active, forwarding, request, started, asked)).await;
+                let forward = Box::pin(self.forward(active, forwarding, request, started, asked));
+                return forward.await;
             }
         };
         let (head, client_ip) = (view.lower(), view.client);
         // Boxed, as the forward below: inline, these two grew the future of every answer to
         // 27 KiB, which is moved into hyper's box per request (~6 k instructions of memcpy); an
-        // allocation each is cheaper.
-        let decided = Box::pin(self.decide(active, Arc::clone(&self.key_cache), &head)).await?;
+        // allocation each is cheaper. Each box is made in a statement of its own: a temporary
+        // of the statement that awaits keeps its room in this future (4.5 KiB, not 1.7).
+        let decide = Box::pin(self.decide(active, Arc::clone(&self.key_cache), &head));
+        let decided = decide.await?;
         match decided.decision {
             Decision::Respond(reply) => {
                 let labels = AnswerLabels::of(&reply.labels);
                 Ok((proxy::reply::to_response(reply)?, labels))
             }
-            Decision::UseHandler => Box::pin(self.portable_path(active, request, client)).await,
+            Decision::UseHandler => {
+                let portable = Box::pin(self.portable_path(active, request, client));
+                portable.await
+            }
             Decision::Forward(plan) => {
                 // Logged once, with the request id, where the 500 is made.
                 let plan = proxy::plan::validate(plan, &active.config).map_err(|err| {
@@ -161,7 +168,8 @@ impl Gateway {
                         started,
                     );
                 }
-                Box::pin(self.forward(active, forwarding, request, started, asked)).await
+                let forward = Box::pin(self.forward(active, forwarding, request, started, asked));
+                forward.await
             }
         }
     }
@@ -223,9 +231,9 @@ impl Gateway {
             Err(ForwardError::Upstream(failure)) => {
                 let context = proxy::forward::failure_context(forwarding, failure, asked, started);
                 // Boxed: rare, and its guest call would grow every answer's future.
-                let reply =
-                    Box::pin(self.upstream_failed(active, Arc::clone(&self.key_cache), context))
-                        .await?;
+                let failed =
+                    Box::pin(self.upstream_failed(active, Arc::clone(&self.key_cache), context));
+                let reply = failed.await?;
                 Ok((proxy::reply::to_response(reply)?, labels))
             }
         }
