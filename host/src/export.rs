@@ -480,9 +480,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_guest_exports_the_block_policy_and_keeps_the_policy_of_older_hosts() {
+    fn the_guest_exports_the_reusable_and_block_policies_and_keeps_the_policy_of_older_hosts() {
         let world = ComponentWorld::read(crate::runtime::component::EMBEDDED_GUEST).unwrap();
         for export in [
+            "keygate:gateway/reusable-policy@0.1.4",
             "keygate:gateway/block-policy@0.1.4",
             "keygate:gateway/policy@0.1.4",
         ] {
