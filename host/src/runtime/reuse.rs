@@ -235,6 +235,17 @@ mod tests {
         keep(generation, capacity, place, lowered, plan, offer, now);
     }
 
+    /// Keep the usual plan for `GET /a` (generation 7, room for 10), offered for 60 s.
+    fn keep_a(cache: &KeyCache, now: Instant) {
+        let offer = offer(60_000, cache, None);
+        keep_for(7, 10, &request("/a"), &plan(), offer, now);
+    }
+
+    /// Whether `GET /a` (generation 7) is forwarded on a kept plan.
+    fn reused_a(cache: &KeyCache, now: Instant) -> bool {
+        found(7, 10, &view(&request("/a")), cache, now).is_some()
+    }
+
     /// The plan kept for `head`, if any.
     fn found(
         generation: u64,
@@ -321,14 +332,7 @@ mod tests {
     fn an_identical_request_gets_the_kept_plan_with_a_new_id_wherever_the_old_one_stood() {
         let cache = cache();
         let now = Instant::now();
-        keep_for(
-            7,
-            10,
-            &request("/a"),
-            &plan(),
-            offer(60_000, &cache, None),
-            now,
-        );
+        keep_a(&cache, now);
         let reused = found(7, 10, &view(&request("/a")), &cache, now).expect("kept");
         let id = reused.request_id.clone();
         assert_ne!(id, ID);
@@ -357,14 +361,7 @@ mod tests {
     fn a_head_that_differs_anywhere_is_decided_afresh() {
         let cache = cache();
         let now = Instant::now();
-        keep_for(
-            7,
-            10,
-            &request("/a"),
-            &plan(),
-            offer(60_000, &cache, None),
-            now,
-        );
+        keep_a(&cache, now);
         let same = request("/a");
         let mut other_key = request("/a");
         other_key
@@ -392,7 +389,7 @@ mod tests {
         ] {
             assert!(found(7, 10, &other, &cache, now).is_none(), "{why}");
         }
-        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_some());
+        assert!(reused_a(&cache, now));
     }
 
     #[test]
@@ -476,39 +473,18 @@ mod tests {
             credential_id: None,
         });
         cache.put(fingerprint, valid, Duration::from_secs(60), Duration::ZERO);
-        keep_for(
-            7,
-            10,
-            &request("/a"),
-            &plan(),
-            offer(60_000, &cache, None),
-            now,
-        );
-        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_some());
+        keep_a(&cache, now);
+        assert!(reused_a(&cache, now));
         assert!(cache.invalidate(fingerprint));
-        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
+        assert!(!reused_a(&cache, now));
 
-        keep_for(
-            7,
-            10,
-            &request("/a"),
-            &plan(),
-            offer(60_000, &cache, None),
-            now,
-        );
+        keep_a(&cache, now);
         cache.clear();
-        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
+        assert!(!reused_a(&cache, now));
 
-        keep_for(
-            7,
-            10,
-            &request("/a"),
-            &plan(),
-            offer(60_000, &cache, None),
-            now,
-        );
+        keep_a(&cache, now);
         cache.mark_all_stale();
-        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
+        assert!(!reused_a(&cache, now));
     }
 
     #[test]
@@ -520,24 +496,17 @@ mod tests {
         let before = offer(60_000, &cache, None);
         cache.clear();
         keep_for(7, 10, &request("/a"), &plan(), before, now);
-        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
+        assert!(!reused_a(&cache, now));
     }
 
     #[test]
     fn another_component_or_configuration_starts_afresh() {
         let cache = cache();
         let now = Instant::now();
-        keep_for(
-            7,
-            10,
-            &request("/a"),
-            &plan(),
-            offer(60_000, &cache, None),
-            now,
-        );
+        keep_a(&cache, now);
         assert!(found(8, 10, &view(&request("/a")), &cache, now).is_none());
         // ... and the earlier pair's decisions are gone, not merely hidden.
-        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
+        assert!(!reused_a(&cache, now));
     }
 
     #[test]
@@ -555,7 +524,7 @@ mod tests {
             offer(60_000, &cache, None),
             now,
         );
-        assert!(found(7, 10, &view(&request("/a")), &cache, now).is_none());
+        assert!(!reused_a(&cache, now));
     }
 
     #[test]
