@@ -565,6 +565,44 @@ async fn revoking_a_key_ends_the_reuse_of_decisions_resting_on_it() {
     assert_eq!(origin.hits(), 3);
 }
 
+/// A key the cache has since evicted (room for one verdict, another key came) is still
+/// revoked for the decisions kept on its verdict.
+#[tokio::test]
+async fn revoking_a_key_the_cache_evicted_still_ends_the_reuse_of_its_decisions() {
+    let origin = Origin::start("origin").await;
+    let auth = AuthApi::start().await;
+    auth.allow("good-key", json!({}));
+    auth.allow("other-key", json!({}));
+    let config = support::GatewayConfig::basic(&origin, &auth)
+        .admin()
+        .server("workers = 1")
+        .to_string()
+        .replace("[auth_api]\n", "[auth_api]\ncache_capacity = 1\n");
+    let deployment = Deployment::start(&config, None).await;
+    let (gw, admin) = (
+        deployment.gateway.addr,
+        deployment.gateway.admin_addr.unwrap(),
+    );
+    let key = [("apikey", "good-key")];
+    // A miss, then a decision the thread keeps, then one forwarded on it.
+    for _ in 0..3 {
+        assert_eq!(get(gw, "/api/x", &key).await.status, 200);
+    }
+    assert_eq!(
+        get(gw, "/api/x", &[("apikey", "other-key")]).await.status,
+        200
+    );
+    assert_eq!(deployment.status().await["key_cache_entries"], 1);
+
+    auth.deny("good-key");
+    let revoke = support::request("DELETE", admin, "/admin/keys/good-key")
+        .body(Default::default())
+        .unwrap();
+    let reply = support::send(admin, revoke).await;
+    assert_eq!(reply.json()["removed"], false, "evicted: {}", reply.text());
+    assert_eq!(get(gw, "/api/x", &key).await.status, 401);
+}
+
 #[tokio::test]
 async fn admin_token_is_required_when_configured() {
     let config = format!("{ADMIN}admin_token = \"s3cret\"\n");

@@ -208,11 +208,11 @@ impl KeyCache {
         }
     }
 
+    /// Forget a verdict; whether there was one. The revision moves either way: a decision kept
+    /// for reuse may rest on a verdict the cache has since evicted.
     pub fn invalidate(&self, fingerprint: Fingerprint) -> bool {
         let gone = self.lock().entries.pop(&fingerprint).is_some();
-        if gone {
-            self.changed();
-        }
+        self.changed();
         gone
     }
 
@@ -505,10 +505,12 @@ mod tests {
         );
         assert_ne!(cache.revision(), start, "a fresh verdict replaced");
         let replaced = cache.revision();
+        // Evicted or never cached: a decision kept for reuse may still rest on its verdict.
         assert!(!cache.invalidate([9u8; 32]));
-        assert_eq!(cache.revision(), replaced, "nothing was there");
+        assert_ne!(cache.revision(), replaced, "a revocation of a key not held");
+        let revoked = cache.revision();
         assert!(cache.invalidate([1u8; 32]));
-        assert_ne!(cache.revision(), replaced);
+        assert_ne!(cache.revision(), revoked);
         let invalidated = cache.revision();
         cache.mark_all_stale();
         assert_ne!(cache.revision(), invalidated);
