@@ -306,7 +306,8 @@ pub struct KeyCacheState {
 pub struct Reads {
     /// The cache's revision when the call began.
     pub revision: u64,
-    /// Every `get` answered `fresh`, and nothing was put, released or invalidated.
+    /// Every `get` answered `fresh`, and nothing was put, released or invalidated (nor, as
+    /// the request's store adds, a request counted in a rate limit).
     pub only_fresh: bool,
     /// When the first of the verdicts read stops being fresh (none read: `None`).
     pub fresh_until: Option<Instant>,

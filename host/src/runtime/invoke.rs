@@ -89,12 +89,12 @@ impl Gateway {
             };
             let answer = match call {
                 PolicyCall::Decide(head) => {
-                    worker.store.data_mut().watch_key_reads();
+                    worker.store.data_mut().watch_reads();
                     let (decision, reuse) = policy
                         .decide(&mut worker.store, head)
                         .await
                         .map_err(GuestError::Call)?;
-                    let reads = worker.store.data().key_reads();
+                    let reads = worker.store.data().reads();
                     PolicyAnswer::Decision(Decided {
                         decision,
                         reuse: reuse

@@ -18,6 +18,8 @@ pub struct RequestState {
     outgoing: OutgoingHttp,
     key_cache: KeyCacheState,
     counters: Arc<CounterStores>,
+    /// Whether the guest counted a request in a rate limit since [`Self::watch_reads`].
+    counted: bool,
     pub limits: GuestLimits,
     pub busy: BusyWatch,
 }
@@ -150,6 +152,7 @@ impl RequestState {
             outgoing,
             key_cache: KeyCacheState::new(key_cache),
             counters,
+            counted: false,
             limits,
             busy: BusyWatch::default(),
         }
@@ -159,16 +162,24 @@ impl RequestState {
         self.key_cache.view()
     }
 
-    /// Watch what the next guest call reads from the key cache (see [`Reads`]).
-    pub fn watch_key_reads(&mut self) {
+    /// Watch what the next guest call reads from the key cache, and whether it counts a
+    /// request in a rate limit (see [`Reads`]).
+    pub fn watch_reads(&mut self) {
         self.key_cache.watch_reads();
+        self.counted = false;
     }
 
-    pub fn key_reads(&self) -> Reads {
-        self.key_cache.reads()
+    /// What the call since [`Self::watch_reads`] read; a call that counted a request in a rate
+    /// limit read more than fresh verdicts.
+    pub fn reads(&self) -> Reads {
+        let mut reads = self.key_cache.reads();
+        reads.only_fresh &= !self.counted;
+        reads
     }
 
+    /// The counters, for one `counters.hit` of the guest's (the only function they have).
     pub fn counters(&mut self) -> CountersView<'_> {
+        self.counted = true;
         CountersView::new(&self.counters)
     }
 
