@@ -179,8 +179,39 @@ async fn hostile_gateway(origin: std::net::SocketAddr) -> keygate::RunningGatewa
             env!("KEYGATE_TEST_HOSTILE_WASM")
         ))
         .service("api", format_args!("http://{origin}"))
-        .route("paths = [\"/\"]");
+        .route("paths = [\"/\"]")
+        // One request thread: a decision kept for reuse meets every repeat.
+        .server("workers = 1");
     start_gateway(&config.to_string()).await
+}
+
+/// The host reuses a decision only when the guest offers it, and never one whose call counted
+/// a request in a rate limit, whatever the guest offers.
+#[tokio::test]
+async fn decisions_are_reused_only_when_offered_and_never_after_counting_a_rate_limit() {
+    let origin = support::Origin::start("origin").await;
+    let gw = hostile_gateway(origin.addr).await;
+    let target = origin.addr.to_string();
+    let reused = || {
+        let metrics = gw.gateway.metrics.render(0);
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("keygate_decisions_reused_total "))
+            .map(|n| n.parse::<u64>().unwrap())
+            .unwrap_or(0)
+    };
+    for (asked, expected) in [("offer", 2), ("count-and-offer", 2), ("none", 2)] {
+        for _ in 0..3 {
+            let headers = [("x-target", target.as_str()), ("x-reuse", asked)];
+            assert_eq!(get(gw.addr, "/", &headers).await.status, 200, "{asked}");
+        }
+        assert_eq!(
+            reused(),
+            expected,
+            "after three requests with x-reuse: {asked}"
+        );
+    }
+    assert_eq!(origin.hits(), 9, "every request reached the origin");
 }
 
 #[tokio::test]

@@ -125,13 +125,24 @@ impl bindings::exports::keygate::gateway::block_policy::Guest for Hostile {
     }
 }
 
-/// keygate hosts from 0.1.4 on call `reusable-policy`: the same decisions, never offered for
-/// reuse, so every request meets its own.
+/// keygate hosts from 0.1.4 on call `reusable-policy`: the same decisions, offered for reuse
+/// only when `x-reuse` asks (`offer`; `count-and-offer` first counts the request in a rate
+/// limit, which no host may then reuse), so every other request meets its own.
 impl bindings::exports::keygate::gateway::reusable_policy::Guest for Hostile {
     fn decide(head: RequestHead) -> (Decision, Option<Reuse>) {
+        let reuse = header(&head, "x-reuse");
+        if reuse == "count-and-offer" {
+            use bindings::keygate::gateway::counters::{Period, Window, hit};
+            let minute = Window {
+                period: Period::Minute,
+                limit: 1000.0,
+            };
+            let _ = hit("hostile", "everyone", &[minute], false);
+        }
         let decision =
             <Hostile as bindings::exports::keygate::gateway::block_policy::Guest>::decide(head);
-        (decision, None)
+        let offer = matches!(reuse.as_str(), "offer" | "count-and-offer");
+        (decision, offer.then_some(Reuse { for_ms: 60_000 }))
     }
 }
 
