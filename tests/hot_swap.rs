@@ -91,6 +91,26 @@ impl Deployment {
             .json()
     }
 
+    /// `DELETE /admin/keys/{key}` (`key` as it stands in the path); the answer's JSON.
+    async fn revoke(&self, key: &str) -> serde_json::Value {
+        let admin = self.gateway.admin_addr.unwrap();
+        let revoke = support::request("DELETE", admin, &format!("/admin/keys/{key}"))
+            .body(Default::default())
+            .unwrap();
+        support::send(admin, revoke).await.json()
+    }
+
+    /// A gateway asking `auth` (its `[auth_api]` with `auth_api` added) with one request
+    /// thread, so that repeated requests meet the decision it keeps for reuse.
+    async fn one_thread(origin: &Origin, auth: &AuthApi, auth_api: &str) -> Self {
+        let config = support::GatewayConfig::basic(origin, auth)
+            .admin()
+            .server("workers = 1")
+            .to_string()
+            .replace("[auth_api]\n", &format!("[auth_api]\n{auth_api}"));
+        Self::start(&config, None).await
+    }
+
     /// Poll the status until `done` holds (a readiness check; fails after 20 s).
     async fn wait_until(
         &self,
@@ -515,11 +535,8 @@ async fn revoked_key_gets_401_on_the_next_request() {
         "still cached as valid"
     );
 
-    let revoke = support::request("DELETE", admin, "/admin/keys/key%2Fwith%20space")
-        .body(Default::default())
-        .unwrap();
-    let reply = support::send(admin, revoke).await;
-    assert_eq!(reply.json()["removed"], true, "{}", reply.text());
+    let revoked = deployment.revoke("key%2Fwith%20space").await;
+    assert_eq!(revoked["removed"], true, "{revoked}");
     assert_eq!(get(gw, "/api/x", &key).await.status, 401);
 
     let purge = support::request("DELETE", admin, "/admin/keys")
@@ -536,16 +553,8 @@ async fn revoking_a_key_ends_the_reuse_of_decisions_resting_on_it() {
     let origin = Origin::start("origin").await;
     let auth = AuthApi::start().await;
     auth.allow("good-key", json!({}));
-    // One request thread, so that the repeats meet the decision it keeps.
-    let config = support::GatewayConfig::basic(&origin, &auth)
-        .admin()
-        .server("workers = 1")
-        .to_string();
-    let deployment = Deployment::start(&config, None).await;
-    let (gw, admin) = (
-        deployment.gateway.addr,
-        deployment.gateway.admin_addr.unwrap(),
-    );
+    let deployment = Deployment::one_thread(&origin, &auth, "").await;
+    let gw = deployment.gateway.addr;
     let key = [("apikey", "good-key")];
     for _ in 0..3 {
         assert_eq!(get(gw, "/api/x", &key).await.status, 200);
@@ -557,10 +566,7 @@ async fn revoking_a_key_ends_the_reuse_of_decisions_resting_on_it() {
     );
 
     auth.deny("good-key");
-    let revoke = support::request("DELETE", admin, "/admin/keys/good-key")
-        .body(Default::default())
-        .unwrap();
-    assert_eq!(support::send(admin, revoke).await.json()["removed"], true);
+    assert_eq!(deployment.revoke("good-key").await["removed"], true);
     assert_eq!(get(gw, "/api/x", &key).await.status, 401);
     assert_eq!(origin.hits(), 3);
 }
@@ -573,16 +579,8 @@ async fn revoking_a_key_the_cache_evicted_still_ends_the_reuse_of_its_decisions(
     let auth = AuthApi::start().await;
     auth.allow("good-key", json!({}));
     auth.allow("other-key", json!({}));
-    let config = support::GatewayConfig::basic(&origin, &auth)
-        .admin()
-        .server("workers = 1")
-        .to_string()
-        .replace("[auth_api]\n", "[auth_api]\ncache_capacity = 1\n");
-    let deployment = Deployment::start(&config, None).await;
-    let (gw, admin) = (
-        deployment.gateway.addr,
-        deployment.gateway.admin_addr.unwrap(),
-    );
+    let deployment = Deployment::one_thread(&origin, &auth, "cache_capacity = 1\n").await;
+    let gw = deployment.gateway.addr;
     let key = [("apikey", "good-key")];
     // A miss, then a decision the thread keeps, then one forwarded on it.
     for _ in 0..3 {
@@ -595,11 +593,8 @@ async fn revoking_a_key_the_cache_evicted_still_ends_the_reuse_of_its_decisions(
     assert_eq!(deployment.status().await["key_cache_entries"], 1);
 
     auth.deny("good-key");
-    let revoke = support::request("DELETE", admin, "/admin/keys/good-key")
-        .body(Default::default())
-        .unwrap();
-    let reply = support::send(admin, revoke).await;
-    assert_eq!(reply.json()["removed"], false, "evicted: {}", reply.text());
+    let revoked = deployment.revoke("good-key").await;
+    assert_eq!(revoked["removed"], false, "evicted: {revoked}");
     assert_eq!(get(gw, "/api/x", &key).await.status, 401);
 }
 
