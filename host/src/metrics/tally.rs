@@ -6,6 +6,11 @@ use super::kong::KongTally;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// The tallies' maps, keyed by route, service or consumer name and looked up several times per
+/// request: hashed with foldhash (randomly seeded, as hashbrown's own default) rather than
+/// SipHash (≈ 0.3 k instructions a request saved, callgrind).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One tally, on a cache line of its own.
 #[derive(Default)]
 #[repr(align(128))]
@@ -17,16 +22,16 @@ pub(super) struct Tally {
     pub(super) upstream_responses: LabelledCounts,
     pub(super) auth_api_responses: LabelledCounts,
     /// By route, then [`RateLimitOutcome`].
-    pub(super) rate_limit_decisions: HashMap<Box<str>, [u64; 3]>,
+    pub(super) rate_limit_decisions: Map<Box<str>, [u64; 3]>,
     pub(super) key_cache_lookups: [u64; 4],
     pub(super) decisions_reused: u64,
     /// Requests started minus answered by these threads (a request may end on another
     /// thread than it started on, so one shard can go negative; the sum cannot).
     pub(super) in_flight: i64,
     /// By route: total and upstream latency.
-    pub(super) latency: HashMap<Box<str>, [Histogram; 2]>,
+    pub(super) latency: Map<Box<str>, [Histogram; 2]>,
     pub(super) auth_latency: Histogram,
-    pub(super) consumers: HashMap<Box<str>, u64>,
+    pub(super) consumers: Map<Box<str>, u64>,
     pub(super) kong: KongTally,
 }
 
@@ -36,13 +41,13 @@ impl Default for Tally {
             requests: LabelledCounts::default(),
             upstream_responses: LabelledCounts::default(),
             auth_api_responses: LabelledCounts::default(),
-            rate_limit_decisions: HashMap::new(),
+            rate_limit_decisions: Map::default(),
             key_cache_lookups: [0; 4],
             decisions_reused: 0,
             in_flight: 0,
-            latency: HashMap::new(),
+            latency: Map::default(),
             auth_latency: Histogram::new(KEYGATE_LATENCY),
-            consumers: HashMap::new(),
+            consumers: Map::default(),
             kong: KongTally::default(),
         }
     }
@@ -51,7 +56,7 @@ impl Default for Tally {
 /// Counts by a name (route, service) and a status code. A name is allocated the first time a
 /// thread sees it, never again.
 #[derive(Default)]
-pub(super) struct LabelledCounts(HashMap<Box<str>, Vec<(Option<u16>, u64)>>);
+pub(super) struct LabelledCounts(Map<Box<str>, Vec<(Option<u16>, u64)>>);
 
 impl LabelledCounts {
     pub(super) fn count(&mut self, name: &str, code: Option<u16>) {
