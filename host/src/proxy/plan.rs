@@ -170,6 +170,14 @@ fn edits(edits: HeaderEdits, request_id: &[u8]) -> Result<ValidEdits, PlanError>
     })
 }
 
+impl ValidPlan {
+    /// Whether another request can be forwarded on this plan under its own id: the plan's
+    /// id stands only where [`Forwarding::appended`] replaces it.
+    pub fn can_take_another_id(&self) -> bool {
+        self.request.request_id_at.is_some() && self.response.headers.request_id_at.is_some()
+    }
+}
+
 /// A checked plan as one request carries it out: the plan, shared with any other request
 /// forwarded on the same decision, and this request's own id.
 pub struct Forwarding {
@@ -193,8 +201,9 @@ impl Forwarding {
     /// Another request forwarded on `plan`, under an id of its own; `None` when the plan's id
     /// stands where it cannot be replaced.
     pub fn again(plan: &Arc<ValidPlan>) -> Option<Self> {
-        plan.request.request_id_at?;
-        plan.response.headers.request_id_at?;
+        if !plan.can_take_another_id() {
+            return None;
+        }
         let request_id = crate::http_util::request_id();
         let new_id = http::HeaderValue::from_str(&request_id).ok()?;
         Some(Self {

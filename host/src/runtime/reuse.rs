@@ -151,10 +151,7 @@ pub fn keep(
     let Some(capacity) = NonZeroUsize::new(capacity as usize) else {
         return;
     };
-    // A plan whose id cannot be replaced everywhere is never forwarded again.
-    let ids_replaceable =
-        plan.request.request_id_at.is_some() && plan.response.headers.request_id_at.is_some();
-    if head_size(&head) > MAX_KEPT_HEAD || !ids_replaceable {
+    if head_size(&head) > MAX_KEPT_HEAD || !plan.can_take_another_id() {
         return;
     }
     let offered = now + Duration::from_millis(u64::from(reuse.for_ms));
