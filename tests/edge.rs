@@ -628,6 +628,25 @@ async fn a_head_sent_byte_by_byte_is_closed_at_header_read_timeout_without_an_an
         let (answer, sent, closed) = drip(&mut stream, &head, every).await;
         (answer, sent, closed - first_byte)
     };
+    // After an idle wait longer than the head timeout, a head that stops halfway: the clock's
+    // timer was set for the idle deadline, later than the head's, and only the timer (no
+    // byte arriving) can close this one.
+    let idle_then_silent = async {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(&raw_request(gw.addr, "", ""))
+            .await
+            .unwrap();
+        let (head_line, _) = read_response(&mut stream).await;
+        assert_eq!(status_of(&head_line), 200, "{head_line}");
+        // Idle for a head timeout and a half (the time is what is tested).
+        tokio::time::sleep(TIMEOUT * 3 / 2).await;
+        let half = head.len() / 2;
+        stream.write_all(&head[..half]).await.unwrap();
+        let first_byte = Instant::now();
+        let answer = until_closed(&mut stream, "the gateway closing a half-sent head").await;
+        (answer, half, first_byte.elapsed())
+    };
     // A connection that never sends a byte.
     let silent = async {
         let mut stream = TcpStream::connect(gw.addr).await.unwrap();
@@ -635,10 +654,12 @@ async fn a_head_sent_byte_by_byte_is_closed_at_header_read_timeout_without_an_an
         let answer = until_closed(&mut stream, "the gateway closing a silent connection").await;
         (answer, 0, connected.elapsed())
     };
-    let (fresh, kept_alive, silent) = tokio::join!(fresh, kept_alive, silent);
+    let (fresh, kept_alive, idle_then_silent, silent) =
+        tokio::join!(fresh, kept_alive, idle_then_silent, silent);
     for (name, (answer, sent, after)) in [
         ("new connection", fresh),
         ("kept-alive connection", kept_alive),
+        ("half a head after an idle wait", idle_then_silent),
         ("silent connection", silent),
     ] {
         assert!(
@@ -652,7 +673,11 @@ async fn a_head_sent_byte_by_byte_is_closed_at_header_read_timeout_without_an_an
         );
         assert!(sent < head.len(), "{name}: the head was never complete");
     }
-    assert_eq!(origin.hits(), 1, "only the complete request was forwarded");
+    assert_eq!(
+        origin.hits(),
+        2,
+        "only the complete requests were forwarded"
+    );
 }
 
 #[tokio::test]

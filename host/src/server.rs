@@ -316,9 +316,11 @@ async fn serve_connections(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .keep_alive(true)
-        // The connection's clock (`timeouts`) closes slow heads and idle connections; hyper's
-        // own timer is only a backstop.
-        .header_read_timeout(timeouts.hyper_header_read_timeout())
+        // The connection's clock (`timeouts`) closes slow heads and idle connections. hyper's
+        // own header timer (30 s unless told otherwise) is off: it would close an idle
+        // connection before `keepalive_timeout`, and it is a boxed timer made and dropped for
+        // every request (~0.7 k instructions of a cached-key request).
+        .header_read_timeout(None)
         .max_header_size(HYPER_MAX_HEAD_BYTES);
     // Not `pipeline_flush`: it lets hyper queue response chunks without backpressure, which
     // held ~64 MiB of a 200 MiB download in memory (tests/cli.rs measures peak RSS).
