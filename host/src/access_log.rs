@@ -264,21 +264,20 @@ pub fn format_record(record: &RequestRecord, settings: &Settings, out: &mut Stri
             out.push_str("}\n");
         }
         Format::Text | Format::Off => {
-            let or_dash = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
             let _ = write!(
                 out,
                 "{time} {} {} {} {} status={} source={} route={} service={} consumer={} \
                  in={} out={} latency_ms={:.3} upstream_ms={} gateway_ms={:.3} auth_ms={} \
                  key_cache={} key={}",
-                or_dash(&record.request_id),
+                or_dash(record.request_id.as_deref()),
                 record.client_ip,
                 record.method,
                 quoted(&path),
                 record.status,
                 record.source.label(),
-                quoted(&or_dash(&record.route)),
-                quoted(&or_dash(&record.service)),
-                quoted(&or_dash(&record.consumer)),
+                quoted(or_dash(record.route.as_deref())),
+                quoted(or_dash(record.service.as_deref())),
+                quoted(or_dash(record.consumer.as_deref())),
                 record.bytes_in,
                 record.bytes_out,
                 ms(record.total),
@@ -289,8 +288,8 @@ pub fn format_record(record: &RequestRecord, settings: &Settings, out: &mut Stri
                 record
                     .auth_ms
                     .map_or_else(|| "-".to_string(), |n| n.to_string()),
-                or_dash(&record.key_lookup),
-                or_dash(&record.key),
+                or_dash(record.key_lookup.as_deref()),
+                or_dash(record.key.as_deref()),
             );
             out.push('\n');
         }
@@ -322,6 +321,10 @@ fn round3(value: f64) -> f64 {
 
 /// A value as is when it is one plain word, else in double quotes with `"`, `\` and control
 /// characters escaped: one record stays one line whatever a consumer's name holds.
+fn or_dash(value: Option<&str>) -> &str {
+    value.unwrap_or("-")
+}
+
 fn quoted(value: &str) -> String {
     let plain = !value.is_empty()
         && value

@@ -3,7 +3,12 @@
 //! characters of the key's SHA-256 fingerprint.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+/// A label a record shares with the plan it was forwarded on, and with every other request
+/// forwarded on that plan: a counted reference, not a copy per request.
+pub type Label = Arc<str>;
 
 /// Who made the response the client got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +32,15 @@ impl Source {
 pub struct RequestRecord {
     /// When the request arrived.
     pub at: SystemTime,
-    pub request_id: Option<String>,
+    pub request_id: Option<Label>,
     pub client_ip: IpAddr,
     pub method: http::Method,
     /// As the client sent it; the access log strips or redacts its query.
     pub uri: http::Uri,
-    pub route: Option<String>,
-    pub service: Option<String>,
+    pub route: Option<Label>,
+    pub service: Option<Label>,
     /// The consumer's username, else its id.
-    pub consumer: Option<String>,
+    pub consumer: Option<Label>,
     pub status: u16,
     pub source: Source,
     /// Request line, headers and body, as received (Kong's `$request_length`).
@@ -52,7 +57,7 @@ pub struct RequestRecord {
     /// The auth API call this request made, if any.
     pub auth_ms: Option<u64>,
     /// Where the key's verdict came from: `fresh`, `stale`, `miss`, `static`, `none`.
-    pub key_lookup: Option<String>,
+    pub key_lookup: Option<Label>,
     /// The first characters of the key's fingerprint, to follow one key through the log.
     pub key: Option<String>,
 }

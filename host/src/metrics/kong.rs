@@ -257,7 +257,7 @@ impl KongTally {
             None => routes.entry(route.into()).or_default(),
         };
         let consumer = match (&record.consumer, flags.per_consumer) {
-            (Some(consumer), true) => consumer.as_str(),
+            (Some(consumer), true) => &**consumer,
             _ => "",
         };
         if flags.status_code_metrics {

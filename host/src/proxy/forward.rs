@@ -397,7 +397,7 @@ pub fn failure_context(
         failure,
         service: forwarding.plan.service.clone(),
         labels: forwarding.plan.labels.clone(),
-        request_id: forwarding.request_id,
+        request_id: forwarding.request_id.to_string(),
         accept: asked.accept(),
         content_type: asked.content_type(),
         method: asked.method.as_str().to_string(),

@@ -3,6 +3,7 @@
 //! be valid HTTP; hop-by-hop headers are the host's to set and are dropped from the plan. A
 //! plan that fails any check is a 500 for that request (with a log line), never a forward.
 
+use crate::request_record::Label;
 use crate::runtime::component::policy_api::{ForwardPlan, HeaderEdits, Labels};
 use keygate_policy::Config;
 use std::sync::Arc;
@@ -20,6 +21,38 @@ pub struct ValidPlan {
     pub max_request_body: Option<u64>,
     pub request_id: String,
     pub labels: Labels,
+    /// `labels` as the requests forwarded on this plan record them, made once.
+    pub recorded: RecordedLabels,
+}
+
+/// A guest's labels as a request's record holds them: shared by every request forwarded on
+/// the same plan (a reused decision's labels cost a reference count each, not a copy).
+#[derive(Clone, Default)]
+pub struct RecordedLabels {
+    pub route: Option<Label>,
+    pub service: Option<Label>,
+    /// Username, else id.
+    pub consumer: Option<Label>,
+    pub key_lookup: Option<Label>,
+    pub auth_ms: Option<u64>,
+    pub rate_limit: Option<Label>,
+}
+
+impl RecordedLabels {
+    pub fn of(labels: &Labels) -> Self {
+        let label = |text: &Option<String>| text.as_deref().map(Label::from);
+        Self {
+            route: label(&labels.route),
+            service: label(&labels.service),
+            consumer: labels
+                .consumer
+                .as_ref()
+                .and_then(|consumer| label(&consumer.username).or_else(|| label(&consumer.id))),
+            key_lookup: label(&labels.key_lookup),
+            auth_ms: labels.auth_call_ms,
+            rate_limit: label(&labels.rate_limit),
+        }
+    }
 }
 
 /// Header edits with names and values already parsed.
@@ -120,6 +153,7 @@ pub fn validate(plan: ForwardPlan, config: &Config) -> Result<ValidPlan, PlanErr
         between_bytes_timeout: Duration::from_millis(plan.timeouts.between_bytes_ms),
         max_request_body: plan.max_request_body,
         request_id: plan.request_id,
+        recorded: RecordedLabels::of(&plan.labels),
         labels: plan.labels,
     })
 }
@@ -183,7 +217,7 @@ impl ValidPlan {
 pub struct Forwarding {
     pub plan: Arc<ValidPlan>,
     /// This request's id: the plan's own, or a new one for a plan decided for another request.
-    pub request_id: String,
+    pub request_id: Label,
     /// `request_id` as a header value, when it is not the plan's own.
     new_id: Option<http::HeaderValue>,
 }
@@ -192,7 +226,7 @@ impl Forwarding {
     /// The request the plan was decided for.
     pub fn decided(plan: ValidPlan) -> Self {
         Self {
-            request_id: plan.request_id.clone(),
+            request_id: Label::from(plan.request_id.as_str()),
             plan: Arc::new(plan),
             new_id: None,
         }
@@ -204,11 +238,11 @@ impl Forwarding {
         if !plan.can_take_another_id() {
             return None;
         }
-        let request_id = crate::http_util::request_id();
-        let new_id = http::HeaderValue::from_str(&request_id).ok()?;
+        let digits = crate::http_util::request_id_digits();
+        let new_id = http::HeaderValue::from_bytes(&digits).ok()?;
         Some(Self {
             plan: Arc::clone(plan),
-            request_id,
+            request_id: Label::from(new_id.to_str().ok()?),
             new_id: Some(new_id),
         })
     }
@@ -381,9 +415,9 @@ paths = ["/api"]
         assert_eq!(valid.response.headers.request_id_at, Some(0b1));
 
         let first = Forwarding::decided(valid);
-        assert_eq!(first.request_id, id);
+        assert_eq!(*first.request_id, *id);
         let again = Forwarding::again(&first.plan).expect("replaceable");
-        assert_ne!(again.request_id, id);
+        assert_ne!(*again.request_id, *id);
         let request: Vec<(&str, &str)> = again
             .appended(&again.plan.request)
             .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
@@ -393,7 +427,7 @@ paths = ["/api"]
             request,
             [
                 ("x-a", "1"),
-                ("x-request-id", again.request_id.as_str()),
+                ("x-request-id", &*again.request_id),
                 ("x-b", b.as_str())
             ]
         );

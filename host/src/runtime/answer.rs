@@ -3,7 +3,8 @@
 //! answered, the origin's latency), completing the request's record.
 
 use super::component::policy_api::Labels;
-use crate::request_record::{RequestRecord, Source};
+use crate::proxy::plan::RecordedLabels;
+use crate::request_record::{Label, RequestRecord, Source};
 use keygate_policy::annotation::Annotation;
 use keygate_policy::internal_headers;
 use std::time::Instant;
@@ -11,14 +12,14 @@ use std::time::Instant;
 /// What an answer is counted and logged under: the guest's labels, and what the host saw.
 #[derive(Default)]
 pub(super) struct AnswerLabels {
-    pub(super) route: Option<String>,
-    pub(super) service: Option<String>,
+    pub(super) route: Option<Label>,
+    pub(super) service: Option<Label>,
     /// Username, else id.
-    pub(super) consumer: Option<String>,
-    pub(super) key_lookup: Option<String>,
+    pub(super) consumer: Option<Label>,
+    pub(super) key_lookup: Option<Label>,
     pub(super) auth_ms: Option<u64>,
-    pub(super) rate_limit: Option<String>,
-    pub(super) request_id: Option<String>,
+    pub(super) rate_limit: Option<Label>,
+    pub(super) request_id: Option<Label>,
     /// Set when the origin's response is the answer.
     pub(super) from_origin: bool,
     /// The gateway's own time before forwarding (forwarded requests).
@@ -31,15 +32,17 @@ pub(super) struct AnswerLabels {
 
 impl AnswerLabels {
     pub(super) fn of(labels: &Labels) -> Self {
+        Self::recorded(&RecordedLabels::of(labels))
+    }
+
+    /// A plan's labels, shared with the plan.
+    pub(super) fn recorded(labels: &RecordedLabels) -> Self {
         Self {
             route: labels.route.clone(),
             service: labels.service.clone(),
-            consumer: labels
-                .consumer
-                .as_ref()
-                .and_then(|consumer| consumer.username.clone().or_else(|| consumer.id.clone())),
+            consumer: labels.consumer.clone(),
             key_lookup: labels.key_lookup.clone(),
-            auth_ms: labels.auth_call_ms,
+            auth_ms: labels.auth_ms,
             rate_limit: labels.rate_limit.clone(),
             ..Self::default()
         }
@@ -66,7 +69,7 @@ impl AnswerLabels {
                         .headers()
                         .get(*name)
                         .and_then(|value| value.to_str().ok())
-                        .map(str::to_string)
+                        .map(Label::from)
                 })
         });
         record.source = if self.from_origin {

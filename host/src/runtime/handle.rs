@@ -12,6 +12,7 @@ use crate::observe::Observed;
 use crate::proxy;
 use crate::proxy::forward::ForwardError;
 use crate::proxy::plan::Forwarding;
+use crate::request_record::Label;
 use crate::responses::{ErrorContext, HostFailure, ResponseBody};
 use keygate_policy::internal_headers;
 use std::net::SocketAddr;
@@ -92,13 +93,13 @@ impl Gateway {
         let annotation = take_annotation(&mut parts.headers);
         let ms = |ms: Option<u64>| ms.map(std::time::Duration::from_millis);
         let labels = AnswerLabels {
-            route: annotation.route,
-            service: annotation.service,
-            consumer: annotation.consumer,
-            key_lookup: annotation.key_lookup,
+            route: annotation.route.map(Label::from),
+            service: annotation.service.map(Label::from),
+            consumer: annotation.consumer.map(Label::from),
+            key_lookup: annotation.key_lookup.map(Label::from),
             auth_ms: annotation.auth_ms,
-            rate_limit: annotation.rate_limit,
-            request_id: annotation.request_id,
+            rate_limit: annotation.rate_limit.map(Label::from),
+            request_id: annotation.request_id.map(Label::from),
             from_origin: annotation.from_origin,
             gateway: ms(annotation.gateway_ms),
             upstream: ms(annotation.upstream_ms),
@@ -185,7 +186,7 @@ impl Gateway {
         asked: &ErrorContext,
     ) -> Result<(hyper::Response<ResponseBody>, AnswerLabels), HostFailure> {
         let plan = &*forwarding.plan;
-        let mut labels = AnswerLabels::of(&plan.labels);
+        let mut labels = AnswerLabels::recorded(&plan.recorded);
         labels.request_id = Some(forwarding.request_id.clone());
         let balancer = active
             .config
@@ -214,7 +215,7 @@ impl Gateway {
             // Answered like the guest's own 413 (route labels, the plan's request id).
             Err(ForwardError::BodyTooLarge) => Ok((
                 HostFailure::BodyTooLarge.into_response_as(
-                    forwarding.request_id.clone(),
+                    forwarding.request_id.to_string(),
                     asked,
                     &active.config.compat,
                     started,

@@ -186,7 +186,7 @@ fn head_size(head: &RequestHead) -> usize {
 mod tests {
     use super::*;
     use crate::capabilities::key_cache::{Consumer, Verdict};
-    use crate::proxy::plan::{ValidEdits, ValidResponseEdits};
+    use crate::proxy::plan::{RecordedLabels, ValidEdits, ValidResponseEdits};
     use crate::runtime::component::policy_api::Labels;
     use http::{HeaderName, HeaderValue};
     use std::sync::Arc;
@@ -258,6 +258,14 @@ mod tests {
     }
 
     fn plan() -> Arc<ValidPlan> {
+        let labels = Labels {
+            route: Some("r".into()),
+            service: Some("api".into()),
+            consumer: None,
+            key_lookup: Some("fresh".into()),
+            auth_call_ms: None,
+            rate_limit: None,
+        };
         let value = |text: &str| HeaderValue::from_str(text).unwrap();
         let name = HeaderName::from_static;
         Arc::new(ValidPlan {
@@ -287,14 +295,8 @@ mod tests {
             between_bytes_timeout: Duration::from_secs(1),
             max_request_body: None,
             request_id: ID.into(),
-            labels: Labels {
-                route: Some("r".into()),
-                service: Some("api".into()),
-                consumer: None,
-                key_lookup: Some("fresh".into()),
-                auth_call_ms: None,
-                rate_limit: None,
-            },
+            labels: labels.clone(),
+            recorded: RecordedLabels::of(&labels),
         })
     }
 
@@ -332,7 +334,7 @@ mod tests {
         keep_a(&cache, now);
         let reused = found(7, 10, &view(&request("/a")), &cache, now).expect("kept");
         let id = reused.request_id.clone();
-        assert_ne!(id, ID);
+        assert_ne!(*id, *ID);
         let (request, response) = (&reused.plan.request, &reused.plan.response.headers);
         let appended = || reused.appended(request);
         assert_eq!(values(appended(), "x-kong-request-id"), [&*id]);
@@ -345,13 +347,14 @@ mod tests {
         assert_eq!(values(appended(), "x-consumer-id"), ["c1"]);
         assert_eq!(reused.plan.uri, plan().uri);
         let again = reused_plan_id(&cache, now);
-        assert_ne!(again, id, "each reuse gets its own id");
+        assert_ne!(*again, *id, "each reuse gets its own id");
     }
 
     fn reused_plan_id(cache: &KeyCache, now: Instant) -> String {
         found(7, 10, &view(&request("/a")), cache, now)
             .unwrap()
             .request_id
+            .to_string()
     }
 
     #[test]
