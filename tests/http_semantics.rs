@@ -312,6 +312,61 @@ async fn chunked_origin_response_streams_to_the_client_before_the_origin_finishe
     assert_eq!(rest, REST);
 }
 
+/// However a response ends (a length, chunks, no body at all), reading it to the end hands
+/// its origin connection back: sequential requests on one request thread share one.
+#[tokio::test]
+async fn every_kind_of_response_end_hands_the_origin_connection_back() {
+    let origin = support::servers::serve(|request: hyper::Request<Incoming>| async move {
+        match request.uri().path() {
+            // No length: hyper sends it chunked.
+            "/v1/chunked" => {
+                let chunks =
+                    ["one ", "two"].map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))));
+                hyper::Response::new(BodyExt::boxed(StreamBody::new(futures::stream::iter(
+                    chunks,
+                ))))
+            }
+            "/v1/empty" => hyper::Response::builder()
+                .status(204)
+                .body(empty())
+                .unwrap(),
+            _ => hyper::Response::new(full("sized")),
+        }
+    })
+    .await;
+    let config = GatewayConfig::new()
+        .server("workers = 1")
+        .consumer("static-user", None, &[KEY.1])
+        .service("api", format_args!("http://{}/v1", origin.addr))
+        .route("name = \"api-route\"\npaths = [\"/api\"]")
+        .to_string();
+    let gw = start_gateway(&config).await;
+    for _ in 0..3 {
+        for (method, path, status, body) in [
+            ("GET", "/api/sized", 200, "sized"),
+            ("GET", "/api/chunked", 200, "one two"),
+            ("GET", "/api/empty", 204, ""),
+            ("HEAD", "/api/sized", 200, ""),
+        ] {
+            let request = keyed(method, gw.addr, path)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let reply = within("a reply", support::client::send(gw.addr, request)).await;
+            assert_eq!(
+                (reply.status, reply.text().as_str()),
+                (status, body),
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(
+        origin.connections(),
+        1,
+        "12 sequential requests on one request thread used {} origin connections",
+        origin.connections()
+    );
+}
+
 #[tokio::test]
 async fn no_content_and_not_modified_arrive_without_a_body() {
     let origin = origin(|request: hyper::Request<Incoming>| async move {

@@ -153,12 +153,18 @@ pub fn http_connector(connect_timeout: Duration) -> HttpConnector {
     connector
 }
 
+/// How long an outgoing connection is kept unused before it is closed.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How many unused connections to one origin a pool keeps.
+pub const POOL_MAX_IDLE_PER_ORIGIN: usize = 1024;
+
 /// How every outgoing pool keeps its connections.
 pub fn client_builder() -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_ORIGIN)
         .pool_timer(hyper_util::rt::TokioTimer::new());
     builder
 }
@@ -483,7 +489,17 @@ pub fn client_error(err: &hyper_util::client::legacy::Error) -> Error {
             _ => Error::TlsProtocolError,
         };
     }
-    let mut source = err.source();
+    error_from_chain(err.source(), err.is_connect())
+}
+
+/// What the guest is told for an outgoing call that failed with `cause` (and the causes it
+/// gives): refused or unreachable (502) and timeouts (504) stay distinguishable. `connecting`:
+/// whether it failed before a connection was made.
+pub fn error_from_chain(
+    cause: Option<&(dyn std::error::Error + 'static)>,
+    connecting: bool,
+) -> Error {
+    let mut source = cause;
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return match io.kind() {
@@ -502,7 +518,7 @@ pub fn client_error(err: &hyper_util::client::legacy::Error) -> Error {
         }
         source = cause.source();
     }
-    if err.is_connect() {
+    if connecting {
         Error::ConnectionRefused
     } else {
         Error::HttpProtocolError

@@ -4,9 +4,12 @@
 //! (WebSocket) are passed through as Kong proxies them: 101, then both directions streamed.
 
 use super::balancer::{self, BalancedError, Balancer, Recoverable};
+use super::origin_pool::{self, Returning};
 use super::plan::Forwarding;
 use crate::capabilities::breaker::{FAILURES_TO_OPEN, PROBE_EVERY};
-use crate::capabilities::outgoing_http::{IdleTimeoutBody, client_error, pooled_client};
+use crate::capabilities::outgoing_http::{
+    IdleTimeoutBody, client_error, error_from_chain, http_connector,
+};
 use crate::http_util::{connection_tokens, remove_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::responses::{ErrorContext, ResponseBody};
@@ -16,8 +19,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioIo;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -35,25 +36,7 @@ pub struct Upstream {
     connect_timeout: Duration,
 }
 
-type UpstreamClient = Client<HttpConnector, LimitedBody>;
-
-/// The pool a forward goes out on: an enum, so the plain path pays a match, not a box.
-enum AnyClient {
-    Plain(UpstreamClient),
-    Tls(HttpsClient<LimitedBody>),
-}
-
-impl AnyClient {
-    fn request(&self, request: hyper::Request<LimitedBody>) -> ResponseFuture {
-        match self {
-            Self::Plain(client) => client.request(request),
-            Self::Tls(client) => client.request(request),
-        }
-    }
-}
-
 thread_local! {
-    static THREAD_POOLS: RefCell<Vec<(u64, UpstreamClient)>> = const { RefCell::new(Vec::new()) };
     /// This thread's pools for https origins, one per TLS configuration.
     static HTTPS_POOLS: RefCell<ThreadHttpsClients<LimitedBody>> = RefCell::default();
     /// Origins this thread found refusing connections: (gateway id, service) → health.
@@ -143,25 +126,9 @@ impl Upstream {
         }
     }
 
-    fn client(&self) -> UpstreamClient {
-        THREAD_POOLS.with(|pools| {
-            let mut pools = pools.borrow_mut();
-            if let Some((_, client)) = pools.iter().find(|(id, _)| *id == self.id) {
-                return client.clone();
-            }
-            let client = pooled_client(self.connect_timeout);
-            pools.push((self.id, client.clone()));
-            client
-        })
-    }
-
-    fn any_client(&self, tls: Option<&Arc<rustls::ClientConfig>>) -> AnyClient {
-        match tls {
-            None => AnyClient::Plain(self.client()),
-            Some(tls) => AnyClient::Tls(
-                HTTPS_POOLS.with(|pools| pools.borrow_mut().client(tls, self.connect_timeout)),
-            ),
-        }
+    /// This thread's pool for an https origin with the TLS configuration `tls`.
+    fn tls_client(&self, tls: &Arc<rustls::ClientConfig>) -> HttpsClient<LimitedBody> {
+        HTTPS_POOLS.with(|pools| pools.borrow_mut().client(tls, self.connect_timeout))
     }
 
     /// Send `request` as `plan` says and return the origin's response head, its body left
@@ -218,31 +185,41 @@ impl Upstream {
             return Err(ForwardError::OriginDown(failure));
         }
         let sent_at = Instant::now();
-        let client = self.any_client(tls);
+        // https origins go through hyper-util's pooled client (TLS, ALPN); plain http ones
+        // through this thread's own pool (`origin_pool`: the cheaper one per request).
+        let tls_client = tls.map(|tls| self.tls_client(tls));
+        let tls_client = tls_client.as_ref();
         let first_byte = plan.first_byte_timeout;
         let service = &plan.service;
         let gateway = self.id;
+        let connect_timeout = self.connect_timeout;
         // A TLS handshake that failed: the origin is as unusable as one that refuses.
         let handshake_failed = &AtomicBool::new(false);
-        let send = |request: hyper::Request<LimitedBody>| {
-            let pending = client.request(request);
-            async move {
-                match tokio::time::timeout(first_byte, pending).await {
+        let send = |request: hyper::Request<LimitedBody>| async move {
+            let Some(client) = tls_client else {
+                let sending =
+                    origin_pool::send(gateway, || http_connector(connect_timeout), request);
+                return match tokio::time::timeout(first_byte, sending).await {
                     Err(_) => Err(UpstreamFailure::ResponseTimeout),
+                    Ok(Ok((response, lease))) => Ok((response, Some(lease))),
                     Ok(Err(err)) => {
                         tracing::debug!(%service, "origin call failed: {err:?}");
-                        if let Some(reason) = tls_failure(&err) {
-                            handshake_failed.store(true, Ordering::Relaxed);
-                            tls_client::log_failure(
-                                gateway,
-                                &format!("service {service:?}"),
-                                reason,
-                            );
-                        }
-                        Err(failure_of(&client_error(&err)))
+                        let (cause, connecting) = err.cause();
+                        Err(failure_of(&error_from_chain(Some(cause), connecting)))
                     }
-                    Ok(Ok(response)) => Ok(response),
+                };
+            };
+            match tokio::time::timeout(first_byte, client.request(request)).await {
+                Err(_) => Err(UpstreamFailure::ResponseTimeout),
+                Ok(Err(err)) => {
+                    tracing::debug!(%service, "origin call failed: {err:?}");
+                    if let Some(reason) = tls_failure(&err) {
+                        handshake_failed.store(true, Ordering::Relaxed);
+                        tls_client::log_failure(gateway, &format!("service {service:?}"), reason);
+                    }
+                    Err(failure_of(&client_error(&err)))
                 }
+                Ok(Ok(response)) => Ok((response, None)),
             }
         };
         let outcome = match balancer {
@@ -280,7 +257,7 @@ impl Upstream {
         };
         metrics.outgoing(
             &plan.service,
-            outcome.as_ref().ok().map(|r| r.status().as_u16()),
+            outcome.as_ref().ok().map(|(r, _)| r.status().as_u16()),
         );
         // The body grew past the limit before the origin answered: the origin's request was
         // aborted mid-body (by the error that ended it), and the client gets the 413. (Once
@@ -302,7 +279,7 @@ impl Upstream {
                 Err(_) => {}
             }
         }
-        let mut response = outcome.map_err(ForwardError::Upstream)?;
+        let (mut response, lease) = outcome.map_err(ForwardError::Upstream)?;
         let received_at = Instant::now();
         let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         if switching {
@@ -324,7 +301,12 @@ impl Upstream {
             sent_at,
             received_at,
         );
-        let body = IdleTimeoutBody::new(body, plan.between_bytes_timeout).boxed_unsync();
+        let body = IdleTimeoutBody::new(body, plan.between_bytes_timeout);
+        // A connection that switched protocols is the tunnel's now: never given back.
+        let body = match lease {
+            Some(lease) if !switching => Returning::new(body, lease).boxed_unsync(),
+            _ => body.boxed_unsync(),
+        };
         Ok(hyper::Response::from_parts(parts, body))
     }
 }

@@ -7,6 +7,7 @@ pub mod balancer;
 mod field_block;
 pub mod forward;
 pub mod head;
+mod origin_pool;
 pub mod plan;
 pub mod reply;
 
