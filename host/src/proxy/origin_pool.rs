@@ -64,11 +64,56 @@ struct Idle {
 struct GatewayPools {
     gateway: u64,
     connector: HttpConnector,
-    origins: HashMap<Arc<str>, VecDeque<Idle>, foldhash::fast::RandomState>,
+    origins: HashMap<Box<str>, Origin, foldhash::fast::RandomState>,
+}
+
+/// One origin's kept connections, the oldest first.
+struct Origin {
+    /// The origin's authority, shared with the leases out on it.
+    name: Arc<str>,
+    idle: VecDeque<Idle>,
+}
+
+impl Origin {
+    /// Let go of the connections kept too long, and of those the origin closed.
+    fn expire(&mut self, now: Instant) {
+        self.idle.retain(|idle| {
+            now.duration_since(idle.since) < POOL_IDLE_TIMEOUT && !idle.sender.is_closed()
+        });
+    }
 }
 
 thread_local! {
     static POOLS: RefCell<Vec<GatewayPools>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread's runtime runs [`expire_idle_connections`].
+    static EXPIRING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Expires this thread's kept connections while no request comes to give one back (it runs
+/// for as long as the thread's runtime): an origin nobody calls any more does not keep its
+/// sockets open for good.
+async fn expire_idle_connections() {
+    /// Clears [`EXPIRING`] when the task ends with its runtime.
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = EXPIRING.try_with(|expiring| expiring.set(false));
+        }
+    }
+    let _running = Running;
+    let every = POOL_IDLE_TIMEOUT / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = Instant::now();
+        POOLS.with(|pools| {
+            for pools in pools.borrow_mut().iter_mut() {
+                pools
+                    .origins
+                    .values_mut()
+                    .for_each(|origin| origin.expire(now));
+            }
+        });
+    }
 }
 
 /// A ready kept connection to `origin`, if there is one, and the pool's name for the origin.
@@ -79,6 +124,9 @@ fn checkout(
 ) -> (Option<Sender>, Arc<str>) {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
+        if !EXPIRING.with(|expiring| expiring.replace(true)) {
+            tokio::spawn(expire_idle_connections());
+        }
         let at = match pools.iter().position(|pools| pools.gateway == gateway) {
             Some(at) => at,
             None => {
@@ -91,16 +139,19 @@ fn checkout(
             }
         };
         let origins = &mut pools[at].origins;
-        let name = match origins.get_key_value(origin) {
-            Some((name, _)) => Arc::clone(name),
-            None => Arc::from(origin),
+        let origin = match origins.get_mut(origin) {
+            Some(kept) => kept,
+            None => origins.entry(Box::from(origin)).or_insert(Origin {
+                name: Arc::from(origin),
+                idle: VecDeque::new(),
+            }),
         };
-        let idle = origins.entry(Arc::clone(&name)).or_default();
         // The most recently returned first: it is the least likely to have been closed.
         // One that is not ready (closed, or still busy with a request body the origin
         // answered before reading) is let go.
+        let idle = &mut origin.idle;
         let ready = std::iter::from_fn(|| idle.pop_back()).find(|idle| idle.sender.is_ready());
-        (ready.map(|idle| idle.sender), name)
+        (ready.map(|idle| idle.sender), Arc::clone(&origin.name))
     })
 }
 
@@ -125,10 +176,11 @@ impl Lease {
             let Some(pools) = pools.iter_mut().find(|pools| pools.gateway == self.gateway) else {
                 return;
             };
-            let Some(idle) = pools.origins.get_mut(&*self.origin) else {
+            let Some(origin) = pools.origins.get_mut(&*self.origin) else {
                 return;
             };
             // The oldest are at the front: those idle too long, and any over the cap, go.
+            let idle = &mut origin.idle;
             while idle
                 .front()
                 .is_some_and(|oldest| now.duration_since(oldest.since) >= POOL_IDLE_TIMEOUT)
@@ -278,5 +330,61 @@ impl<B: Body> Drop for Returning<B> {
         {
             lease.give_back();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A sender on a real loopback connection (hyper needs no exchange to make one), and the
+    /// origin's end of it.
+    async fn connection() -> (Sender, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let io = hyper_util::rt::TokioIo::new(client.unwrap());
+        let (sender, connection) = http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        (sender, accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn expiring_lets_go_of_connections_kept_too_long_and_of_those_the_origin_closed() {
+        let now = Instant::now();
+        let (old, _old_origin) = connection().await;
+        let (fresh, _fresh_origin) = connection().await;
+        let (closed, closed_origin) = connection().await;
+        let mut origin = Origin {
+            name: Arc::from("127.0.0.1:1"),
+            idle: VecDeque::from([
+                Idle {
+                    sender: old,
+                    since: now - POOL_IDLE_TIMEOUT - Duration::from_secs(1),
+                },
+                Idle {
+                    sender: fresh,
+                    since: now,
+                },
+                Idle {
+                    sender: closed,
+                    since: now,
+                },
+            ]),
+        };
+        drop(closed_origin);
+        // The closed one is known closed once its connection task has read the end.
+        let closing = async {
+            while !origin.idle[2].sender.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), closing)
+            .await
+            .expect("the origin's close reaches the connection");
+        origin.expire(now);
+        assert_eq!(origin.idle.len(), 1, "only the fresh one is kept");
+        assert!(!origin.idle[0].sender.is_closed());
     }
 }
