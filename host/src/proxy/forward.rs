@@ -10,7 +10,7 @@ use crate::capabilities::breaker::{FAILURES_TO_OPEN, PROBE_EVERY};
 use crate::capabilities::outgoing_http::{
     IdleTimeoutBody, client_error, error_from_chain, http_connector,
 };
-use crate::http_util::{connection_tokens, remove_hop_by_hop};
+use crate::http_util::{HeaderScan, connection_tokens, remove_hop_by_hop};
 use crate::metrics::Metrics;
 use crate::responses::{ErrorContext, ResponseBody};
 use crate::runtime::component::policy_api::{FailureContext, UpstreamFailure};
@@ -322,27 +322,36 @@ fn edit_response(
     received_at: Instant,
 ) {
     let edits = &forwarding.plan.response;
-    remove_hop_by_hop(headers, switching);
+    let found = HeaderScan::of(headers, &edits.headers.remove);
+    found.remove_hop_by_hop(headers, switching);
     // An origin's copy of keygate's internal headers must not pass for the guest's.
-    crate::http_util::remove_internal_headers(headers);
+    if found.internal {
+        crate::http_util::remove_internal_headers(headers);
+    }
     if switching {
         headers.insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("upgrade"),
         );
     }
-    crate::http_util::remove_each(headers, &edits.headers.remove);
+    if found.named {
+        crate::http_util::remove_each(headers, &edits.headers.remove);
+    }
     if let Some(ours) = &edits.via {
-        let via = joined_via(headers, ours.clone());
+        let via = if found.via {
+            joined_via(headers, ours.clone())
+        } else {
+            ours.clone()
+        };
         headers.insert(http::header::VIA, via);
     }
+    // `found.server` is the origin's: the plan's removals may have taken it.
     if let Some(server) = &edits.server_if_absent
-        && !headers.contains_key(http::header::SERVER)
+        && (!found.server || !headers.contains_key(http::header::SERVER))
     {
         headers.insert(http::header::SERVER, server.clone());
     }
-    let millis =
-        |d: Duration| http::HeaderValue::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let millis = |d: Duration| crate::http_util::number_value(d.as_millis());
     if let Some(name) = &edits.upstream_latency_header {
         headers.insert(name, millis(received_at - sent_at));
     }
