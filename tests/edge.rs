@@ -587,6 +587,15 @@ async fn drip(stream: &mut TcpStream, head: &[u8], every: Duration) -> (Vec<u8>,
 }
 
 /// Read until the gateway closes `stream`: the bytes it sent before.
+/// A connection to the gateway with one request served (200) on it: kept alive, now idle.
+async fn served_once(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&raw_request(addr, "", "")).await.unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    stream
+}
+
 async fn until_closed(stream: &mut TcpStream, what: &str) -> Vec<u8> {
     let mut wire = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -617,13 +626,7 @@ async fn a_head_sent_byte_by_byte_is_closed_at_header_read_timeout_without_an_an
     };
     // A kept-alive connection after a served request: from the next head's first byte.
     let kept_alive = async {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream
-            .write_all(&raw_request(gw.addr, "", ""))
-            .await
-            .unwrap();
-        let (head_line, _) = read_response(&mut stream).await;
-        assert_eq!(status_of(&head_line), 200, "{head_line}");
+        let mut stream = served_once(gw.addr).await;
         let first_byte = Instant::now();
         let (answer, sent, closed) = drip(&mut stream, &head, every).await;
         (answer, sent, closed - first_byte)
@@ -632,13 +635,7 @@ async fn a_head_sent_byte_by_byte_is_closed_at_header_read_timeout_without_an_an
     // timer was set for the idle deadline, later than the head's, and only the timer (no
     // byte arriving) can close this one.
     let idle_then_silent = async {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream
-            .write_all(&raw_request(gw.addr, "", ""))
-            .await
-            .unwrap();
-        let (head_line, _) = read_response(&mut stream).await;
-        assert_eq!(status_of(&head_line), 200, "{head_line}");
+        let mut stream = served_once(gw.addr).await;
         // Idle for a head timeout and a half (the time is what is tested).
         tokio::time::sleep(TIMEOUT * 3 / 2).await;
         let half = head.len() / 2;
@@ -718,13 +715,7 @@ async fn an_idle_wait_past_header_read_timeout_is_allowed_until_keepalive_timeou
         ],
     )
     .await;
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    stream
-        .write_all(&raw_request(gw.addr, "", ""))
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut stream).await;
-    assert_eq!(status_of(&head), 200, "{head}");
+    let mut stream = served_once(gw.addr).await;
     // Idle for three head timeouts (the time is what is tested).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stream
@@ -837,14 +828,7 @@ async fn connections_over_max_connections_per_ip_are_closed_at_once_and_counted(
     // Two connections, each served (so each is counted by the gateway).
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        stream
-            .write_all(&raw_request(gw.addr, "", ""))
-            .await
-            .unwrap();
-        let (head, _) = read_response(&mut stream).await;
-        assert_eq!(status_of(&head), 200, "{head}");
-        held.push(stream);
+        held.push(served_once(gw.addr).await);
     }
     assert_eq!(refused_per_ip(&gw), 0);
     // A third from the same address: closed before anything is read, no answer.
