@@ -83,15 +83,14 @@ impl HeaderScan {
             headers.remove(http::header::UPGRADE);
         }
     }
-}
 
-/// Remove every value of each of `names`. One pass over the names the message has finds
-/// whether any is there: an origin seldom sends the gateway's own headers, and a hashed
-/// removal per name costs more than the pass.
-pub fn remove_each(headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
-    if headers.keys().any(|present| names.contains(present)) {
-        for name in names {
-            headers.remove(name);
+    /// Remove every value of each of `names` (those the scan was asked about), when it found
+    /// any: an origin seldom sends what a plan removes.
+    pub fn remove_named(&self, headers: &mut http::HeaderMap, names: &[http::HeaderName]) {
+        if self.named {
+            for name in names {
+                headers.remove(name);
+            }
         }
     }
 }
@@ -210,11 +209,16 @@ pub fn ip_text(ip: std::net::IpAddr) -> String {
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     let mut out = vec![0; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    // Digits only: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`hex`] written into `out` (twice the length of `bytes`).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     for (pair, &byte) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
-    // Digits only: always UTF-8.
-    String::from_utf8(out).unwrap_or_default()
 }
 
 /// `n` as a header value. The numbers below 1000 (the latency headers' milliseconds, mostly)
@@ -224,21 +228,8 @@ pub fn number_value(n: u128) -> http::HeaderValue {
     use std::sync::LazyLock;
     const SMALL: usize = 1000;
     static SMALL_VALUES: LazyLock<Vec<http::HeaderValue>> = LazyLock::new(|| {
-        let text: &'static str = (0..SMALL).map(|n| n.to_string()).collect::<String>().leak();
-        let mut at = 0;
         (0..SMALL)
-            .map(|n| {
-                let digits = if n < 10 {
-                    1
-                } else if n < 100 {
-                    2
-                } else {
-                    3
-                };
-                let value = http::HeaderValue::from_static(&text[at..at + digits]);
-                at += digits;
-                value
-            })
+            .map(|n| http::HeaderValue::from_static(n.to_string().leak()))
             .collect()
     });
     match usize::try_from(n) {
@@ -292,9 +283,7 @@ pub fn request_id_digits() -> [u8; 32] {
         random[..8].copy_from_slice(&next().to_le_bytes());
         random[8..].copy_from_slice(&next().to_le_bytes());
         let mut digits = [0u8; 32];
-        for (pair, &byte) in digits.chunks_exact_mut(2).zip(&random) {
-            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
-        }
+        hex_into(&random, &mut digits);
         digits
     })
 }
@@ -373,20 +362,27 @@ mod tests {
     }
 
     #[test]
-    fn remove_each_removes_every_value_of_each_name_present() {
+    fn one_scan_finds_what_the_gateway_removes_and_adds() {
         let mut headers = http::HeaderMap::new();
         headers.append("x-a", http::HeaderValue::from_static("1"));
         headers.append("x-b", http::HeaderValue::from_static("2"));
         headers.append("x-a", http::HeaderValue::from_static("3"));
+        headers.append("via", http::HeaderValue::from_static("1.1 cache"));
+        headers.append("keygate-labels", http::HeaderValue::from_static("{}"));
         let names = [
             http::HeaderName::from_static("x-a"),
             http::HeaderName::from_static("x-c"),
         ];
-        remove_each(&mut headers, &names);
-        let left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(left, ["x-b"]);
-        remove_each(&mut headers, &names);
-        assert_eq!(headers.len(), 1);
+        let found = HeaderScan::of(&headers, &names);
+        assert!(found.named && found.via && found.internal && !found.server);
+        found.remove_named(&mut headers, &names);
+        let mut left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["keygate-labels", "via", "x-b"]);
+        let found = HeaderScan::of(&headers, &names);
+        assert!(!found.named);
+        found.remove_named(&mut headers, &names);
+        assert_eq!(headers.len(), 3);
     }
 
     #[test]

@@ -334,9 +334,7 @@ fn edit_response(
             http::HeaderValue::from_static("upgrade"),
         );
     }
-    if found.named {
-        crate::http_util::remove_each(headers, &edits.headers.remove);
-    }
+    found.remove_named(headers, &edits.headers.remove);
     if let Some(ours) = &edits.via {
         let via = if found.via {
             joined_via(headers, ours.clone())
