@@ -319,12 +319,13 @@ fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
 }
 
-/// A value as is when it is one plain word, else in double quotes with `"`, `\` and control
-/// characters escaped: one record stays one line whatever a consumer's name holds.
+/// A missing value as the text format writes it.
 fn or_dash(value: Option<&str>) -> &str {
     value.unwrap_or("-")
 }
 
+/// A value as is when it is one plain word, else in double quotes with `"`, `\` and control
+/// characters escaped: one record stays one line whatever a consumer's name holds.
 fn quoted(value: &str) -> String {
     let plain = !value.is_empty()
         && value

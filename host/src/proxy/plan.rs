@@ -312,8 +312,6 @@ pub(super) fn name(text: &[u8]) -> Result<http::HeaderName, PlanError> {
 /// id), so the list is not regrown line by line.
 const EDITS_CAPACITY: usize = 16;
 
-/// Remembered header names: two-way, a later name taking an earlier one's slot (the guest may
-/// name any header the client sent, so the memo must stay bounded).
 /// The names keygate's guest (Kong's rules) puts in nearly every plan, as static names: a
 /// request's copy of one is then a pointer, where a parsed name's is a reference count taken
 /// and dropped (an atomic each way) per header per request.
@@ -334,6 +332,8 @@ static KNOWN_NAMES: [http::HeaderName; 14] = [
     http::HeaderName::from_static("x-credential-identifier"),
 ];
 
+/// Remembered header names: two-way, a later name taking an earlier one's slot (the guest may
+/// name any header the client sent, so the memo must stay bounded).
 const NAME_SLOTS: usize = 128;
 const NAME_MEMO_MAX: usize = 64;
 
